@@ -1,0 +1,260 @@
+"""Git objects as small value types with exact serialisation.
+
+Each type parses the raw object body (`from_raw`) and writes it back
+byte for byte (`as_raw`); `object_id` hashes a body the way git does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from .errors import IntegrityError
+
+COMMIT, TREE, BLOB, TAG = "commit", "tree", "blob", "tag"
+# Type numbers as they appear in a PACK entry header.
+TYPE_NUMBERS = {1: COMMIT, 2: TREE, 3: BLOB, 4: TAG}
+TYPE_CODES = {name: num for num, name in TYPE_NUMBERS.items()}
+
+MODE_TREE = 0o040000
+MODE_FILE = 0o100644
+MODE_EXEC = 0o100755
+MODE_LINK = 0o120000
+MODE_GITLINK = 0o160000
+
+
+def object_header(kind: str, size: int) -> bytes:
+    return b"%s %d\0" % (kind.encode(), size)
+
+
+def object_id(kind: str, body: bytes) -> bytes:
+    """Raw SHA-1 of a Git object (header + body)."""
+    h = hashlib.sha1(object_header(kind, len(body)))
+    h.update(body)
+    return h.digest()
+
+
+def hex_id(raw: bytes) -> str:
+    return raw.hex()
+
+
+def kind_of_mode(mode: int) -> str:
+    """What a tree entry is: 'directory', 'file', 'symlink' or 'submodule'."""
+    fmt = mode & 0o170000
+    if fmt == MODE_TREE:
+        return "directory"
+    if fmt == MODE_LINK:
+        return "symlink"
+    if fmt == MODE_GITLINK:
+        return "submodule"
+    return "file"
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """`Name <email> 1234567890 +0200`, kept exactly as written."""
+
+    raw: bytes
+
+    @property
+    def name(self) -> str:
+        return self.raw.split(b" <", 1)[0].decode("utf-8", "replace")
+
+    @property
+    def email(self) -> str:
+        rest = self.raw.split(b" <", 1)[1] if b" <" in self.raw else b""
+        return rest.split(b">", 1)[0].decode("utf-8", "replace")
+
+    @property
+    def timestamp(self) -> int:
+        """Seconds since the epoch; 0 when unreadable."""
+        try:
+            return int(self.raw.rsplit(b"> ", 1)[1].split()[0])
+        except (IndexError, ValueError):
+            return 0
+
+    @property
+    def tz_offset(self) -> str:
+        try:
+            return self.raw.rsplit(b"> ", 1)[1].split()[1].decode()
+        except (IndexError, UnicodeDecodeError):
+            return "+0000"
+
+    @classmethod
+    def make(cls, name: str, email: str, timestamp: int, tz: str = "+0000") -> Signature:
+        return cls(f"{name} <{email}> {timestamp} {tz}".encode())
+
+
+@dataclass(frozen=True, slots=True)
+class TreeEntry:
+    mode: int
+    name: bytes
+    id: bytes  # raw 20 bytes
+
+    @property
+    def kind(self) -> str:
+        return kind_of_mode(self.mode)
+
+
+def _tree_sort_key(entry: TreeEntry) -> bytes:
+    # git sorts directories as if their name ended with '/'.
+    return entry.name + b"/" if entry.mode == MODE_TREE else entry.name
+
+
+@dataclass(frozen=True, slots=True)
+class Tree:
+    entries: tuple[TreeEntry, ...]
+
+    @classmethod
+    def from_entries(cls, entries: list[TreeEntry]) -> Tree:
+        return cls(tuple(sorted(entries, key=_tree_sort_key)))
+
+    def as_raw(self) -> bytes:
+        return b"".join(b"%o %s\0%s" % (e.mode, e.name, e.id) for e in self.entries)
+
+    @classmethod
+    def from_raw(cls, body: bytes) -> Tree:
+        return cls(tuple(iter_tree(body)))
+
+    def get(self, name: bytes) -> TreeEntry | None:
+        for entry in self.entries:
+            if entry.name == name:
+                return entry
+        return None
+
+
+def iter_tree(body: bytes):
+    """Yield the entries of a tree body without building the whole list."""
+    pos, end = 0, len(body)
+    while pos < end:
+        space = body.find(b" ", pos)
+        nul = body.find(b"\0", space + 1)
+        if space < 0 or nul < 0 or nul + 21 > end:
+            raise IntegrityError(f"malformed tree entry at byte {pos}")
+        try:
+            mode = int(body[pos:space], 8)
+        except ValueError:
+            raise IntegrityError(f"malformed tree mode at byte {pos}") from None
+        yield TreeEntry(mode, bytes(body[space + 1 : nul]), bytes(body[nul + 1 : nul + 21]))
+        pos = nul + 21
+
+
+def _split_headers(body: bytes, what: str) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
+    """Parse `key value` lines (with continuation lines) up to a blank line.
+
+    Returns the headers and the message, None when there is no blank line
+    at all (the original docteur writes directory commits that way).
+    """
+    headers: list[tuple[bytes, bytes]] = []
+    pos = 0
+    while pos < len(body):
+        nl = body.find(b"\n", pos)
+        if nl < 0:
+            nl = len(body)
+        line = body[pos:nl]
+        pos = nl + 1
+        if line == b"":
+            return headers, body[pos:]
+        if line.startswith(b" ") and headers:
+            key, value = headers[-1]
+            headers[-1] = (key, value + b"\n" + line[1:])
+            continue
+        key, sep, value = line.partition(b" ")
+        if not sep:
+            raise IntegrityError(f"malformed {what} header line {line[:40]!r}")
+        headers.append((key, value))
+    return headers, None
+
+
+def _join_headers(headers: list[tuple[bytes, bytes]], message: bytes | None) -> bytes:
+    out = b"".join(k + b" " + v.replace(b"\n", b"\n ") + b"\n" for k, v in headers)
+    return out if message is None else out + b"\n" + message
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    tree: bytes  # raw id
+    parents: tuple[bytes, ...]
+    author: Signature
+    committer: Signature
+    message: bytes | None  # None: no blank line after the headers at all
+    extra: tuple[tuple[bytes, bytes], ...] = field(default=())  # gpgsig, encoding, ...
+
+    def as_raw(self) -> bytes:
+        headers = [(b"tree", self.tree.hex().encode())]
+        headers += [(b"parent", p.hex().encode()) for p in self.parents]
+        headers += [(b"author", self.author.raw), (b"committer", self.committer.raw)]
+        headers += list(self.extra)
+        return _join_headers(headers, self.message)
+
+    @classmethod
+    def from_raw(cls, body: bytes) -> Commit:
+        headers, message = _split_headers(body, "commit")
+        tree = None
+        parents: list[bytes] = []
+        author = committer = None
+        extra: list[tuple[bytes, bytes]] = []
+        for key, value in headers:
+            if key == b"tree" and tree is None:
+                tree = _parse_hex(value, "commit tree")
+            elif key == b"parent":
+                parents.append(_parse_hex(value, "commit parent"))
+            elif key == b"author" and author is None:
+                author = Signature(value)
+            elif key == b"committer" and committer is None:
+                committer = Signature(value)
+            else:
+                extra.append((key, value))
+        if tree is None or author is None or committer is None:
+            raise IntegrityError("commit lacks a tree, an author or a committer")
+        return cls(tree, tuple(parents), author, committer, message, tuple(extra))
+
+
+@dataclass(frozen=True, slots=True)
+class Tag:
+    object: bytes
+    kind: str
+    tag: bytes
+    tagger: Signature | None
+    message: bytes | None
+    extra: tuple[tuple[bytes, bytes], ...] = field(default=())
+
+    def as_raw(self) -> bytes:
+        headers = [(b"object", self.object.hex().encode()), (b"type", self.kind.encode())]
+        headers.append((b"tag", self.tag))
+        if self.tagger is not None:
+            headers.append((b"tagger", self.tagger.raw))
+        headers += list(self.extra)
+        return _join_headers(headers, self.message)
+
+    @classmethod
+    def from_raw(cls, body: bytes) -> Tag:
+        headers, message = _split_headers(body, "tag")
+        values: dict[bytes, bytes] = {}
+        extra: list[tuple[bytes, bytes]] = []
+        for key, value in headers:
+            if key in (b"object", b"type", b"tag", b"tagger") and key not in values:
+                values[key] = value
+            else:
+                extra.append((key, value))
+        if b"object" not in values or b"type" not in values:
+            raise IntegrityError("tag lacks an object or a type")
+        tagger = Signature(values[b"tagger"]) if b"tagger" in values else None
+        return cls(
+            _parse_hex(values[b"object"], "tag object"),
+            values[b"type"].decode("ascii", "replace"),
+            values.get(b"tag", b""),
+            tagger,
+            message,
+            tuple(extra),
+        )
+
+
+def _parse_hex(value: bytes, what: str) -> bytes:
+    try:
+        raw = bytes.fromhex(value.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raw = b""
+    if len(raw) != 20:
+        raise IntegrityError(f"malformed {what} id {value[:40]!r}")
+    return raw

@@ -1,0 +1,1 @@
+"""docteur's host runtime: build the guest, launch QEMU, talk the protocol."""
