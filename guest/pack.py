@@ -1,0 +1,219 @@
+"""Random access to a Git PACK inside an image, read with pread.
+
+Objects are found through the IDX, inflated on demand and rebuilt from
+their delta chains with a small LRU of bases bounded in bytes, so memory
+does not grow with the size of the PACK.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .delta import apply_delta, delta_sizes
+from .errors import IntegrityError, NotFound
+from .idx import Index
+from .objects import TYPE_NUMBERS
+
+OFS_DELTA, REF_DELTA = 6, 7
+# An entry header is at most 10 size bytes + 1, plus a 20-byte base id or a
+# 10-byte base offset: 64 bytes always hold it.
+_HEADER_PEEK = 64
+_READ = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One PACK entry's header. Offsets are relative to the PACK start."""
+
+    offset: int
+    type: int  # 1..4 for whole objects, 6/7 for deltas
+    size: int  # inflated size of the entry's data (the delta's size for deltas)
+    data_offset: int  # where the zlib stream starts
+    base_offset: int | None = None  # OFS_DELTA
+    base_id: bytes | None = None  # REF_DELTA
+
+    @property
+    def is_delta(self) -> bool:
+        return self.type in (OFS_DELTA, REF_DELTA)
+
+
+def parse_entry(buf: bytes | memoryview, offset: int, at: int = 0) -> Entry:
+    """Parse the entry header found at `buf[at:]`, which sits at PACK `offset`."""
+    try:
+        byte = buf[at]
+        kind = (byte >> 4) & 7
+        size = byte & 0x0F
+        shift = 4
+        pos = at + 1
+        while byte & 0x80:
+            byte = buf[pos]
+            pos += 1
+            size |= (byte & 0x7F) << shift
+            shift += 7
+        if kind == OFS_DELTA:
+            byte = buf[pos]
+            pos += 1
+            rel = byte & 0x7F
+            while byte & 0x80:
+                byte = buf[pos]
+                pos += 1
+                rel = ((rel + 1) << 7) | (byte & 0x7F)
+            if rel <= 0 or rel > offset:
+                raise IntegrityError(f"PACK entry at {offset}: delta base offset out of range")
+            return Entry(offset, kind, size, offset + pos - at, base_offset=offset - rel)
+        if kind == REF_DELTA:
+            base = bytes(buf[pos : pos + 20])
+            if len(base) != 20:
+                raise IndexError
+            return Entry(offset, kind, size, offset + pos + 20 - at, base_id=base)
+    except IndexError:
+        raise IntegrityError(f"PACK entry at {offset}: truncated header") from None
+    if kind not in TYPE_NUMBERS:
+        raise IntegrityError(f"PACK entry at {offset}: invalid object type {kind}")
+    return Entry(offset, kind, size, offset + pos - at)
+
+
+class PackReader:
+    """Objects of the PACK that starts at byte `base` of the file open on `fd`."""
+
+    def __init__(self, fd: int, base: int, end: int, index: Index, cache_bytes: int = 8 << 20):
+        self.fd = fd
+        self.base = base
+        self.end = end - base  # PACK-relative end, trailer included
+        self.index = index
+        self._cache: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
+        self._cache_bytes = 0
+        self._cache_limit = cache_bytes
+
+    # -- raw access ---------------------------------------------------------
+    def pread(self, n: int, offset: int) -> bytes:
+        """`n` bytes at PACK-relative `offset`, never past the trailer."""
+        n = min(n, self.end - 20 - offset)
+        return os.pread(self.fd, n, self.base + offset) if n > 0 else b""
+
+    def entry(self, offset: int) -> Entry:
+        if not 12 <= offset < self.end - 20:
+            raise IntegrityError(f"PACK offset {offset} is outside the PACK")
+        return parse_entry(self.pread(_HEADER_PEEK, offset), offset)
+
+    def inflate_chunks(self, entry: Entry, chunk_size: int = _READ) -> Iterator[bytes]:
+        """The entry's inflated data in pieces, checked against its declared size."""
+        d = zlib.decompressobj()
+        pos = entry.data_offset
+        produced = 0
+        # Compressed data is rarely much bigger than its output: read it in one go
+        # when small, in chunks otherwise.
+        want = min(max(entry.size + 64, 256), _READ)
+        try:
+            while not d.eof:
+                raw = self.pread(want, pos)
+                if not raw:
+                    raise IntegrityError(f"PACK entry at {entry.offset}: zlib data runs off the PACK")
+                pos += len(raw)
+                want = _READ
+                data = d.decompress(raw, chunk_size)
+                while True:
+                    if data:
+                        produced += len(data)
+                        if produced > entry.size:
+                            break
+                        yield data
+                    if not d.unconsumed_tail:
+                        break
+                    data = d.decompress(d.unconsumed_tail, chunk_size)
+                if produced > entry.size:
+                    break
+        except zlib.error as exc:
+            raise IntegrityError(f"PACK entry at {entry.offset}: bad zlib data ({exc})") from None
+        if produced != entry.size:
+            raise IntegrityError(
+                f"PACK entry at {entry.offset}: inflates to {produced} bytes, header says {entry.size}"
+            )
+
+    def inflate(self, entry: Entry) -> bytes:
+        return b"".join(self.inflate_chunks(entry, 1 << 30))
+
+    def inflate_prefix(self, entry: Entry, n: int) -> bytes:
+        """The first `n` inflated bytes (to read a delta's sizes cheaply)."""
+        d = zlib.decompressobj()
+        try:
+            return d.decompress(self.pread(min(entry.size + 64, 4096), entry.data_offset), n)
+        except zlib.error as exc:
+            raise IntegrityError(f"PACK entry at {entry.offset}: bad zlib data ({exc})") from None
+
+    # -- objects --------------------------------------------------------------
+    def base_of(self, entry: Entry) -> int:
+        if entry.base_offset is not None:
+            return entry.base_offset
+        assert entry.base_id is not None
+        off = self.index.lookup(entry.base_id)
+        if off is None:
+            raise IntegrityError(
+                f"PACK entry at {entry.offset}: delta base {entry.base_id.hex()} is not in the "
+                "PACK (the PACK file is thin)"
+            )
+        return off
+
+    def resolve(self, offset: int, _depth: int = 0) -> tuple[int, bytes]:
+        """(type number, body) of the object at `offset`, deltas applied."""
+        hit = self._cache.get(offset)
+        if hit is not None:
+            self._cache.move_to_end(offset)
+            return hit
+        # Walk down the chain iteratively: chains can be thousands deep.
+        chain: list[Entry] = []
+        entry = self.entry(offset)
+        while entry.is_delta:
+            chain.append(entry)
+            if len(chain) > 10_000:
+                raise IntegrityError(f"PACK entry at {offset}: delta chain too deep or cyclic")
+            base = self.base_of(entry)
+            hit = self._cache.get(base)
+            if hit is not None:
+                self._cache.move_to_end(base)
+                kind, data = hit
+                break
+            entry = self.entry(base)
+        else:
+            kind, data = entry.type, self.inflate(entry)
+            if chain:
+                self._remember(entry.offset, kind, data)
+        for delta_entry in reversed(chain):
+            data = apply_delta(data, self.inflate(delta_entry))
+            # Bases are what gets reused; the final object is returned, not cached.
+            if delta_entry is not chain[0]:
+                self._remember(delta_entry.offset, kind, data)
+        return kind, data
+
+    def _remember(self, offset: int, kind: int, data: bytes) -> None:
+        if len(data) > self._cache_limit // 4:
+            return
+        self._cache[offset] = (kind, data)
+        self._cache_bytes += len(data)
+        while self._cache_bytes > self._cache_limit:
+            _, (_, old) = self._cache.popitem(last=False)
+            self._cache_bytes -= len(old)
+
+    def type_and_size(self, offset: int) -> tuple[int, int]:
+        """(type number, object size) without inflating whole objects."""
+        entry = self.entry(offset)
+        if not entry.is_delta:
+            return entry.type, entry.size
+        _, size = delta_sizes(self.inflate_prefix(entry, 32))
+        depth = 0
+        while entry.is_delta:
+            depth += 1
+            if depth > 10_000:
+                raise IntegrityError(f"PACK entry at {offset}: delta chain too deep or cyclic")
+            entry = self.entry(self.base_of(entry))
+        return entry.type, size
+
+    def offset_of(self, oid: bytes) -> int:
+        off = self.index.lookup(oid)
+        if off is None:
+            raise NotFound(f"object {oid.hex()} is not in the image")
+        return off
