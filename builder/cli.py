@@ -1,0 +1,182 @@
+"""The `docteur` command: make, verify (and run, query from docteur.vm when present).
+
+Every error a user can cause ends as one line on stderr, `docteur: error: ...`,
+exit status 1 (130 for Ctrl-C), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import sys
+from collections.abc import Callable, Sequence
+
+from docteur.guest.errors import DocteurError
+from docteur.guest.layout import DEFAULT_BLOCK_SIZE
+
+from . import log
+from .redact import redact
+
+PROG = "docteur"
+
+
+def _add_globals(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default="console",
+        help="how log lines on stderr look (default: console)",
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-v info, -vv debug)")
+
+
+def _add_make(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "make",
+        help="build an image from a Git repository or a directory",
+        description="Build a docteur image from a Git repository or a directory.",
+    )
+    _make_args(p)
+    return p
+
+
+def _make_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-b",
+        "--branch",
+        metavar="REF",
+        dest="ref",
+        help="branch, tag or refs/... to take (default: the source's HEAD)",
+    )
+    p.add_argument("-d", "--date", metavar="RFC3339", help="commit date for a plain directory (default: now)")
+    p.add_argument(
+        "--bs",
+        type=int,
+        default=DEFAULT_BLOCK_SIZE,
+        metavar="N",
+        help=f"block size the image is padded to (default: {DEFAULT_BLOCK_SIZE})",
+    )
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="https://, http://, git://, ssh://, user@host:path, file://ABS, relativize://DIR or a path",
+    )
+    p.add_argument("image", metavar="IMAGE", help="image file to write")
+    p.set_defaults(func=cmd_make)
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "verify",
+        help="check an image and print its commit",
+        description="Check every byte of a docteur image; print its commit.",
+    )
+    _verify_args(p)
+    return p
+
+
+def _verify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing, only the status")
+    p.add_argument("image", metavar="IMAGE")
+    p.set_defaults(func=cmd_verify)
+
+
+def cmd_make(args: argparse.Namespace) -> int:
+    from .make import make
+    from .progress import human_bytes
+
+    s = make(args.source, args.image, ref=args.ref, date=args.date, block_size=args.bs)
+    print(
+        f"{s.image}: commit {s.commit.hex()}, {s.objects} objects, {human_bytes(s.size)} ({s.size} bytes)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .report import verify_image
+
+    verify_image(args.image, sys.stdout.buffer, quiet=args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Turn a Git repository into a verified disk image."
+    )
+    _add_globals(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_make(sub)
+    _add_verify(sub)
+    try:
+        from docteur.vm import cli as vm_cli
+    except ImportError:
+        vm_cli = None  # the runtime side is optional
+    if vm_cli is not None and hasattr(vm_cli, "add_commands"):
+        vm_cli.add_commands(sub)
+    return parser
+
+
+def _single(
+    prog: str, add_args: Callable[[argparse.ArgumentParser], None], description: str
+) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    _add_globals(parser)
+    add_args(parser)
+    return parser
+
+
+def _error(message: str) -> None:
+    line = " ".join(redact(message).split())  # one line, whatever the message held
+    print(f"{PROG}: error: {line}", file=sys.stderr)
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return f"disk full{': ' + str(e.filename) if e.filename else ''}"
+        name = f"{e.filename}: " if e.filename else ""
+        return f"{name}{e.strerror or e}"
+    return str(e) or type(e).__name__
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    args = parser.parse_args(argv)
+    log.configure(args.log_format, args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except BrokenPipeError:
+        return 1
+    except (DocteurError, OSError) as e:
+        _error(_describe(e))
+        return 1
+    except Exception as e:
+        if not _is_expected(e):
+            raise
+        _error(_describe(e))
+        return 1
+
+
+def _is_expected(e: Exception) -> bool:
+    """dulwich's and urllib3's own errors: a user's problem, not a bug of ours."""
+    mod = type(e).__module__ or ""
+    return mod.startswith(("dulwich", "urllib3"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv)
+
+
+def make_main(argv: Sequence[str] | None = None) -> int:
+    return run(_single("docteur.make", _make_args, "Build a docteur image."), argv)
+
+
+def verify_main(argv: Sequence[str] | None = None) -> int:
+    return run(_single("docteur.verify", _verify_args, "Check a docteur image."), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

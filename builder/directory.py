@@ -1,0 +1,193 @@
+"""A plain directory becomes one commit, the way the original docteur makes it.
+
+Author and committer `Dr. Greenthumb <noreply@cypress.hill>`, the `-d` date
+(or now) at +0000, no parent and no message at all (not even the blank
+line), so the same directory and date give the same commit id. Unlike the
+original, executables keep mode 100755 and symlinks are stored as 120000
+entries holding their target, never followed.
+
+Objects go to a scratch bare repository as loose objects, then
+`git pack-objects` packs them with deltas; without git, an undeltified
+pack is written with dulwich (and a warning says so).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import zlib
+from datetime import UTC, datetime
+
+from dulwich.object_format import SHA1
+from dulwich.object_store import DiskObjectStore
+from dulwich.pack import write_pack_index_v2, write_pack_objects
+
+from docteur.guest.objects import (
+    BLOB,
+    COMMIT,
+    MODE_EXEC,
+    MODE_FILE,
+    MODE_LINK,
+    MODE_TREE,
+    TREE,
+    Commit,
+    Signature,
+    Tree,
+    TreeEntry,
+    object_header,
+    object_id,
+)
+
+from .errors import BuildError
+from .fetch import PackFiles
+from .gittools import git_path, run_git
+from .log import get_logger
+from .progress import Progress
+
+log = get_logger("docteur.directory")
+AUTHOR_NAME = "Dr. Greenthumb"
+AUTHOR_EMAIL = "noreply@cypress.hill"
+_KINDS = {
+    stat.S_IFIFO: "fifo",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+}
+
+
+def parse_date(text: str | None) -> int:
+    """Seconds since the epoch from an RFC 3339 date (UTC when no offset); now when None."""
+    if text is None:
+        return int(datetime.now(UTC).timestamp())
+    try:
+        dt = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        raise BuildError(f"bad date {text!r}: expected RFC 3339, e.g. 2024-01-31T12:00:00Z") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp())
+
+
+class LooseStore:
+    """Write-once loose objects in `<repo>/objects` (zlib level 1: they are scratch)."""
+
+    def __init__(self, repo: str) -> None:
+        self.repo = repo
+        self.objects = os.path.join(repo, "objects")
+        for sub in ("objects/pack", "objects/info", "refs/heads", "refs/tags"):
+            os.makedirs(os.path.join(repo, sub), exist_ok=True)
+        with open(os.path.join(repo, "HEAD"), "w") as f:
+            f.write("ref: refs/heads/main\n")
+        self.order: list[tuple[bytes, bytes]] = []  # (hex id, path) in walk order
+        self._seen: set[bytes] = set()
+
+    def add(self, kind: str, body: bytes, path: bytes) -> bytes:
+        oid = object_id(kind, body)
+        hexid = oid.hex().encode()
+        if hexid in self._seen:
+            return oid
+        self._seen.add(hexid)
+        self.order.append((hexid, path))
+        d = os.path.join(self.objects, hexid[:2].decode())
+        os.makedirs(d, exist_ok=True)
+        c = zlib.compressobj(1)
+        with open(os.path.join(d, hexid[2:].decode()), "wb") as f:
+            f.write(c.compress(object_header(kind, len(body))))
+            f.write(c.compress(body))
+            f.write(c.flush())
+        return oid
+
+
+def _display(path: bytes) -> str:
+    return os.fsdecode(path)
+
+
+def _read_tree(store: LooseStore, top: bytes, rel: bytes, bar: Progress) -> bytes | None:
+    """Store the tree of `top/rel`; None when it holds nothing (git keeps no empty dirs)."""
+    here = os.path.join(top, rel) if rel else top
+    try:
+        with os.scandir(here) as it:
+            names = sorted(e.name for e in it)
+    except OSError as e:
+        raise BuildError(f"{_display(here)}: cannot list: {e.strerror}") from None
+    entries: list[TreeEntry] = []
+    for name in names:
+        if name == b".git":
+            # git refuses `.git` entries in trees; a nested one is another repository.
+            log.warning("skipping a nested .git", path=_display(os.path.join(here, name)))
+            continue
+        sub = rel + b"/" + name if rel else name
+        path = os.path.join(here, name)
+        try:
+            st = os.lstat(path)
+        except OSError as e:
+            raise BuildError(f"{_display(path)}: {e.strerror}") from None
+        fmt = stat.S_IFMT(st.st_mode)
+        if fmt == stat.S_IFLNK:
+            oid = store.add(BLOB, os.readlink(path), sub)
+            entries.append(TreeEntry(MODE_LINK, name, oid))
+        elif fmt == stat.S_IFDIR:
+            tid = _read_tree(store, top, sub, bar)
+            if tid is not None:
+                entries.append(TreeEntry(MODE_TREE, name, tid))
+        elif fmt == stat.S_IFREG:
+            try:
+                with open(path, "rb") as f:
+                    body = f.read()
+            except OSError as e:
+                raise BuildError(f"{_display(path)}: cannot read: {e.strerror}") from None
+            mode = MODE_EXEC if st.st_mode & stat.S_IXUSR else MODE_FILE
+            entries.append(TreeEntry(mode, name, store.add(BLOB, body, sub)))
+            bar.advance()
+        else:
+            kind = _KINDS.get(fmt, "special file")
+            raise BuildError(
+                f"{_display(path)}: a {kind}; only files, directories and symlinks can go in an image"
+            )
+    if not entries:
+        return None
+    return store.add(TREE, Tree.from_entries(entries).as_raw(), rel)
+
+
+def directory_commit(store: LooseStore, top: str, timestamp: int) -> bytes:
+    """Store every object of `top` and its commit; return the commit's raw id."""
+    with Progress("reading", unit="files") as bar:
+        tree = _read_tree(store, os.fsencode(top), b"", bar)
+    if tree is None:
+        raise BuildError(f"{top}: empty directory, nothing to put in an image")
+    who = Signature.make(AUTHOR_NAME, AUTHOR_EMAIL, timestamp, "+0000")
+    commit = Commit(tree=tree, parents=(), author=who, committer=who, message=None)
+    return store.add(COMMIT, commit.as_raw(), b"")
+
+
+def pack_directory(top: str, date: str | None, workdir: str) -> PackFiles:
+    timestamp = parse_date(date)
+    store = LooseStore(os.path.join(workdir, "dir.git"))
+    commit = directory_commit(store, top, timestamp)
+    # Commit first, then trees and blobs: the order git itself writes them in.
+    order = [store.order[-1], *store.order[:-1]]
+    out = os.path.join(workdir, "dir")
+    if git_path():
+        sha = (
+            run_git(
+                ["--git-dir", store.repo, "pack-objects", "-q", "--threads=1", out],
+                input=b"".join(_line(h, p) for h, p in order),
+                what="git pack-objects",
+            )
+            .strip()
+            .decode()
+        )
+        return PackFiles(f"{out}-{sha}.pack", f"{out}-{sha}.idx", commit, len(order))
+    log.warning("git is not installed: writing an undeltified pack (larger image)")
+    objstore = DiskObjectStore(store.objects)
+    objects = [objstore[h] for h, _ in order]
+    with open(out + ".pack", "wb") as f:
+        entries, checksum = write_pack_objects(f.write, objects, object_format=SHA1, deltify=False)
+    with open(out + ".idx", "wb") as f:
+        write_pack_index_v2(f, sorted((k, o, c) for k, (o, c) in entries.items()), checksum)
+    return PackFiles(out + ".pack", out + ".idx", commit, len(order))
+
+
+def _line(hexid: bytes, path: bytes) -> bytes:
+    # The path is only a hint for delta search; a newline in it would split the line.
+    return hexid + b" " + path.replace(b"\n", b"?") + b"\n" if path else hexid + b"\n"

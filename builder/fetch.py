@@ -1,0 +1,295 @@
+"""Fetch one commit from a Git source with dulwich: depth 1, only the requested ref.
+
+The result is a self-contained PACK (no thin deltas) holding exactly the
+commit, its trees and its blobs, with its IDX. A server may send more (the
+tag object when an annotated tag is asked for, or anything else it likes):
+then the pack is rebuilt from the fetched objects with `git pack-objects`,
+which reuses the server's deltas, so it costs little.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+
+from dulwich import client as dclient
+from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
+from dulwich.object_format import SHA1
+from dulwich.objects import Commit, Tag, Tree
+from dulwich.pack import Pack, PackData, write_pack_index_v2, write_pack_objects
+
+from .errors import BuildError
+from .gittools import git_path, run_git
+from .log import get_logger
+from .progress import Progress
+from .redact import redact
+from .source import Source
+
+log = get_logger("docteur.fetch")
+GITLINK = 0o160000
+
+
+@dataclass(frozen=True)
+class PackFiles:
+    pack: str  # path of the PACK file
+    idx: str  # path of its IDX v2
+    commit: bytes  # raw id of the commit the image holds
+    objects: int
+
+
+class _NoHaves:
+    """We own nothing: the server must send everything (depth 1)."""
+
+    shallow: set[bytes] = set()  # noqa: RUF012 - dulwich reads it, never writes
+
+    def __next__(self) -> None:
+        return None
+
+    next = __next__
+
+    def ack(self, _sha: bytes) -> None:
+        pass
+
+    def nak(self) -> None:
+        pass
+
+
+def _client(source: Source) -> tuple[dclient.GitClient, str]:
+    if source.kind == "local-git":
+        if git_path():
+            # git-upload-pack does what a server would (depth, deltas reused), in C.
+            return dclient.SubprocessGitClient(thin_packs=False), source.location
+        return dclient.LocalGitClient(thin_packs=False), source.location
+    ssh = os.environ.get("GIT_SSH_COMMAND") or os.environ.get("GIT_SSH") or None
+    try:
+        return dclient.get_transport_and_path(source.location, thin_packs=False, ssh_command=ssh, quiet=True)
+    except ValueError as e:
+        raise BuildError(f"bad URL {source.display!r}: {redact(str(e))}") from None
+
+
+def resolve_ref(refs: dict[bytes, bytes], ref: str | None, display: str) -> tuple[bytes, bytes]:
+    """(ref name, object id) for `-b REF`, or the source's HEAD."""
+    if ref is None:
+        if b"HEAD" in refs:
+            return b"HEAD", refs[b"HEAD"]
+        raise BuildError(f"{display} has no HEAD (an empty repository?); name a ref with -b")
+    name = ref.encode()
+    candidates = [name] if name.startswith(b"refs/") else [b"refs/heads/" + name, b"refs/tags/" + name, name]
+    for cand in candidates:
+        if cand in refs:
+            return cand, refs[cand]
+    branches = sorted(
+        r.removeprefix(b"refs/heads/").decode("utf-8", "replace")
+        for r in refs
+        if r.startswith(b"refs/heads/")
+    )
+    hint = f" (branches: {', '.join(branches[:8])}{', …' if len(branches) > 8 else ''})"
+    raise BuildError(f"no ref {ref!r} in {display}{hint if branches else ''}")
+
+
+def fetch(source: Source, ref: str | None, workdir: str) -> PackFiles:
+    """Fetch into `workdir`; return the finished PACK and IDX."""
+    gc, path = _client(source)
+    chosen: list[tuple[bytes, bytes]] = []
+
+    def determine_wants(refs: dict[bytes, bytes], depth: int | None = None) -> list[bytes]:
+        refs = {k: v for k, v in refs.items() if not k.endswith(b"^{}")}
+        chosen.append(resolve_ref(refs, ref, source.display))
+        return [chosen[-1][1]]
+
+    raw_path = os.path.join(workdir, "fetch.pack")
+    with open(raw_path, "wb") as out, Progress("receiving") as bar:
+        received = 0
+
+        def pack_data(data: bytes) -> None:
+            nonlocal received
+            out.write(data)
+            received += len(data)
+            bar.update(received)
+
+        def progress(msg: bytes) -> None:
+            bar.message("remote: " + msg.decode("utf-8", "replace").strip())
+
+        log.info("fetching", source=source.display, ref=ref or "HEAD")
+        try:
+            gc.fetch_pack(path, determine_wants, _NoHaves(), pack_data, progress=progress, depth=1)
+        except BuildError:
+            raise
+        except Exception as e:  # dulwich, urllib3 and sockets all raise their own kinds
+            raise _fetch_error(e, source) from None
+    if not chosen:
+        raise BuildError(f"{source.display}: the server sent no references")
+    if received == 0:
+        raise BuildError(f"{source.display}: the server sent no pack")
+    return _finish(raw_path, chosen[-1], source, workdir)
+
+
+def _index(pack_path: str, idx_path: str) -> None:
+    if git_path():
+        # index-pack also checks the pack: a thin or broken pack fails here.
+        run_git(["index-pack", "-o", idx_path, pack_path], what="checking the fetched pack")
+        return
+    data = PackData(pack_path, object_format=SHA1)
+    try:
+        entries = data.sorted_entries()
+        with open(idx_path, "wb") as f:
+            write_pack_index_v2(f, entries, data.get_stored_checksum())
+    except Exception as e:
+        raise BuildError(f"the fetched pack is broken or thin: {e}") from None
+    finally:
+        data.close()
+
+
+def closure(pack: Pack, commit_id: bytes) -> list[bytes]:
+    """Hex ids of the commit, every tree and every blob under it, walk order."""
+    commit = pack[commit_id]
+    order = [commit_id]
+    seen = {commit_id}
+    stack = [commit.tree]
+    while stack:
+        tid = stack.pop()
+        if tid in seen:
+            continue
+        seen.add(tid)
+        order.append(tid)
+        tree = pack[tid]
+        if not isinstance(tree, Tree):
+            raise BuildError(f"object {tid.decode()} should be a tree")
+        subtrees = []
+        for entry in tree.iteritems():
+            if entry.mode == GITLINK:
+                continue  # a submodule's commit lives in another repository
+            if entry.mode & 0o170000 == 0o040000:
+                subtrees.append(entry.sha)
+            elif entry.sha not in seen:
+                seen.add(entry.sha)
+                order.append(entry.sha)
+        stack.extend(reversed(subtrees))
+    return order
+
+
+def _finish(raw_path: str, chosen: tuple[bytes, bytes], source: Source, workdir: str) -> PackFiles:
+    base = os.path.join(workdir, "fetch")
+    _index(raw_path, base + ".idx")
+    pack = Pack(base, object_format=SHA1)
+    try:
+        want = chosen[1]
+        try:
+            obj = pack[want]
+            while isinstance(obj, Tag):  # annotated tags are peeled to their commit
+                obj = pack[obj.object[1]]
+        except KeyError as e:
+            raise BuildError(f"{source.display}: the pack lacks object {e}") from None
+        if not isinstance(obj, Commit):
+            raise BuildError(
+                f"{chosen[0].decode('utf-8', 'replace')} in {source.display} "
+                f"names a {obj.type_name.decode()}, not a commit"
+            )
+        commit_hex = obj.id
+        try:
+            wanted = closure(pack, commit_hex)
+        except KeyError as e:
+            raise BuildError(f"{source.display} sent an incomplete pack: missing {e}") from None
+        have = {sha for sha, _off, _crc in pack.index.iterentries()}
+        missing = [s for s in wanted if bytes.fromhex(s.decode()) not in have]
+        if missing:
+            raise BuildError(
+                f"{source.display} sent an incomplete pack: {len(missing)} objects missing, "
+                f"e.g. {missing[0].decode()}"
+            )
+        if len(have) == len(wanted):
+            return PackFiles(base + ".pack", base + ".idx", bytes.fromhex(commit_hex.decode()), len(wanted))
+        log.info("rebuilding pack", fetched=len(have), kept=len(wanted))
+        return _rebuild(pack, base, wanted, commit_hex, workdir)
+    finally:
+        pack.close()
+
+
+def _rebuild(pack: Pack, base: str, wanted: list[bytes], commit_hex: bytes, workdir: str) -> PackFiles:
+    """A new pack with only `wanted`, deltas reused from the fetched one."""
+    commit = bytes.fromhex(commit_hex.decode())
+    out = os.path.join(workdir, "final")
+    if git_path():
+        repo = os.path.join(workdir, "repo.git")
+        run_git(["init", "-q", "--bare", repo], what="git init")
+        packdir = os.path.join(repo, "objects", "pack")
+        pack_sha = pack.data.get_stored_checksum().hex()
+        shutil.copyfile(base + ".pack", os.path.join(packdir, f"pack-{pack_sha}.pack"))
+        shutil.copyfile(base + ".idx", os.path.join(packdir, f"pack-{pack_sha}.idx"))
+        sha = (
+            run_git(
+                ["--git-dir", repo, "pack-objects", "-q", "--threads=1", out],
+                input=b"".join(s + b"\n" for s in wanted),
+                what="git pack-objects",
+            )
+            .strip()
+            .decode()
+        )
+        return PackFiles(f"{out}-{sha}.pack", f"{out}-{sha}.idx", commit, len(wanted))
+    log.warning("git is not installed: writing an undeltified pack (larger image)")
+    objects = [pack[s] for s in wanted]
+    with open(out + ".pack", "wb") as f:
+        entries, checksum = write_pack_objects(f.write, objects, object_format=SHA1, deltify=False)
+    with open(out + ".idx", "wb") as f:
+        write_pack_index_v2(f, sorted((k, off, crc) for k, (off, crc) in entries.items()), checksum)
+    return PackFiles(out + ".pack", out + ".idx", commit, len(wanted))
+
+
+def _chain(e: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    stack: list[BaseException | None] = [e]
+    while stack:
+        cur = stack.pop()
+        if cur is None or any(cur is s for s in seen):
+            continue
+        seen.append(cur)
+        stack += [cur.__cause__, cur.__context__, getattr(cur, "reason", None)]
+        stack += [a for a in getattr(cur, "args", ()) if isinstance(a, BaseException)]
+    return seen
+
+
+def _fetch_error(e: Exception, source: Source) -> BuildError:
+    """One line saying what went wrong, for any transport's exception."""
+    where = source.display
+    chain = _chain(e)
+    text = " ".join(str(x) for x in chain)
+    for x in chain:
+        if isinstance(x, socket.gaierror) or type(x).__name__ == "NameResolutionError":
+            return BuildError(f"unknown host in {where}")
+        if isinstance(x, ConnectionRefusedError):
+            return BuildError(f"connection refused: {where}")
+    if "Name or service not known" in text or "nodename nor servname" in text:
+        return BuildError(f"unknown host in {where}")
+    if "Connection refused" in text:
+        return BuildError(f"connection refused: {where}")
+    for x in chain:
+        if isinstance(x, NotGitRepository):
+            return BuildError(f"not a git repository: {where}")
+        if isinstance(x, dclient.HTTPUnauthorized):
+            return BuildError(f"authentication failed: {where}")
+        if isinstance(x, HangupException | GitProtocolError):
+            lines = [
+                ln.decode("utf-8", "replace") if isinstance(ln, bytes) else str(ln)
+                for ln in getattr(x, "stderr_lines", None) or []
+            ]
+            detail = "; ".join(ln.strip() for ln in lines if ln.strip()) or str(x)
+            low = detail.lower()
+            if any(
+                s in low
+                for s in (
+                    "not a git repository",
+                    "not exported",
+                    "not found",
+                    "does not appear to be a git",
+                    "no such",
+                )
+            ):
+                return BuildError(f"not a git repository: {where} ({redact(detail)})")
+            return BuildError(f"{where}: {redact(detail)}")
+    for x in chain:
+        if isinstance(x, OSError) and x.errno in (errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return BuildError(f"cannot reach {where}: {x.strerror}")
+    return BuildError(f"fetching {where} failed: {redact(str(e)) or type(e).__name__}")

@@ -1,0 +1,53 @@
+"""Running the git command line, when it is installed (it does the heavy lifting fast)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from .errors import BuildError
+
+# Settings that would make our output depend on the user's configuration.
+_PINNED = [
+    "-c",
+    "pack.indexVersion=2",
+    "-c",
+    "core.bigFileThreshold=512m",
+    "-c",
+    "pack.compression=-1",
+    "-c",
+    "core.compression=-1",
+]
+
+
+def git_path() -> str | None:
+    if os.environ.get("DOCTEUR_NO_GIT"):  # lets tests exercise the git-less fallbacks
+        return None
+    return shutil.which("git")
+
+
+def run_git(
+    args: Sequence[str],
+    *,
+    input: bytes | None = None,
+    cwd: str | None = None,
+    what: str = "git",
+) -> bytes:
+    git = git_path()
+    if git is None:
+        raise BuildError("git is not installed")
+    env = dict(os.environ, GIT_CONFIG_NOSYSTEM="1", GIT_TERMINAL_PROMPT="0", LC_ALL="C")
+    proc = subprocess.run(
+        [git, *_PINNED, *args],
+        input=input,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise BuildError(f"{what} failed: {err[-1] if err else f'exit {proc.returncode}'}")
+    return proc.stdout

@@ -1,0 +1,103 @@
+"""`docteur make`: a source in, a docteur image out, atomically.
+
+The image is written to a hidden temporary file beside IMAGE, synced and
+renamed over IMAGE at the very end: a failure or Ctrl-C leaves no image,
+no temporary file, and an existing IMAGE as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from dataclasses import dataclass
+
+from docteur.guest.layout import DEFAULT_BLOCK_SIZE, write_image
+
+from .directory import pack_directory
+from .errors import BuildError
+from .fetch import PackFiles, fetch
+from .log import get_logger
+from .progress import Progress
+from .source import parse_source
+
+log = get_logger("docteur.make")
+
+
+@dataclass(frozen=True)
+class Summary:
+    image: str
+    commit: bytes
+    objects: int
+    size: int
+    source: str
+
+
+def make(
+    source: str,
+    image: str,
+    *,
+    ref: str | None = None,
+    date: str | None = None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> Summary:
+    if block_size <= 0:
+        raise BuildError(f"bad block size {block_size}: give a positive size (512, 4096, ...)")
+    _check_destination(image)
+    src = parse_source(source)
+    if src.kind == "directory" and ref is not None:
+        log.warning("-b is ignored for a plain directory", ref=ref)
+    if src.is_git and date is not None:
+        log.warning("-d only applies to a plain directory; ignored", date=date)
+    with tempfile.TemporaryDirectory(prefix="docteur-") as work:
+        files = fetch(src, ref, work) if src.is_git else pack_directory(src.location, date, work)
+        size = write_atomically(image, files, block_size)
+    log.info("image written", image=image, commit=files.commit.hex(), objects=files.objects, size=size)
+    return Summary(image, files.commit, files.objects, size, src.display)
+
+
+def _check_destination(image: str) -> None:
+    if os.path.isdir(image):
+        raise BuildError(f"{image}: is a directory")
+    parent = os.path.dirname(os.path.abspath(image))
+    if not os.path.isdir(parent):
+        raise BuildError(f"{image}: no such directory {parent}")
+    if not os.access(parent, os.W_OK):
+        raise BuildError(f"{image}: cannot write in {parent}: permission denied")
+
+
+def write_atomically(image: str, files: PackFiles, block_size: int) -> int:
+    image = os.path.abspath(image)
+    parent, name = os.path.split(image)
+    with open(files.idx, "rb") as f:
+        idx = f.read()
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as out, open(files.pack, "rb") as pack:
+            total = os.fstat(pack.fileno()).st_size + len(idx)
+            with Progress("writing", total=total) as bar:
+                size = write_image(
+                    out, files.commit, pack, idx, block_size, on_bytes=lambda n: bar.update(min(n, total))
+                )
+            out.flush()
+            os.fsync(out.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # what a plain open() would give, not mkstemp's 0600
+        os.replace(tmp, image)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise BuildError(f"disk full while writing {image}") from None
+        if isinstance(e, OSError):
+            raise BuildError(f"cannot write {image}: {e.strerror or e}") from None
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dfd = os.open(parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    return size
