@@ -1,0 +1,228 @@
+"""`python -m docteur.vm.guestbuild --build-dir build`: the guest kernel and initramfs.
+
+Output in BUILD/guest/: vmlinuz (Debian's cloud kernel), initrd.gz (Debian's
+python3.11 + the stdlib modules the guest imports + docteur.guest + /init +
+the virtio modules), bare-initrd.gz (an /init that writes one byte and powers
+off: the benchmark's baseline) and manifest.json (Debian versions used, inputs
+hash). Downloads are cached in BUILD/debs/. Nothing is rebuilt while the
+inputs hash (package versions, guest/ sources, this builder) is unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import stat
+import struct
+import sys
+import time
+from pathlib import Path
+
+from docteur.vm import debian, guestpy
+from docteur.vm.cpio import Archive
+from docteur.vm.elf import modinfo
+
+PY_PACKAGES = (
+    "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
+    "libc6", "zlib1g", "libexpat1", "libffi8",
+)  # fmt: skip
+MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console")
+GUEST_SRC = Path(__file__).resolve().parent.parent / "guest"
+# The builder's own code is an input too: a change to it must rebuild.
+BUILDER_SRC = [Path(__file__).resolve().parent / f for f in
+               ("guestbuild.py", "guestpy.py", "cpio.py", "elf.py", "debian.py")]  # fmt: skip
+GUEST_PKG = f"{guestpy.STDLIB}/docteur"  # on the default sys.path: no site, no PYTHONPATH
+INIT = "#!/usr/bin/python3.11 -IS\nfrom docteur.guest.init import main\nmain()\n"
+MTIME = 0
+
+
+def say(msg: str) -> None:
+    print(f"guest: {msg}", file=sys.stderr, flush=True)
+
+
+def inputs_hash(packages: list[debian.Package]) -> str:
+    h = hashlib.sha256()
+    for p in packages:
+        h.update(f"{p.name}={p.version} {p.sha256}\n".encode())
+    for src in [*sorted(GUEST_SRC.glob("*.py")), *BUILDER_SRC]:
+        h.update(f"{src.name}\n".encode() + src.read_bytes())
+    return h.hexdigest()
+
+
+def module_order(root: Path, kver: str) -> list[Path]:
+    """The virtio .ko files, each after the modules its .modinfo depends on."""
+    base = root / "lib/modules" / kver / "kernel"
+    paths = {m: next(base.rglob(f"{m}.ko")) for m in MODULES}
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        for dep in filter(None, modinfo(paths[name]).get("depends", "").split(",")):
+            if dep not in paths:
+                raise RuntimeError(f"{name} needs module {dep}, not in the guest list")
+            visit(dep)
+        order.append(name)
+
+    for m in MODULES:
+        visit(m)
+    return [paths[m] for m in order]
+
+
+def add_tree_file(archive: Archive, root: Path, rel: str) -> None:
+    path = root / rel
+    if path.is_symlink():
+        archive.symlink(rel, str(path.readlink()))
+    else:
+        mode = 0o755 if path.stat().st_mode & stat.S_IXUSR else 0o644
+        archive.file(rel, path.read_bytes(), mode)
+
+
+def base_archive() -> Archive:
+    a = Archive()
+    for d in ("dev", "proc", "sys", "tmp", "run"):
+        a.directory(d)
+    # Python opens /dev/urandom (and init the console) before devtmpfs is mounted.
+    a.chardev("dev/console", 5, 1, 0o600)
+    a.chardev("dev/null", 1, 3)
+    a.chardev("dev/urandom", 1, 9)
+    return a
+
+
+def guest_archive(root: Path, kver: str, stage: Path) -> tuple[Archive, dict[str, object]]:
+    a = base_archive()
+    mods = module_order(root, kver)
+    for ko in mods:
+        a.file(f"lib/modules/{ko.name}", ko.read_bytes())
+    a.file("lib/modules/docteur.order", "".join(f"/lib/modules/{k.name}\n" for k in mods).encode())
+
+    # docteur.guest goes into the unpacked stdlib so the guest interpreter can trace it.
+    pkg = root / GUEST_PKG
+    shutil.rmtree(pkg, ignore_errors=True)
+    (pkg / "guest").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    sources = sorted(GUEST_SRC.glob("*.py"))
+    for src in sources:
+        shutil.copyfile(src, pkg / "guest" / src.name)
+    guest_mods = ["docteur.guest." + s.stem for s in sources if s.stem not in ("__init__", "__main__")]
+    found = guestpy.trace(root, guest_mods, guestpy.imported_names(sources))
+
+    jobs: list[tuple[Path, Path, str]] = []
+    for origin in sorted(set(found.values())):
+        rel = origin.relative_to(root)
+        if origin.suffix == ".py":
+            jobs.append((origin, stage / rel.with_suffix(".pyc"), f"/{rel}"))
+    for py in sorted(pkg.rglob("*.py")):
+        rel = py.relative_to(root)
+        jobs.append((py, stage / rel.with_suffix(".pyc"), f"/{rel}"))
+    shutil.rmtree(stage, ignore_errors=True)
+    guestpy.compile_all(root, jobs)
+    for pyc in sorted(stage.rglob("*.pyc")):
+        a.file(str(pyc.relative_to(stage)), pyc.read_bytes())
+
+    extensions = sorted(p for p in set(found.values()) if p.suffix == ".so")
+    binaries = [root / "usr/bin/python3.11", *extensions]
+    for p in binaries:
+        a.file(str(p.relative_to(root)), p.read_bytes(), 0o755)
+    for rel in [*guestpy.shared_libraries(root, binaries), *guestpy.symlink_chain(root, guestpy.LOADER)]:
+        add_tree_file(a, root, rel)
+    a.file("init", INIT.encode(), 0o755)
+    info = {
+        "modules": [k.stem for k in mods],
+        "python_modules": sorted(found),
+        "files": len(a.entries),
+    }
+    return a, info
+
+
+def bare_init() -> bytes:
+    """A static x86-64 ELF that writes "!" to the console and powers off: the
+    cheapest possible /init, the baseline boot time is measured against."""
+    base, code_off = 0x400000, 64 + 56
+    code = bytearray()
+    code += b"\xb8\x01\x00\x00\x00"  # mov eax, 1 (write)
+    code += b"\xbf\x01\x00\x00\x00"  # mov edi, 1
+    lea_at = len(code)
+    code += b"\x48\x8d\x35\0\0\0\0"  # lea rsi, [rip + msg]
+    code += b"\xba\x01\x00\x00\x00"  # mov edx, 1
+    code += b"\x0f\x05"  # syscall
+    code += b"\xb8\xa9\x00\x00\x00"  # mov eax, 169 (reboot)
+    code += b"\xbf\xad\xde\xe1\xfe"  # mov edi, LINUX_REBOOT_MAGIC1
+    code += b"\xbe\x69\x19\x12\x28"  # mov esi, LINUX_REBOOT_MAGIC2
+    code += b"\xba\xdc\xfe\x21\x43"  # mov edx, LINUX_REBOOT_CMD_POWER_OFF
+    code += b"\x0f\x05"  # syscall
+    code += b"\xeb\xfe"  # jmp $ (never returns)
+    msg_at = len(code)
+    code += b"!"
+    struct.pack_into("<i", code, lea_at + 3, msg_at - (lea_at + 7))
+    size = code_off + len(code)
+    ehdr = b"\x7fELF\x02\x01\x01" + b"\0" * 9 + struct.pack(
+        "<HHIQQQIHHHHHH", 2, 62, 1, base + code_off, 64, 0, 0, 64, 56, 1, 0, 0, 0
+    )
+    phdr = struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, size, size, 0x1000)
+    return ehdr + phdr + bytes(code)
+
+
+def build(build_dir: Path, force: bool = False) -> dict[str, object]:
+    out = build_dir.resolve() / "guest"  # the guest interpreter reports absolute paths
+    manifest_path = out / "manifest.json"
+    packages = debian.resolve([debian.kernel_name(), *PY_PACKAGES])
+    kernel = packages[0]
+    digest = inputs_hash(packages)
+    if not force and manifest_path.exists():
+        old = json.loads(manifest_path.read_text())
+        if old.get("inputs") == digest and all((out / f).exists() for f in old["outputs"]):
+            say(f"up to date ({out})")
+            return old
+    t0 = time.monotonic()
+    say(f"kernel {kernel.name} {kernel.version}; downloading what build/debs lacks")
+    debs = debian.download(packages, build_dir.resolve() / "debs")
+    root = out / "root"
+    shutil.rmtree(root, ignore_errors=True)
+    for deb in debs:
+        debian.unpack(deb, root)
+    kver = kernel.name.removeprefix("linux-image-")
+    archive, info = guest_archive(root, kver, out / "pyc")
+    out.mkdir(parents=True, exist_ok=True)
+    initrd = archive.gzip(MTIME)
+    (out / "initrd.gz").write_bytes(initrd)
+    shutil.copyfile(root / "boot" / f"vmlinuz-{kver}", out / "vmlinuz")
+    bare = base_archive()
+    bare.file("init", bare_init(), 0o755)
+    (out / "bare-initrd.gz").write_bytes(bare.gzip(MTIME))
+    shutil.rmtree(root)
+    shutil.rmtree(out / "pyc")
+    outputs = ["vmlinuz", "initrd.gz", "bare-initrd.gz"]
+    manifest = {
+        "inputs": digest,
+        "kernel_release": kver,
+        "packages": {p.name: p.version for p in packages},
+        "outputs": outputs,
+        "sha256": {f: hashlib.sha256((out / f).read_bytes()).hexdigest() for f in outputs},
+        **info,
+    }
+    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    say(
+        f"built {out}/initrd.gz ({len(initrd) / 1e6:.1f} MB, {info['files']} entries, "
+        f"{len(info['python_modules'])} stdlib modules) in {time.monotonic() - t0:.1f} s"  # type: ignore[arg-type]
+    )
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m docteur.vm.guestbuild", description=__doc__)
+    parser.add_argument("--build-dir", type=Path, default=Path("build"))
+    parser.add_argument("--force", action="store_true", help="rebuild even when up to date")
+    args = parser.parse_args(argv)
+    try:
+        build(args.build_dir, args.force)
+    except (debian.AptError, RuntimeError, OSError) as exc:
+        print(f"guest build failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""The guest's Python: only the stdlib modules docteur.guest needs, as .pyc.
+
+The set is found at build time by running the guest's own interpreter (Debian's
+python3.11, unpacked, started through its own loader so the host's Python and
+libraries play no part): it imports every docteur.guest module plus every
+module named by an import statement in guest/ (including those inside
+functions), then reports sys.modules. Frozen and built-in modules need no file.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from docteur.vm import elf
+
+PYVER = "3.11"
+STDLIB = f"usr/lib/python{PYVER}"
+LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
+LOADER = "lib64/ld-linux-x86-64.so.2"
+# The interpreter looks for os.py or os.pyc to find its prefix; os itself is frozen.
+ALWAYS = ("os",)
+# Never wanted in the guest even if some guest/ file names them (host-only paths).
+EXCLUDE = ("asyncio", "_asyncio", "_hashlib", "_ssl")  # _hashlib: 4.7 MB libcrypto; hashlib falls back
+
+_TRACE = r"""
+import sys, importlib
+for name in sys.argv[1:]:
+    quiet = name.startswith("?")  # a guess (`from pkg import name`): may not be a module
+    try:
+        importlib.import_module(name.lstrip("?"))
+    except BaseException as exc:  # SystemExit too: a module may run code on import
+        if not quiet:
+            sys.stderr.write(f"trace: cannot import {name}: {type(exc).__name__}: {exc}\n")
+for name, mod in sorted(sys.modules.items()):
+    spec = getattr(mod, "__spec__", None)
+    origin = getattr(spec, "origin", None) if spec else None
+    if origin and origin.startswith("/"):
+        sys.stdout.write(f"{name}\t{origin}\n")
+"""
+
+_COMPILE = r"""
+import sys, py_compile
+for line in sys.stdin:
+    src, dst, shown = line.rstrip("\n").split("\t")
+    py_compile.compile(src, cfile=dst, dfile=shown, doraise=True,
+                       invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+"""
+
+
+def imported_names(sources: list[Path]) -> set[str]:
+    """Every module an import statement in these files may load, dotted names included."""
+    names: set[str] = set()
+    for src in sources:
+        for node in ast.walk(ast.parse(src.read_bytes(), str(src))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module)
+                # `from pkg import sub` may name a submodule: try it, failures are ignored.
+                names.update(f"?{node.module}.{a.name}" for a in node.names if a.name != "*")
+    top = {n: n.lstrip("?").split(".")[0] for n in names}
+    return {n for n in names if top[n] not in EXCLUDE and top[n] != "docteur"}
+
+
+def run_guest_python(root: Path, args: list[str], stdin: str | None = None) -> str:
+    """Run the unpacked interpreter on the host through its own loader and libraries."""
+    lib_path = ":".join(str(root / d) for d in LIB_DIRS)
+    cmd = [str(root / LOADER), "--library-path", lib_path, str(root / "usr/bin/python3.11")]
+    env = {"PYTHONHOME": str(root / "usr"), "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C"}
+    proc = subprocess.run(
+        [*cmd, "-S", "-s", *args], env=env, input=stdin, text=True,
+        capture_output=True, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"guest python failed: {proc.stderr.strip()[-500:]}")
+    for line in proc.stderr.splitlines():
+        print(line, file=sys.stderr)
+    return proc.stdout
+
+
+def trace(root: Path, guest_modules: list[str], stdlib_names: set[str]) -> dict[str, Path]:
+    """Module name -> file (under root) for what importing the guest needs."""
+    names = [*sorted(guest_modules), *sorted(stdlib_names), *ALWAYS]
+    out = run_guest_python(root, ["-c", _TRACE, *names])
+    stdlib = str(root / STDLIB) + "/"
+    found: dict[str, Path] = {}
+    for line in out.splitlines():
+        name, origin = line.split("\t")
+        if origin.startswith(stdlib) and name.split(".")[0] not in ("docteur", *EXCLUDE):
+            found[name] = Path(origin)
+    return found
+
+
+def compile_all(root: Path, jobs: list[tuple[Path, Path, str]]) -> None:
+    """(source, .pyc destination, path shown in tracebacks) with the guest's compiler."""
+    for _, dst, _ in jobs:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    lines = "".join(f"{s}\t{d}\t{shown}\n" for s, d, shown in jobs)
+    run_guest_python(root, ["-c", _COMPILE], stdin=lines)
+
+
+def symlink_chain(root: Path, rel: str) -> list[str]:
+    """rel and every path its symlinks lead to, resolved inside root (never the host)."""
+    chain = [rel]
+    while (root / rel).is_symlink():
+        target = os.readlink(root / rel)
+        rel = target.lstrip("/") if target.startswith("/") else os.path.join(os.path.dirname(rel), target)
+        rel = os.path.normpath(rel)
+        chain.append(rel)
+    return chain
+
+
+def shared_libraries(root: Path, binaries: list[Path]) -> list[str]:
+    """Paths (relative to root) of the libraries these ELF files need, transitively,
+    symlinks and their targets both, plus the program loader."""
+    wanted: list[str] = []
+    todo = list(binaries)
+    seen: set[str] = set()
+    while todo:
+        for soname in elf.needed(todo.pop()):
+            if soname in seen:
+                continue
+            seen.add(soname)
+            for d in LIB_DIRS:
+                if (root / d / soname).is_symlink() or (root / d / soname).exists():
+                    chain = symlink_chain(root, f"{d}/{soname}")
+                    wanted.extend(chain)
+                    todo.append(root / chain[-1])
+                    break
+            else:
+                raise RuntimeError(f"shared library {soname} is in none of the packages")
+    return sorted(set(wanted))
