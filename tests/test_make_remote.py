@@ -1,0 +1,114 @@
+"""`docteur make` over the network: git daemon, smart HTTP, ssh (a stand-in), on loopback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.gitfixtures import (
+    check_image,
+    docteur,
+    git_daemon,  # noqa: F401 - fixture
+    http_git,  # noqa: F401 - fixture
+    make_repo,
+    needs_git,
+    one_error_line,
+    rev,
+    run_http_git,
+    ssh_git,  # noqa: F401 - fixture
+)
+
+pytestmark = needs_git
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_repo(tmp_path_factory.mktemp("remote") / "project.git", bare=True)
+
+
+def _serve(bare: Path, base: Path) -> None:
+    shutil.copytree(bare, base / "project.git", symlinks=True)
+
+
+def test_git_daemon(bare: Path, git_daemon: tuple[Path, str], tmp_path: Path,
+                    capsys: pytest.CaptureFixture[str]) -> None:
+    base, url = git_daemon
+    _serve(bare, base)
+    img = tmp_path / "disk.img"
+    rc, _, err = docteur(capsys, "make", f"{url}/project.git", img)
+    assert rc == 0, err
+    check_image(img, bare, rev(bare), tmp_path)
+    rc, _, err = docteur(capsys, "make", "-b", "v1", f"{url}/project.git", img)
+    assert rc == 0, err
+    check_image(img, bare, rev(bare, "v1^{commit}"), tmp_path)
+
+
+def test_git_daemon_errors(git_daemon: tuple[Path, str], tmp_path: Path,
+                           capsys: pytest.CaptureFixture[str]) -> None:
+    _base, url = git_daemon
+    rc, _, err = docteur(capsys, "make", f"{url}/nothing-here.git", tmp_path / "x.img")
+    assert rc == 1
+    assert "not a git repository" in one_error_line(err)
+    assert not list(tmp_path.iterdir())
+
+
+def test_smart_http(bare: Path, http_git: tuple[Path, str], tmp_path: Path,
+                    capsys: pytest.CaptureFixture[str]) -> None:
+    base, url = http_git
+    _serve(bare, base)
+    img = tmp_path / "disk.img"
+    rc, _, err = docteur(capsys, "make", "-b", "feature", f"{url}/project.git", img)
+    assert rc == 0, err
+    check_image(img, bare, rev(bare, "feature"), tmp_path)
+    rc, _, err = docteur(capsys, "make", "-b", "nope", f"{url}/project.git", img)
+    assert rc == 1
+    assert "no ref 'nope'" in one_error_line(err)
+    rc, _, err = docteur(capsys, "make", f"{url}/missing.git", img)
+    assert rc == 1
+    assert "not a git repository" in one_error_line(err)
+
+
+SECRET = "s3cret-Passw0rd"
+
+
+def test_http_credentials_work_and_stay_hidden(bare: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    base = tmp_path / "srv"
+    base.mkdir()
+    _serve(bare, base)
+    img = tmp_path / "disk.img"
+    with run_http_git(base, credentials=("alice", SECRET)) as url:
+        authed = url.replace("http://", f"http://alice:{SECRET}@") + "/project.git"
+        rc, out, err = docteur(capsys, "--log-format", "json", "-vv", "make", authed, img)
+        assert rc == 0, err
+        assert SECRET not in out + err
+        events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        assert any(e.get("event") == "fetching" for e in events)
+        check_image(img, bare, rev(bare), tmp_path)
+        wrong = url.replace("http://", "http://alice:wrong-Passw0rd@") + "/project.git"
+        rc, out, err = docteur(capsys, "-v", "make", wrong, tmp_path / "no.img")
+        assert rc == 1
+        line = one_error_line(err)
+        assert "wrong-Passw0rd" not in out + err
+        assert "authentication" in line or "401" in line
+    rc, _, err = docteur(capsys, "make", f"https://tok:{SECRET}@unknown-host.invalid/x.git",
+                         tmp_path / "no.img")
+    assert rc == 1
+    assert SECRET not in err
+    assert "unknown host" in one_error_line(err)
+
+
+def test_ssh_url_and_scp_like(bare: Path, ssh_git: Path, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    img = tmp_path / "disk.img"
+    rc, _, err = docteur(capsys, "make", f"ssh://git@example.org{bare}", img)
+    assert rc == 0, err
+    check_image(img, bare, rev(bare), tmp_path)
+    rc, _, err = docteur(capsys, "make", "-b", "light", f"git@example.org:{bare}", img)
+    assert rc == 0, err
+    check_image(img, bare, rev(bare, "light"), tmp_path)
+    log = Path(str(ssh_git) + ".log").read_text().split()
+    assert log.count("example.org") + log.count("git@example.org") == 2
