@@ -1,0 +1,176 @@
+"""Bad inputs give one line and exit 1; a failing build leaves nothing behind."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from docteur.builder import make as make_mod
+from docteur.builder.cli import make_main
+from docteur.builder.redact import redact, register_secret
+from docteur.builder.source import parse_source
+from tests.gitfixtures import docteur, free_port, make_repo, needs_git, one_error_line, populate
+
+pytestmark = needs_git
+
+
+@pytest.fixture(scope="module")
+def bare(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_repo(tmp_path_factory.mktemp("err") / "r.git", bare=True, history=1)
+
+
+def _fails(capsys: pytest.CaptureFixture[str], *args: str | os.PathLike[str]) -> str:
+    rc, _out, err = docteur(capsys, *args)
+    assert rc == 1, err
+    return one_error_line(err)
+
+
+def test_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = _fails(capsys, "make", tmp_path / "nope", tmp_path / "x.img")
+    assert "no such file or directory" in line and "nope" in line
+    assert "no such" in _fails(capsys, "make", f"file://{tmp_path}/nope", tmp_path / "x.img")
+
+
+def test_empty_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty" / "sub").mkdir(parents=True)  # only empty directories: nothing to store
+    assert "empty directory" in _fails(capsys, "make", tmp_path / "empty", tmp_path / "x.img")
+
+
+def test_special_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "ok.txt").write_text("ok\n")
+    os.mkfifo(d / "pipe")
+    line = _fails(capsys, "make", d, tmp_path / "x.img")
+    assert "fifo" in line and str(d / "pipe") in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads anything")
+def test_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "secret").write_text("x")
+    (d / "secret").chmod(0)
+    assert str(d / "secret") in _fails(capsys, "make", d, tmp_path / "x.img")
+
+
+@pytest.mark.parametrize(
+    ("source", "expect"),
+    [
+        ("ftp://example.org/x.git", "unsupported scheme"),
+        ("https:///x.git", "no host"),
+        ("https://example.org", "no repository path"),
+        ("file://relative/path", "absolute path"),
+        ("git@example.org:", "no path"),
+        ("https://example.org:99999/x.git", "bad URL"),
+    ],
+)
+def test_bad_urls(source: str, expect: str, tmp_path: Path,
+                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert expect in _fails(capsys, "make", source, tmp_path / "x.img")
+
+
+def test_unknown_host_and_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "unknown host" in _fails(capsys, "make", "git://no-such-host.invalid/x.git",
+                                    tmp_path / "x.img")
+    port = free_port()
+    assert "connection refused" in _fails(capsys, "make", f"git://127.0.0.1:{port}/x.git",
+                                          tmp_path / "x.img")
+    assert "connection refused" in _fails(capsys, "make", f"http://127.0.0.1:{port}/x.git",
+                                          tmp_path / "x.img")
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_ref(bare: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = _fails(capsys, "make", "-b", "nope", bare, tmp_path / "x.img")
+    assert "no ref 'nope'" in line and "main" in line
+
+
+def test_not_a_git_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = tmp_path / "broken"
+    (broken / ".git").mkdir(parents=True)  # a .git that is no repository
+    line = _fails(capsys, "make", broken, tmp_path / "x.img")
+    assert "not a git repository" in line or "git" in line
+
+
+def test_empty_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.gitfixtures import git
+
+    git("init", "-q", "--bare", tmp_path / "e.git")
+    line = _fails(capsys, "make", tmp_path / "e.git", tmp_path / "x.img")
+    assert "HEAD" in line or "empty" in line
+
+
+def test_bad_date_and_block_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    populate(tmp_path / "t")
+    assert "bad date" in _fails(capsys, "make", "-d", "yesterday", tmp_path / "t",
+                                tmp_path / "x.img")
+    assert "block size" in _fails(capsys, "make", "--bs", "0", tmp_path / "t", tmp_path / "x.img")
+
+
+def test_destination_problems(bare: Path, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert "no such directory" in _fails(capsys, "make", bare, tmp_path / "no" / "x.img")
+    assert "is a directory" in _fails(capsys, "make", bare, tmp_path)
+
+
+# -- atomicity -------------------------------------------------------------------------
+
+
+def _only(tmp_path: Path, *names: str) -> None:
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
+
+
+def test_failure_keeps_existing_image(bare: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    img = tmp_path / "disk.img"
+    img.write_bytes(b"old image")
+    _fails(capsys, "make", "-b", "nope", bare, img)
+    assert img.read_bytes() == b"old image"
+    _only(tmp_path, "disk.img")
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt(), OSError(errno.ENOSPC, "No space left")])
+def test_interrupted_or_disk_full_mid_write(bare: Path, tmp_path: Path, exc: BaseException,
+                                            capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    img = tmp_path / "disk.img"
+    img.write_bytes(b"old image")
+    real = make_mod.write_image
+
+    def broken(out, *args, **kwargs):  # type: ignore[no-untyped-def]
+        real(out, *args, **kwargs)  # the temp file exists and is full...
+        raise exc  # ...when the trouble comes
+
+    monkeypatch.setattr(make_mod, "write_image", broken)
+    rc, _, err = docteur(capsys, "make", bare, img)
+    line = one_error_line(err)
+    if isinstance(exc, KeyboardInterrupt):
+        assert rc == 130 and "interrupted" in line
+    else:
+        assert rc == 1 and "disk full" in line
+    assert img.read_bytes() == b"old image"
+    _only(tmp_path, "disk.img")
+
+
+def test_alias_entry_point(bare: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert make_main([str(bare), str(tmp_path / "a.img")]) == 0
+    assert make_main(["-b", "nope", str(bare), str(tmp_path / "b.img")]) == 1
+    _only(tmp_path, "a.img")
+
+
+# -- credentials -------------------------------------------------------------------------
+
+
+def test_redaction() -> None:
+    src = parse_source("https://user:p%40ss-word@example.org/x.git")
+    assert "p%40ss-word" not in src.display and "p@ss-word" not in src.display
+    assert redact("failed: p@ss-word") == "failed: ***"
+    assert redact("https://tok123@host/x") == "https://***@host/x"
+    assert redact("ssh://bob:pw@host/x") == "ssh://bob:***@host/x"
+    assert redact("ssh://bob@host/x") == "ssh://bob@host/x"
+    register_secret("x")  # too short to mask safely: ignored
+    assert redact("x marks") == "x marks"
