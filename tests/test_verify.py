@@ -1,0 +1,121 @@
+"""`docteur verify`: the original's report, -q, and a clear line for every corruption."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from docteur.builder.cli import verify_main
+from docteur.guest.layout import read_layout
+from tests.gitfixtures import docteur, make_repo, needs_git, one_error_line, rev
+
+pytestmark = needs_git
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("verify")
+    repo = make_repo(tmp / "repo.git", bare=True, history=2)
+    img = tmp / "good.img"
+    from docteur.builder.make import make
+
+    make(str(repo), str(img))
+    return repo, img
+
+
+def test_report(built: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    repo, img = built
+    rc, out, err = docteur(capsys, "verify", img)
+    assert rc == 0, err
+    assert out == (
+        f"commit\t: {rev(repo)}\n"
+        'author\t: "A U Thor" <author@example.com>\n'
+        f"root\t: {rev(repo, 'HEAD^{tree}')}\n"
+        "\n"
+        "commit 2\n"
+    )
+
+
+def test_quiet(built: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert docteur(capsys, "verify", "-q", built[1]) == (0, "", "")
+    capsys.readouterr()
+    assert verify_main(["-q", str(built[1])]) == 0
+    assert capsys.readouterr().out == ""
+
+
+def _corrupt(src: Path, dest: Path, offset: int, value: bytes | None = None) -> Path:
+    data = bytearray(src.read_bytes())
+    if value is None:
+        data[offset] ^= 0xFF
+    else:
+        data[offset : offset + len(value)] = value
+    dest.write_bytes(bytes(data))
+    return dest
+
+
+def _where(img: Path) -> dict[str, int]:
+    with open(img, "rb") as f:
+        layout = read_layout(f.fileno())
+    return {
+        "pack_mid": (28 + layout.pack_end) // 2,
+        "pack_trailer": layout.pack_end - 5,
+        "idx_fanout": layout.idx_offset + 8 + 4 * 100,
+        "idx_ids": layout.idx_offset + 8 + 1024 + 3,
+        "idx_crc": layout.idx_end - 40 - 4,
+        "idx_checksum": layout.idx_end - 2,
+    }
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["commit", "idx_offset", "pack_magic", "pack_mid", "pack_trailer", "idx_fanout",
+     "idx_ids", "idx_crc", "idx_checksum"],
+)
+def test_corruption(built: tuple[Path, Path], tmp_path: Path, where: str,
+                    capsys: pytest.CaptureFixture[str]) -> None:
+    _repo, good = built
+    offsets = {"commit": 3, "idx_offset": 21, "pack_magic": 29, **_where(good)}
+    bad = _corrupt(good, tmp_path / "bad.img", offsets[where])
+    rc, out, err = docteur(capsys, "verify", bad)
+    assert rc == 1
+    assert out == ""
+    line = one_error_line(err)
+    assert len(line) > len("docteur: error: ") + 10
+
+
+def test_wrong_commit_in_header(built: tuple[Path, Path], tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The header names an object of the pack that is not a commit (its tree)."""
+    repo, good = built
+    tree = bytes.fromhex(rev(repo, "HEAD^{tree}"))
+    bad = _corrupt(good, tmp_path / "bad.img", 0, tree)
+    rc, _, err = docteur(capsys, "verify", bad)
+    assert rc == 1
+    assert "commit" in one_error_line(err)
+
+
+@pytest.mark.parametrize("content", [b"", b"short", b"\0" * 4096, b"PACK" * 2000])
+def test_not_an_image(tmp_path: Path, content: bytes, capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "x.img"
+    f.write_bytes(content)
+    rc, _, err = docteur(capsys, "verify", f)
+    assert rc == 1
+    assert "image" in one_error_line(err)
+
+
+def test_truncated(built: tuple[Path, Path], tmp_path: Path,
+                   capsys: pytest.CaptureFixture[str]) -> None:
+    data = built[1].read_bytes()
+    for cut in (len(data) // 2, len(data) - 600):
+        f = tmp_path / "cut.img"
+        f.write_bytes(data[:cut])
+        rc, _, err = docteur(capsys, "verify", f)
+        assert rc == 1
+        one_error_line(err)
+
+
+def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = docteur(capsys, "verify", tmp_path / "none.img")
+    assert rc == 1
+    assert "no such file" in one_error_line(err)
