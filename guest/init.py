@@ -24,6 +24,7 @@ _SYS_FINIT_MODULE = 313  # x86_64
 _RB_POWER_OFF = 0x4321FEDC
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
 
+_T0 = time.monotonic()
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
 
@@ -135,12 +136,17 @@ def server_argv(params: dict[str, str]) -> list[str]:
 
 def run() -> int:
     params = setup()
+    debug = params.get("debug") == "1"
+    if debug:
+        log(f"modules loaded; python started at {_T0:.3f}")
     argv = server_argv(params)
     try:
         from docteur.guest import server
     except ImportError as exc:
         log(f"FATAL: the guest server is missing from the initramfs ({exc})")
         return 70
+    if debug:
+        log("server imported")
     if params.get("dry") == "1":
         return 0
     return int(server.main(argv) or 0)
@@ -149,6 +155,7 @@ def run() -> int:
 def main() -> None:
     code = 1
     try:
+
         code = run()
         log(f"server exited {code}; powering off")
     except BaseException as exc:  # PID 1: whatever happened, power off below

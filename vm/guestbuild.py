@@ -110,7 +110,8 @@ def guest_archive(root: Path, kver: str, stage: Path) -> tuple[Archive, dict[str
     found = guestpy.trace(root, guest_mods, guestpy.imported_names(sources))
 
     jobs: list[tuple[Path, Path, str]] = []
-    for origin in sorted(set(found.values())):
+    landmarks = [root / guestpy.STDLIB / f for f in guestpy.LANDMARKS]
+    for origin in sorted({*found.values(), *landmarks}):
         rel = origin.relative_to(root)
         if origin.suffix == ".py":
             jobs.append((origin, stage / rel.with_suffix(".pyc"), f"/{rel}"))

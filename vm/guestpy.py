@@ -21,8 +21,12 @@ PYVER = "3.11"
 STDLIB = f"usr/lib/python{PYVER}"
 LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
 LOADER = "lib64/ld-linux-x86-64.so.2"
-# The interpreter looks for os.py or os.pyc to find its prefix; os itself is frozen.
-ALWAYS = ("os",)
+# Imported lazily deep inside the stdlib, so no import statement or module-level
+# import reveals them: argparse -> gettext -> locale at parse time.
+ALWAYS = ("locale",)
+# The interpreter finds its prefix by the landmark os.py/os.pyc ("Could not find
+# platform independent libraries" otherwise), although os itself is frozen.
+LANDMARKS = ("os.py",)
 # Never wanted in the guest even if some guest/ file names them (host-only paths).
 EXCLUDE = ("asyncio", "_asyncio", "_hashlib", "_ssl")  # _hashlib: 4.7 MB libcrypto; hashlib falls back
 

@@ -1,0 +1,255 @@
+"""`async with Appliance(blocks={...}) as vm:` — the docteur microVM from Python.
+
+Starts QEMU, drives QMP (qemu.qmp) over a socketpair, waits for the guest's
+greeting on the virtio-serial port and hands out the protocol client. Leaving
+the block shuts the guest down (protocol shutdown, then QMP quit, then
+SIGKILL) and always reaps QEMU and removes the run directory, also on errors
+and cancellation. Every await has a timeout: a dead or paused QEMU must never
+hang the host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import QMPClient
+
+from docteur.vm import qemu
+
+BUILD_ENV = "DOCTEUR_BUILD"  # overrides the guest artifacts' directory
+DEFAULT_BUILD = Path(__file__).resolve().parent.parent / "build"
+LOG_TAIL = 25
+
+
+class ApplianceError(RuntimeError):
+    """One-line message; `log_tail` holds the end of the guest console log."""
+
+    def __init__(self, message: str, log_tail: str = ""):
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+class BootError(ApplianceError):
+    pass
+
+
+def guest_artifacts(build_dir: Path | None = None) -> tuple[Path, Path]:
+    base = Path(build_dir or os.environ.get(BUILD_ENV) or DEFAULT_BUILD) / "guest"
+    kernel, initrd = base / "vmlinuz", base / "initrd.gz"
+    if not (kernel.exists() and initrd.exists()):
+        raise ApplianceError(f"guest not built in {base}: run `make guest`")
+    return kernel, initrd
+
+
+def _check_image(name: str, path: Path) -> Path:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise ApplianceError(f"block {name}: cannot open {path}: {exc.strerror}") from None
+    return path.resolve()
+
+
+class Appliance:
+    def __init__(
+        self,
+        blocks: dict[str, str | Path],
+        verify: str = "pack",
+        memory: int = 128,
+        accel: str = "auto",
+        timeout: float = 60.0,
+        build_dir: Path | None = None,
+        kernel: Path | None = None,
+        initrd: Path | None = None,
+        extra_args: list[str] | None = None,
+        greet: bool = True,
+    ):
+        if not blocks:
+            raise ApplianceError("no block device given")
+        self.blocks = {qemu.check_block_name(n): _check_image(n, Path(p)) for n, p in blocks.items()}
+        if kernel is None or initrd is None:
+            kernel, initrd = guest_artifacts(build_dir)
+        self.kernel, self.initrd = kernel, initrd
+        self.verify, self.memory, self.timeout = verify, memory, timeout
+        self.accel = qemu.choose_accel(accel)
+        self.extra_args = extra_args or []
+        self.greet = greet
+        self.events: list[dict[str, Any]] = []  # every QMP event, in order
+        self.shutdown_reason: str | None = None  # QMP SHUTDOWN reason, e.g. guest-shutdown
+        self.client: Any = None  # protocol client once greeted
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.returncode: int | None = None
+        self.boot_seconds: float | None = None  # QEMU start to greeting
+        self.rundir: Path | None = None
+        self.proc: asyncio.subprocess.Process | None = None
+        self.qmp: QMPClient | None = None
+        self._event_task: asyncio.Task[None] | None = None
+        self._socks: list[socket.socket] = []
+
+    # ---- guest log -------------------------------------------------------
+    @property
+    def console_log(self) -> Path:
+        assert self.rundir is not None
+        return self.rundir / "console.log"
+
+    def log_tail(self, lines: int = LOG_TAIL) -> str:
+        text = ""
+        for name in ("console.log", "qemu.err"):
+            with contextlib.suppress(OSError, TypeError):
+                text += (self.rundir / name).read_text(errors="replace")  # type: ignore[operator]
+        return "\n".join(text.splitlines()[-lines:])
+
+    # ---- start -----------------------------------------------------------
+    async def __aenter__(self) -> Appliance:
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        exe = qemu.find_qemu()
+        # Short, private run directory for the console log and QEMU's stderr.
+        self.rundir = Path(tempfile.mkdtemp(prefix="dct-", dir="/tmp"))
+        qmp_host, qmp_qemu = socket.socketpair()
+        port_host, port_qemu = socket.socketpair()
+        self._socks = [qmp_host, port_host]
+        launch = qemu.Launch(
+            kernel=self.kernel, initrd=self.initrd, blocks=self.blocks,
+            console_log=self.console_log, qmp_fd=qmp_qemu.fileno(), port_fd=port_qemu.fileno(),
+            verify=self.verify, memory=self.memory, accel=self.accel, extra_args=self.extra_args,
+        )  # fmt: skip
+        t0 = time.monotonic()
+        with open(self.rundir / "qemu.err", "wb") as err:
+            try:
+                self.proc = await asyncio.create_subprocess_exec(
+                    *launch.argv(exe), stdin=asyncio.subprocess.DEVNULL, stdout=err, stderr=err,
+                    pass_fds=(qmp_qemu.fileno(), port_qemu.fileno()),
+                    start_new_session=True,  # Ctrl-C reaches us, and we shut QEMU down
+                )  # fmt: skip
+            finally:
+                qmp_qemu.close()
+                port_qemu.close()
+        self.qmp = QMPClient("docteur")
+        self._event_task = asyncio.create_task(self._watch_events())
+        await self._until_exit(self.qmp.connect(qmp_host), 10.0, "QMP did not answer")
+        self.reader, self.writer = await asyncio.open_connection(sock=port_host)
+        if self.greet:
+            await self._until_exit(self._greet(), self.timeout, "boot timed out")
+            self.boot_seconds = time.monotonic() - t0
+
+    async def _greet(self) -> None:
+        assert self.reader is not None and self.writer is not None
+        try:
+            from docteur.vm import client as client_mod
+        except ImportError:  # the runtime's client not there yet: raw GREET/HELLO
+            from docteur.guest import protocol
+
+            self.writer.write(protocol.GREET_FRAME)
+            header = await self.reader.readexactly(protocol.HEADER_SIZE)
+            _, _, _, length = protocol.HEADER.unpack(header)
+            self.hello = await self.reader.readexactly(length)
+            return
+        self.client = await client_mod.Client.greet(self.reader, self.writer)
+
+    async def _until_exit(self, aw: Any, timeout: float, what: str) -> Any:
+        """Await aw unless QEMU exits or the timeout passes first: a boot failure."""
+        assert self.proc is not None
+        task = asyncio.ensure_future(aw)
+        died = asyncio.ensure_future(self.proc.wait())
+        try:
+            done, _ = await asyncio.wait({task, died}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            died.cancel()
+        if task in done:
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        if died in done or self.proc.returncode is not None:
+            await asyncio.sleep(0.05)  # let the last console bytes land
+            reason = f", {self.shutdown_reason}" if self.shutdown_reason else ""
+            msg = f"{what}: QEMU exited with status {self.proc.returncode}{reason}"
+        else:
+            msg = f"{what} after {timeout:.0f} s"
+        raise BootError(msg, self.log_tail())
+
+    async def _watch_events(self) -> None:
+        assert self.qmp is not None
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            async for event in self.qmp.events:
+                self.events.append(event)
+                if event["event"] == "SHUTDOWN":
+                    self.shutdown_reason = event.get("data", {}).get("reason")
+
+    # ---- stop ------------------------------------------------------------
+    async def wait(self, timeout: float | None = None) -> int:
+        """Wait for QEMU to exit (e.g. after the guest powered off)."""
+        assert self.proc is not None
+        self.returncode = await asyncio.wait_for(self.proc.wait(), timeout)
+        return self.returncode
+
+    async def shutdown(self, timeout: float = 5.0) -> int | None:
+        """Ask the guest to power off, then QEMU to quit, then kill it."""
+        if self.proc is None or self.proc.returncode is not None:
+            return self.proc.returncode if self.proc else None
+        if self.client is not None and hasattr(self.client, "shutdown"):
+            with contextlib.suppress(Exception, asyncio.TimeoutError):
+                await asyncio.wait_for(self.client.shutdown(), timeout / 2)
+                return await self.wait(timeout / 2)
+        if self.qmp is not None:
+            with contextlib.suppress(Exception, asyncio.TimeoutError):
+                await asyncio.wait_for(self.qmp.execute("quit"), 1.0)
+                return await self.wait(timeout / 2)
+        return None
+
+    async def close(self) -> None:
+        """Idempotent teardown: QEMU reaped, sockets closed, run directory gone."""
+        try:
+            with contextlib.suppress(Exception):
+                await self.shutdown()
+        finally:
+            await self._reap()
+            if self.writer is not None:
+                self.writer.close()
+            for s in self._socks:
+                s.close()
+            if self.qmp is not None:
+                qmp, self.qmp = self.qmp, None
+                with contextlib.suppress(Exception, asyncio.TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(qmp.disconnect(), 1.0)
+            if self._event_task is not None:
+                self._event_task.cancel()
+            if self.rundir is not None:
+                shutil.rmtree(self.rundir, ignore_errors=True)
+
+    async def _reap(self) -> None:
+        """SIGKILL whatever still runs and wait for it (the loop's child watcher reaps)."""
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGKILL)
+            with contextlib.suppress(Exception, asyncio.TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5.0)
+        self.returncode = proc.returncode
+
+
+# qemu.qmp logs every disconnect at ERROR; our own errors say what happened.
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)

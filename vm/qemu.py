@@ -1,0 +1,133 @@
+"""The QEMU command line for the docteur microVM.
+
+Everything here is a decision about how the guest boots fast and never hangs
+under TCG (see the microVM facts): -M microvm with ACPI and RTC kept on,
+tsc_early_khz always, panic=-1 with -no-reboot, AVX off for faster TCG
+SHA-1/zlib. QMP and the protocol port are connected socketpairs handed to
+QEMU as file descriptors: no socket paths to race for or clean up.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+QEMU = "qemu-system-x86_64"
+PORT_NAME = "org.docteur.0"
+ACCELS = ("auto", "kvm", "tcg")
+VERIFY_MODES = ("full", "pack", "none")
+# virtio-blk serials are at most 20 bytes; the name also goes on the kernel command line.
+BLOCK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,20}")
+# TCG's AVX emulation (new in QEMU 7.2) makes glibc pick slower SHA-1/zlib paths.
+TCG_CPU = "max,-avx,-avx2,-fma,-f16c"
+BOOT_ARGS = (
+    "console=ttyS0", "panic=-1", "quiet", "mitigations=off", "audit=0", "security=none",
+    "cryptomgr.notests", "random.trust_cpu=on", "no_timer_check",
+)  # fmt: skip
+
+
+class QemuError(RuntimeError):
+    pass
+
+
+def find_qemu() -> str:
+    path = shutil.which(QEMU)
+    if path is None:
+        raise QemuError(f"{QEMU} not found: install qemu-system-x86 (make setup does)")
+    return path
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def kvm_usable() -> bool:
+    """KVM only with real virtualization flags: a paravirtual /dev/kvm (no vmx/svm)
+    starts QEMU but runs stock kernels ~1000x slower, then pauses on an emulation error."""
+    return bool(_cpu_flags() & {"vmx", "svm"}) and os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def choose_accel(requested: str) -> str:
+    if requested not in ACCELS:
+        raise QemuError(f"--accel must be one of {', '.join(ACCELS)}")
+    if requested == "auto":
+        return "kvm" if kvm_usable() else "tcg"
+    return requested
+
+
+def host_khz() -> int:
+    """Host TSC rate for tsc_early_khz: without it ~10 % of TCG boots hang at
+    "Marking TSC unstable"."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    return int(float(line.partition(":")[2]) * 1000)
+    except (OSError, ValueError):
+        pass
+    return 2_000_000
+
+
+def check_block_name(name: str) -> str:
+    if not BLOCK_NAME.fullmatch(name):
+        raise QemuError(f"block name {name!r}: 1-20 characters of A-Z a-z 0-9 _ . -")
+    return name
+
+
+def _opt(value: str | Path) -> str:
+    # QEMU option values escape a comma by doubling it.
+    return str(value).replace(",", ",,")
+
+
+@dataclass
+class Launch:
+    kernel: Path
+    initrd: Path
+    blocks: dict[str, Path]
+    console_log: Path
+    qmp_fd: int
+    port_fd: int | None = None  # None: no protocol port (the bare benchmark boot)
+    verify: str = "pack"
+    memory: int = 128
+    accel: str = "tcg"  # already chosen: kvm or tcg
+    extra_args: list[str] = field(default_factory=list)  # kernel command line
+
+    def cmdline(self) -> str:
+        args = [*BOOT_ARGS, f"tsc_early_khz={host_khz()}"]
+        args += [f"docteur.verify={self.verify}", f"docteur.blocks={','.join(self.blocks)}"]
+        return " ".join([*args, *self.extra_args])
+
+    def argv(self, qemu: str) -> list[str]:
+        if self.verify not in VERIFY_MODES:
+            raise QemuError(f"verify mode must be one of {', '.join(VERIFY_MODES)}")
+        cpu = ["-accel", "kvm", "-cpu", "host"] if self.accel == "kvm" else ["-accel", "tcg", "-cpu", TCG_CPU]
+        argv = [
+            qemu, "-M", "microvm", "-nodefaults", "-no-user-config", "-no-reboot",
+            "-display", "none", *cpu, "-m", str(self.memory), "-smp", "1",
+            "-kernel", _opt(self.kernel), "-initrd", _opt(self.initrd), "-append", self.cmdline(),
+            "-chardev", f"file,id=con,path={_opt(self.console_log)}", "-serial", "chardev:con",
+            "-chardev", f"socket,id=qmp,fd={self.qmp_fd}", "-mon", "chardev=qmp,mode=control",
+        ]  # fmt: skip
+        for i, (name, path) in enumerate(self.blocks.items()):
+            check_block_name(name)
+            argv += [
+                "-drive", f"id=d{i},file={_opt(path)},if=none,readonly=on,format=raw",
+                "-device", f"virtio-blk-device,drive=d{i},serial={name}",
+            ]  # fmt: skip
+        if self.port_fd is not None:
+            argv += [
+                "-device", "virtio-serial-device",
+                "-chardev", f"socket,id=port,fd={self.port_fd}",
+                "-device", f"virtserialport,chardev=port,name={PORT_NAME}",
+            ]  # fmt: skip
+        return argv
