@@ -19,16 +19,21 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from qemu.qmp import QMPClient
 
+from docteur.guest import protocol
 from docteur.vm import qemu
 
 BUILD_ENV = "DOCTEUR_BUILD"  # overrides the guest artifacts' directory
 DEFAULT_BUILD = Path(__file__).resolve().parent.parent / "build"
 LOG_TAIL = 25
+SHUTDOWN_ID = 0xFFFFFFF0  # request id of the appliance's own shutdown request
+# Wraps the greeted port's streams into a protocol client (docteur.vm.client).
+ClientFactory = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[Any]]
 
 
 class ApplianceError(RuntimeError):
@@ -73,6 +78,7 @@ class Appliance:
         initrd: Path | None = None,
         extra_args: list[str] | None = None,
         greet: bool = True,
+        make_client: ClientFactory | None = None,
     ):
         if not blocks:
             raise ApplianceError("no block device given")
@@ -84,6 +90,8 @@ class Appliance:
         self.accel = qemu.choose_accel(accel)
         self.extra_args = extra_args or []
         self.greet = greet
+        self.make_client = make_client
+        self.hello = b""  # the guest's HELLO frame, header included
         self.events: list[dict[str, Any]] = []  # every QMP event, in order
         self.shutdown_reason: str | None = None  # QMP SHUTDOWN reason, e.g. guest-shutdown
         self.client: Any = None  # protocol client once greeted
@@ -154,18 +162,21 @@ class Appliance:
             self.boot_seconds = time.monotonic() - t0
 
     async def _greet(self) -> None:
-        assert self.reader is not None and self.writer is not None
-        try:
-            from docteur.vm import client as client_mod
-        except ImportError:  # the runtime's client not there yet: raw GREET/HELLO
-            from docteur.guest import protocol
+        """GREET, then wait for the guest's HELLO: the guest has verified its disks.
 
-            self.writer.write(protocol.GREET_FRAME)
-            header = await self.reader.readexactly(protocol.HEADER_SIZE)
-            _, _, _, length = protocol.HEADER.unpack(header)
-            self.hello = await self.reader.readexactly(length)
-            return
-        self.client = await client_mod.Client.greet(self.reader, self.writer)
+        Done here on the raw stream (not by the client) so the boot is timed the
+        same way with or without a client, and `hello` can be replayed by the
+        multiplexer behind `docteur run --socket`."""
+        assert self.reader is not None and self.writer is not None
+        self.writer.write(protocol.GREET_FRAME)
+        await self.writer.drain()
+        header = await self.reader.readexactly(protocol.HEADER_SIZE)
+        ftype, _, _, length = protocol.HEADER.unpack(header)
+        if ftype != protocol.HELLO or length > protocol.MAX_FRAME:
+            raise ApplianceError(f"the guest answered GREET with frame type {ftype:#x}")
+        self.hello = header + await self.reader.readexactly(length)
+        if self.make_client is not None:
+            self.client = await self.make_client(self.reader, self.writer)
 
     async def _until_exit(self, aw: Any, timeout: float, what: str) -> Any:
         """Await aw unless QEMU exits or the timeout passes first: a boot failure."""
@@ -208,9 +219,12 @@ class Appliance:
         """Ask the guest to power off, then QEMU to quit, then kill it."""
         if self.proc is None or self.proc.returncode is not None:
             return self.proc.returncode if self.proc else None
-        if self.client is not None and hasattr(self.client, "shutdown"):
+        if self.hello and self.writer is not None and not self.writer.is_closing():
+            # A raw request, so it works whoever reads the port (client or mux);
+            # the guest server exits and init powers off: QEMU exits 0 in ms.
             with contextlib.suppress(Exception, asyncio.TimeoutError):
-                await asyncio.wait_for(self.client.shutdown(), timeout / 2)
+                self.writer.write(protocol.encode_request(SHUTDOWN_ID, "shutdown"))
+                await asyncio.wait_for(self.writer.drain(), 1.0)
                 return await self.wait(timeout / 2)
         if self.qmp is not None:
             with contextlib.suppress(Exception, asyncio.TimeoutError):
