@@ -8,20 +8,22 @@ from pathlib import Path
 
 import pytest
 
+from tests import gitfixtures
 from tests.gitfixtures import (
     check_image,
     docteur,
-    git_daemon,  # noqa: F401 - fixture
-    http_git,  # noqa: F401 - fixture
     make_repo,
     needs_git,
     one_error_line,
     rev,
     run_http_git,
-    ssh_git,  # noqa: F401 - fixture
 )
 
 pytestmark = needs_git
+# Fixtures from the shared helpers (assigned, so that they are visible to pytest here).
+git_daemon = gitfixtures.git_daemon
+http_git = gitfixtures.http_git
+ssh_git = gitfixtures.ssh_git
 
 
 @pytest.fixture(scope="module")
