@@ -111,7 +111,11 @@ def fetch(source: Source, ref: str | None, workdir: str) -> PackFiles:
             bar.update(received)
 
         def progress(msg: bytes) -> None:
-            bar.message("remote: " + msg.decode("utf-8", "replace").strip())
+            # git's sideband redraws its lines with \r: show the latest one.
+            parts = [p for p in msg.decode("utf-8", "replace").replace("\r", "\n").split("\n")]
+            last = [p.strip() for p in parts if p.strip()]
+            if last:
+                bar.message("remote: " + last[-1])
 
         log.info("fetching", source=source.display, ref=ref or "HEAD")
         try:

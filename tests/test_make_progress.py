@@ -1,0 +1,103 @@
+"""Progress lines on a terminal only, and the log formats."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from docteur.builder.progress import Progress, human_bytes, is_terminal
+from tests.gitfixtures import docteur, make_repo, needs_git
+
+
+def test_disabled_writes_nothing() -> None:
+    buf = io.StringIO()
+    assert not is_terminal(buf)
+    with Progress("x", stream=buf) as p:
+        p.update(5, 10)
+        p.message("remote: counting")
+    assert buf.getvalue() == ""
+
+
+def test_enabled_draws_and_clears() -> None:
+    buf = io.StringIO()
+    with Progress("packing", unit="objects", stream=buf, enabled=True, interval=0) as p:
+        p.update(1, 4)
+        p.advance(3)
+    out = buf.getvalue()
+    assert "packing:  25% (1 objects / 4 objects)" in out
+    assert "100%" in out
+    assert out.endswith("\r\x1b[K")
+
+
+def test_human_bytes() -> None:
+    assert human_bytes(12) == "12 B"
+    assert human_bytes(1536) == "1.5 KiB"
+    assert human_bytes(3 << 30) == "3.0 GiB"
+
+
+@needs_git
+def test_progress_on_a_terminal_only(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "r.git", bare=True, history=1)
+    cmd = [sys.executable, "-m", "docteur.builder.cli", "make", str(repo)]
+    main, sub = pty.openpty()
+    try:
+        proc = subprocess.run([*cmd, str(tmp_path / "a.img")], stderr=sub, stdout=sub,
+                              check=False, timeout=60)
+        os.close(sub)
+        chunks = []
+        while True:
+            try:
+                data = os.read(main, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(main)
+    assert proc.returncode == 0
+    tty_err = b"".join(chunks).decode()
+    assert "writing:" in tty_err and "\x1b[K" in tty_err
+    piped = subprocess.run([*cmd, str(tmp_path / "b.img")], capture_output=True, check=False)
+    assert piped.returncode == 0
+    assert b"\x1b" not in piped.stderr and b"\r" not in piped.stderr
+    assert piped.stderr.count(b"\n") == 1  # the summary line only
+
+
+@needs_git
+def test_json_logs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = make_repo(tmp_path / "r.git", bare=True, history=1)
+    rc, _, err = docteur(capsys, "--log-format", "json", "-v", "make", repo, tmp_path / "a.img")
+    assert rc == 0
+    events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    names = {e["event"] for e in events}
+    assert {"fetching", "image written"} <= names
+    assert all(e["level"] == "info" for e in events)
+
+
+def test_vm_commands_are_added(monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`docteur.vm.cli.add_commands(subparsers)`, when that module exists, adds commands."""
+    import types
+
+    fake = types.ModuleType("docteur.vm.cli")
+
+    def add_commands(sub) -> None:  # type: ignore[no-untyped-def]
+        p = sub.add_parser("hello")
+        p.add_argument("name")
+        p.set_defaults(func=lambda args: print(f"hello {args.name}") or 3)
+
+    fake.add_commands = add_commands  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "docteur.vm.cli", fake)
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("docteur.vm"), "cli", fake, raising=False)
+    rc, out, _ = docteur(capsys, "hello", "world")
+    assert (rc, out) == (3, "hello world\n")
