@@ -79,6 +79,7 @@ class Appliance:
         extra_args: list[str] | None = None,
         greet: bool = True,
         make_client: ClientFactory | None = None,
+        require_ok: bool = True,
     ):
         if not blocks:
             raise ApplianceError("no block device given")
@@ -92,6 +93,8 @@ class Appliance:
         self.greet = greet
         self.make_client = make_client
         self.hello = b""  # the guest's HELLO frame, header included
+        self.greeting: protocol.Hello | None = None  # ... decoded
+        self.require_ok = require_ok  # a HELLO whose status is not ok raises BootError
         self.events: list[dict[str, Any]] = []  # every QMP event, in order
         self.shutdown_reason: str | None = None  # QMP SHUTDOWN reason, e.g. guest-shutdown
         self.client: Any = None  # protocol client once greeted
@@ -175,6 +178,11 @@ class Appliance:
         if ftype != protocol.HELLO or length > protocol.MAX_FRAME:
             raise ApplianceError(f"the guest answered GREET with frame type {ftype:#x}")
         self.hello = header + await self.reader.readexactly(length)
+        events = protocol.ClientCodec().receive(self.hello)
+        self.greeting = events[0] if events else None
+        if self.require_ok and not (self.greeting and self.greeting.ok):
+            why = self.greeting.fields.get("error", "no reason given") if self.greeting else "?"
+            raise BootError(f"the guest refuses to serve: {why}", self.log_tail())
         if self.make_client is not None:
             self.client = await self.make_client(self.reader, self.writer)
 

@@ -1,0 +1,135 @@
+"""The appliance under TCG: real boots, so few of them (~3-4 s each)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from docteur.vm.appliance import Appliance, BootError
+from tests import gitfixtures as gf
+from tests.vm_helpers import GuestError, RawClient, docteur_make, needs_vm, process_gone
+
+pytestmark = [pytest.mark.vm, needs_vm, gf.needs_git]
+
+
+@pytest.fixture(scope="module")
+def repo_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("vmrepo")
+    repo = gf.make_repo(tmp / "repo")
+    return repo, docteur_make(repo, tmp / "repo.img")
+
+
+async def test_every_file_identical_to_git_and_clean_power_off(
+    repo_image: tuple[Path, Path],
+) -> None:
+    repo, image = repo_image
+    rows = gf.tree_entries(repo, "HEAD")
+    blobs = [(mode, oid, path) for mode, kind, oid, path in rows if kind == "blob"]
+    expected = gf._cat_blobs(repo, [oid for _, oid, _ in blobs])
+    async with Appliance(blocks={"docteur": image}, verify="full", timeout=90) as vm:
+        client = RawClient(vm)
+        for mode, oid, path in blobs:
+            if mode == "120000":
+                continue  # a symlink: its target is a blob too, checked via stat below
+            data = await asyncio.wait_for(client.get(b"/" + path), 30)
+            assert data == expected[oid], path
+        pid = vm.proc.pid  # type: ignore[union-attr]
+    assert vm.shutdown_reason == "guest-shutdown"
+    assert vm.returncode == 0
+    assert process_gone(pid) and not vm.rundir.exists()  # type: ignore[union-attr]
+
+
+async def test_two_disks(repo_image: tuple[Path, Path], tmp_path: Path) -> None:
+    repo, image = repo_image
+    other = tmp_path / "other"
+    other.mkdir()
+    gf.git("init", "-q", "-b", "main", other)
+    (other / "README.md").write_text("the other disk\n")
+    gf.git("add", "-A", cwd=other)
+    gf.git("commit", "-q", "-m", "other", cwd=other)
+    other_img = docteur_make(other, tmp_path / "other.img")
+    async with Appliance(blocks={"docteur": image, "second": other_img}, verify="pack") as vm:
+        assert vm.greeting is not None and set(vm.greeting.disks) == {"docteur", "second"}
+        client = RawClient(vm)
+        assert await client.get(b"/README.md") == (repo / "README.md").read_bytes()
+        assert await client.get(b"/README.md", disk="second") == b"the other disk\n"
+        with pytest.raises(GuestError):
+            await client.get(b"/absent")
+
+
+def _corrupt(image: Path, dest: Path) -> Path:
+    """Flip one byte in the middle of the PACK data."""
+    data = bytearray(image.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    dest.write_bytes(data)
+    return dest
+
+
+@pytest.mark.parametrize("verify", ["full", "pack"])
+async def test_corrupt_image_refused(repo_image: tuple[Path, Path], tmp_path: Path,
+                                     verify: str) -> None:  # fmt: skip
+    bad = _corrupt(repo_image[1], tmp_path / "bad.img")
+    t0 = time.monotonic()
+    with pytest.raises(BootError, match="refuses to serve") as info:
+        async with Appliance(blocks={"docteur": bad}, verify=verify, timeout=60):
+            pass
+    assert info.value.log_tail  # the guest log comes with the error
+    assert time.monotonic() - t0 < 60
+
+
+async def test_corrupt_image_unverified_fails_on_read(repo_image: tuple[Path, Path],
+                                                     tmp_path: Path) -> None:  # fmt: skip
+    """verify=none boots, but a damaged object still fails its SHA-1 when read."""
+    repo, image = repo_image
+    bad = _corrupt(image, tmp_path / "bad.img")
+    rows = gf.tree_entries(repo, "HEAD")
+    failures = 0
+    async with Appliance(blocks={"docteur": bad}, verify="none") as vm:
+        client = RawClient(vm)
+        for _mode, kind, _oid, path in rows:
+            if kind != "blob":
+                continue
+            try:
+                await asyncio.wait_for(client.get(b"/" + path), 30)
+            except GuestError as exc:
+                assert exc.code in ("integrity", "image", "not_found"), exc
+                failures += 1
+    assert failures >= 1
+
+
+async def test_not_an_image(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(os.urandom(4096))
+    with pytest.raises(BootError, match="refuses to serve"):
+        async with Appliance(blocks={"docteur": junk}, verify="none"):
+            pass
+
+
+async def test_kill9_mid_transfer(tmp_path: Path) -> None:
+    repo = tmp_path / "big"
+    repo.mkdir()
+    gf.git("init", "-q", "-b", "main", repo)
+    (repo / "big.bin").write_bytes(os.urandom(24 << 20))
+    gf.git("add", "-A", cwd=repo)
+    gf.git("commit", "-q", "-m", "big", cwd=repo)
+    image = docteur_make(repo, tmp_path / "big.img")
+    vm = Appliance(blocks={"docteur": image}, verify="none")
+    async with vm:
+        pid = vm.proc.pid  # type: ignore[union-attr]
+        killed_at: list[float] = []
+
+        def kill_once(_chunk: bytes) -> None:
+            if not killed_at:
+                os.kill(pid, signal.SIGKILL)
+                killed_at.append(time.monotonic())
+
+        with pytest.raises((ConnectionError, OSError)):
+            await asyncio.wait_for(RawClient(vm).call("get", path=b"/big.bin", on_data=kill_once), 30)
+        assert killed_at and time.monotonic() - killed_at[0] < 1.0
+    assert process_gone(pid)
+    assert vm.rundir is not None and not vm.rundir.exists()

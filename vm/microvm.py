@@ -1,0 +1,123 @@
+"""`docteur run --target microvm`: the appliance behind the run/query commands.
+
+vm/cli.py owns the argument parsing and the shared `run` code; this module
+turns the parsed arguments into an Appliance (blocks, verify mode, --accel,
+--memory, --timeout) and gives back a connected protocol client, or, for
+`--socket PATH`, serves many clients over the guest's single serial port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from docteur.vm import qemu
+from docteur.vm.appliance import Appliance, ApplianceError
+from docteur.vm.mux import Mux
+
+DEFAULT_DISK = "docteur"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The microvm-only options of `docteur run`."""
+    g = parser.add_argument_group("microvm target")
+    g.add_argument("--accel", choices=qemu.ACCELS, default="auto",
+                   help="kvm only where the CPU has vmx/svm; tcg otherwise (default: auto)")  # fmt: skip
+    g.add_argument("--memory", type=int, default=128, metavar="MiB", help="guest memory (128)")
+    g.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="boot timeout, verification included (60)")  # fmt: skip
+
+
+def blocks_of(args: argparse.Namespace) -> dict[str, Path]:
+    """--block NAME=IMAGE (repeatable) and a bare IMAGE (= --block docteur=IMAGE)."""
+    blocks: dict[str, Path] = {}
+    for spec in getattr(args, "block", None) or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ApplianceError(f"--block {spec}: expected NAME=IMAGE")
+        if name in blocks:
+            raise ApplianceError(f"--block {name} given twice")
+        blocks[name] = Path(path)
+    image = getattr(args, "image", None)
+    if image:
+        if DEFAULT_DISK in blocks:
+            raise ApplianceError(f"IMAGE and --block {DEFAULT_DISK}=... both given")
+        blocks = {DEFAULT_DISK: Path(image), **blocks}
+    if not blocks:
+        raise ApplianceError("no image: give IMAGE or --block NAME=IMAGE")
+    return blocks
+
+
+def appliance(args: argparse.Namespace, **kw: Any) -> Appliance:
+    return Appliance(
+        blocks=dict(blocks_of(args)),
+        verify=getattr(args, "verify", None) or "pack",
+        memory=getattr(args, "memory", 128),
+        accel=getattr(args, "accel", "auto"),
+        timeout=getattr(args, "timeout", 60.0),
+        **kw,
+    )
+
+
+async def _make_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
+    from docteur.vm.client import Client  # the runtime's asyncio client
+
+    return await Client.over_streams(reader, writer)
+
+
+@contextlib.asynccontextmanager
+async def session(args: argparse.Namespace) -> AsyncIterator[Any]:
+    """Boot, yield the connected protocol client, power off and reap on exit."""
+    async with appliance(args, make_client=_make_client) as vm:
+        yield vm.client
+
+
+def describe(exc: BaseException) -> str:
+    """The one-line error, plus the guest log tail when there is one (for stderr)."""
+    msg = str(exc)
+    tail = getattr(exc, "log_tail", "")
+    return f"{msg}\n--- guest log (tail) ---\n{tail}" if tail else msg
+
+
+async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -> int:
+    """Boot, listen on `path` for protocol clients, print one ready line, serve
+    until SIGINT/SIGTERM or the guest goes away; then power off cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with appliance(args) as vm:
+            assert vm.reader is not None and vm.writer is not None
+            mux = Mux(vm.reader, vm.writer, vm.hello)
+            pump = asyncio.create_task(mux.pump_upstream())
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            server = await asyncio.start_unix_server(mux.handle, path=path)
+            try:
+                line = ready or f"docteur: serving {', '.join(vm.blocks)} on {path}"
+                print(line, flush=True)
+                closed = asyncio.create_task(mux.closed.wait())
+                stopped = asyncio.create_task(stop.wait())
+                await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                closed.cancel()
+                stopped.cancel()
+                if mux.closed.is_set():
+                    print("docteur: the guest went away", file=sys.stderr)
+                    return 1
+                return 0
+            finally:
+                server.close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                pump.cancel()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
