@@ -43,6 +43,8 @@ def parse_source(text: str, cwd: str | None = None) -> Source:
             return _remote_url(text, scheme)
         rest = text[m.end() :]
         if scheme == "file":
+            if rest.startswith("localhost/"):  # file://localhost/abs is file:///abs
+                rest = rest[len("localhost") :]
             if not rest.startswith("/"):
                 raise BuildError(f"bad URL {redact(text)!r}: file:// takes an absolute path")
             return local_source(rest)
