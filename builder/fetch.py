@@ -9,10 +9,13 @@ which reuses the server's deltas, so it costs little.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import socket
+import subprocess
+import tempfile
 from dataclasses import dataclass
 
 from dulwich import client as dclient
@@ -22,7 +25,7 @@ from dulwich.objects import Commit, Tag, Tree
 from dulwich.pack import Pack, PackData, write_pack_index_v2, write_pack_objects
 
 from .errors import BuildError
-from .gittools import git_path, run_git
+from .gittools import git_argv, git_env, git_path, run_git
 from .log import get_logger
 from .progress import Progress
 from .redact import redact
@@ -100,51 +103,123 @@ def fetch(source: Source, ref: str | None, workdir: str) -> PackFiles:
         chosen.append(resolve_ref(refs, ref, source.display))
         return [chosen[-1][1]]
 
-    raw_path = os.path.join(workdir, "fetch.pack")
-    with open(raw_path, "wb") as out, Progress("receiving") as bar:
-        received = 0
-
-        def pack_data(data: bytes) -> None:
-            nonlocal received
-            out.write(data)
-            received += len(data)
-            bar.update(received)
-
-        def progress(msg: bytes) -> None:
-            # git's sideband redraws its lines with \r: show the latest one.
-            parts = [p for p in msg.decode("utf-8", "replace").replace("\r", "\n").split("\n")]
-            last = [p.strip() for p in parts if p.strip()]
-            if last:
-                bar.message("remote: " + last[-1])
-
-        log.info("fetching", source=source.display, ref=ref or "HEAD")
-        try:
-            gc.fetch_pack(path, determine_wants, _NoHaves(), pack_data, progress=progress, depth=1)
-        except BuildError:
-            raise
-        except Exception as e:  # dulwich, urllib3 and sockets all raise their own kinds
-            raise _fetch_error(e, source) from None
-    if not chosen:
-        raise BuildError(f"{source.display}: the server sent no references")
-    if received == 0:
-        raise BuildError(f"{source.display}: the server sent no pack")
-    return _finish(raw_path, chosen[-1], source, workdir)
-
-
-def _index(pack_path: str, idx_path: str) -> None:
-    if git_path():
-        # index-pack also checks the pack: a thin or broken pack fails here.
-        run_git(["index-pack", "-o", idx_path, pack_path], what="checking the fetched pack")
-        return
-    data = PackData(pack_path, object_format=SHA1)
+    base = os.path.join(workdir, "fetch")
+    # With git, the pack streams into `git index-pack --stdin` as it arrives: indexing
+    # (inflate + hash every object, on the other core) overlaps the transfer.
+    sink: _Sink = _IndexPackSink(workdir, base) if git_path() else _FileSink(base)
     try:
-        entries = data.sorted_entries()
-        with open(idx_path, "wb") as f:
-            write_pack_index_v2(f, entries, data.get_stored_checksum())
-    except Exception as e:
-        raise BuildError(f"the fetched pack is broken or thin: {e}") from None
+        with Progress("receiving") as bar:
+            received = 0
+
+            def pack_data(data: bytes) -> None:
+                nonlocal received
+                sink.write(data)
+                received += len(data)
+                bar.update(received)
+
+            def progress(msg: bytes) -> None:
+                # git's sideband redraws its lines with \r: show the latest one.
+                text = msg.decode("utf-8", "replace").replace("\r", "\n")
+                last = [p.strip() for p in text.split("\n") if p.strip()]
+                if last:
+                    bar.message("remote: " + last[-1])
+
+            log.info("fetching", source=source.display, ref=ref or "HEAD")
+            try:
+                gc.fetch_pack(path, determine_wants, _NoHaves(), pack_data, progress=progress, depth=1)
+            except BuildError:
+                raise
+            except Exception as e:  # dulwich, urllib3 and sockets all raise their own kinds
+                raise _fetch_error(e, source) from None
+        if not chosen:
+            raise BuildError(f"{source.display}: the server sent no references")
+        if received == 0:
+            raise BuildError(f"{source.display}: the server sent no pack")
+        sink.finish()
     finally:
-        data.close()
+        sink.close()
+    return _finish(base, chosen[-1], source, workdir)
+
+
+class _Sink:
+    """Where the received PACK goes; finish() leaves `<base>.pack` and `<base>.idx`."""
+
+    def write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _FileSink(_Sink):
+    """No git: write the PACK, then index it with dulwich."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.file = open(base + ".pack", "wb")  # noqa: SIM115 - closed in close()
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+
+    def finish(self) -> None:
+        self.file.close()
+        data = PackData(self.base + ".pack", object_format=SHA1)
+        try:
+            entries = data.sorted_entries()
+            with open(self.base + ".idx", "wb") as f:
+                write_pack_index_v2(f, entries, data.get_stored_checksum())
+        except Exception as e:
+            raise BuildError(f"the fetched pack is broken or thin: {e}") from None
+        finally:
+            data.close()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class _IndexPackSink(_Sink):
+    """`git index-pack --stdin`: writes the PACK and its IDX, and checks the PACK
+    (a thin or damaged pack fails here)."""
+
+    def __init__(self, workdir: str, base: str) -> None:
+        repo = os.path.join(workdir, "index.git")  # index-pack --stdin wants a repository
+        run_git(["init", "-q", "--bare", repo], what="git init")
+        self.err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen(
+            git_argv(["--git-dir", repo, "index-pack", "--stdin", "-o", base + ".idx", base + ".pack"]),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=self.err,
+            env=git_env(),
+        )
+        self.broken = False
+
+    def write(self, data: bytes) -> None:
+        if self.broken:
+            return
+        try:
+            self.proc.stdin.write(data)  # type: ignore[union-attr]
+        except BrokenPipeError:
+            self.broken = True  # index-pack gave up; finish() says why
+
+    def finish(self) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        if self.proc.wait() != 0:
+            self.err.seek(0)
+            lines = self.err.read().decode("utf-8", "replace").strip().splitlines()
+            raise BuildError(f"the fetched pack is broken: {lines[-1] if lines else 'index-pack failed'}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.close()  # type: ignore[union-attr]
+        self.err.close()
 
 
 def closure(pack: Pack, commit_id: bytes) -> list[bytes]:
@@ -175,9 +250,7 @@ def closure(pack: Pack, commit_id: bytes) -> list[bytes]:
     return order
 
 
-def _finish(raw_path: str, chosen: tuple[bytes, bytes], source: Source, workdir: str) -> PackFiles:
-    base = os.path.join(workdir, "fetch")
-    _index(raw_path, base + ".idx")
+def _finish(base: str, chosen: tuple[bytes, bytes], source: Source, workdir: str) -> PackFiles:
     pack = Pack(base, object_format=SHA1)
     try:
         want = chosen[1]

@@ -28,6 +28,17 @@ def git_path() -> str | None:
     return shutil.which("git")
 
 
+def git_argv(args: Sequence[str]) -> list[str]:
+    git = git_path()
+    if git is None:
+        raise BuildError("git is not installed")
+    return [git, *_PINNED, *args]
+
+
+def git_env() -> dict[str, str]:
+    return dict(os.environ, GIT_CONFIG_NOSYSTEM="1", GIT_TERMINAL_PROMPT="0", LC_ALL="C")
+
+
 def run_git(
     args: Sequence[str],
     *,
@@ -35,15 +46,11 @@ def run_git(
     cwd: str | None = None,
     what: str = "git",
 ) -> bytes:
-    git = git_path()
-    if git is None:
-        raise BuildError("git is not installed")
-    env = dict(os.environ, GIT_CONFIG_NOSYSTEM="1", GIT_TERMINAL_PROMPT="0", LC_ALL="C")
     proc = subprocess.run(
-        [git, *_PINNED, *args],
+        git_argv(args),
         input=input,
         cwd=cwd,
-        env=env,
+        env=git_env(),
         capture_output=True,
         check=False,
     )
