@@ -174,3 +174,38 @@ def test_redaction() -> None:
     assert redact("ssh://bob@host/x") == "ssh://bob@host/x"
     register_secret("x")  # too short to mask safely: ignored
     assert redact("x marks") == "x marks"
+
+
+@pytest.mark.parametrize(
+    ("ssh_says", "expect"),
+    [
+        ("ssh: Could not resolve hostname nohost: Name or service not known", "unknown host"),
+        ("ssh: connect to host nohost port 22: Connection refused", "connection refused"),
+        ("fatal: '/x.git' does not appear to be a git repository", "not a git repository"),
+        ("Permission denied (publickey).", "Permission denied"),
+    ],
+)
+def test_ssh_failures(ssh_says: str, expect: str, tmp_path: Path,
+                      capsys: pytest.CaptureFixture[str],
+                      monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "ssh"
+    fake.write_text(f"#!/bin/sh\necho \"{ssh_says}\" >&2\nexit 255\n")
+    fake.chmod(0o755)
+    monkeypatch.delenv("GIT_SSH_COMMAND", raising=False)
+    monkeypatch.setenv("GIT_SSH", str(fake))
+    line = _fails(capsys, "make", "git@nohost:x.git", tmp_path / "x.img")
+    assert expect in line
+    assert not (tmp_path / "x.img").exists()
+
+
+def test_index_pack_rejects_garbage(tmp_path: Path) -> None:
+    from docteur.builder.errors import BuildError
+    from docteur.builder.fetch import _IndexPackSink
+
+    sink = _IndexPackSink(str(tmp_path), str(tmp_path / "fetch"))
+    try:
+        sink.write(b"PACK\0\0\0\2\0\0\0\5" + b"garbage" * 100)
+        with pytest.raises(BuildError, match="broken"):
+            sink.finish()
+    finally:
+        sink.close()
