@@ -102,7 +102,9 @@ def _display(path: bytes) -> str:
     return os.fsdecode(path)
 
 
-def _read_tree(store: LooseStore, top: bytes, rel: bytes, bar: Progress) -> bytes | None:
+def _read_tree(
+    store: LooseStore, top: bytes, rel: bytes, bar: Progress, skip: bytes | None = None
+) -> bytes | None:
     """Store the tree of `top/rel`; None when it holds nothing (git keeps no empty dirs)."""
     here = os.path.join(top, rel) if rel else top
     try:
@@ -118,6 +120,10 @@ def _read_tree(store: LooseStore, top: bytes, rel: bytes, bar: Progress) -> byte
             continue
         sub = rel + b"/" + name if rel else name
         path = os.path.join(here, name)
+        if skip is not None and name == os.path.basename(skip) and os.path.realpath(path) == skip:
+            # The image being written (or an older one) must not end up inside itself.
+            log.warning("skipping the image itself", path=_display(path))
+            continue
         try:
             st = os.lstat(path)
         except OSError as e:
@@ -127,7 +133,7 @@ def _read_tree(store: LooseStore, top: bytes, rel: bytes, bar: Progress) -> byte
             oid = store.add(BLOB, os.readlink(path), sub)
             entries.append(TreeEntry(MODE_LINK, name, oid))
         elif fmt == stat.S_IFDIR:
-            tid = _read_tree(store, top, sub, bar)
+            tid = _read_tree(store, top, sub, bar, skip)
             if tid is not None:
                 entries.append(TreeEntry(MODE_TREE, name, tid))
         elif fmt == stat.S_IFREG:
@@ -149,10 +155,11 @@ def _read_tree(store: LooseStore, top: bytes, rel: bytes, bar: Progress) -> byte
     return store.add(TREE, Tree.from_entries(entries).as_raw(), rel)
 
 
-def directory_commit(store: LooseStore, top: str, timestamp: int) -> bytes:
-    """Store every object of `top` and its commit; return the commit's raw id."""
+def directory_commit(store: LooseStore, top: str, timestamp: int, skip: str | None = None) -> bytes:
+    """Store every object of `top` (but `skip`) and its commit; return the commit's raw id."""
+    skip_b = os.fsencode(os.path.realpath(skip)) if skip else None
     with Progress("reading", unit="files") as bar:
-        tree = _read_tree(store, os.fsencode(top), b"", bar)
+        tree = _read_tree(store, os.fsencode(top), b"", bar, skip_b)
     if tree is None:
         raise BuildError(f"{top}: empty directory, nothing to put in an image")
     who = Signature.make(AUTHOR_NAME, AUTHOR_EMAIL, timestamp, "+0000")
@@ -160,10 +167,10 @@ def directory_commit(store: LooseStore, top: str, timestamp: int) -> bytes:
     return store.add(COMMIT, commit.as_raw(), b"")
 
 
-def pack_directory(top: str, date: str | None, workdir: str) -> PackFiles:
+def pack_directory(top: str, date: str | None, workdir: str, image: str | None = None) -> PackFiles:
     timestamp = parse_date(date)
     store = LooseStore(os.path.join(workdir, "dir.git"))
-    commit = directory_commit(store, top, timestamp)
+    commit = directory_commit(store, top, timestamp, image)
     # Commit first, then trees and blobs: the order git itself writes them in.
     order = [store.order[-1], *store.order[:-1]]
     out = os.path.join(workdir, "dir")

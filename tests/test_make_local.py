@@ -214,3 +214,14 @@ def test_work_tree_is_not_a_directory_image(repo: Path, tmp_path: Path,
         assert img.read_bytes()[:20].hex() == rev(repo)
     finally:
         os.unlink(repo / "untracked.txt")
+
+
+def test_image_inside_the_directory(tree: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Building twice into the same directory: the old image is not packed into the new."""
+    img = tree / "disk.img"
+    assert docteur(capsys, "make", "-d", DATE, tree, img)[0] == 0
+    first = img.read_bytes()
+    rc, _, err = docteur(capsys, "make", "-d", DATE, tree, img)
+    assert rc == 0
+    assert "skipping the image itself" in err
+    assert img.read_bytes() == first
