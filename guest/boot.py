@@ -1,0 +1,78 @@
+"""Opening and verifying the disks at boot.
+
+A failure is kept as one line (what and where): the server then serves
+nothing but that error.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from .errors import DocteurError
+from .image import Image
+from .kv import Disk
+from .protocol import DEFAULT_DISK, VERSION
+from .service import Service
+
+VERIFY_MODES = ("full", "pack", "none")
+
+
+def log(message: str) -> None:
+    print(f"docteur-guest: {message}", file=sys.stderr, flush=True)
+
+
+def parse_block(spec: str) -> tuple[str, str]:
+    """`NAME=PATH` or a bare `PATH` (named `docteur`)."""
+    name, sep, path = spec.partition("=")
+    if not sep:
+        return DEFAULT_DISK, spec
+    if not name or not path:
+        raise ValueError(f"--block wants NAME=PATH, got {spec!r}")
+    return name, path
+
+
+def verify(image: Image, mode: str) -> None:
+    if mode == "none":
+        return
+    from . import verify as checks  # only when asked: keeps `none` boots lean
+
+    if mode == "full":
+        checks.verify_full(image)
+    else:
+        checks.verify_pack(image)
+
+
+def boot(blocks: list[tuple[str, str]], mode: str) -> Service:
+    """Open and verify every disk; never raises for a bad image."""
+    disks: dict[str, Disk] = {}
+    fields = {"status": "ok", "verify": mode, "protocol": str(VERSION)}
+    error: str | None = None
+    for name, path in blocks:
+        fields[f"disk.{name}"] = ""
+        if error is not None:
+            continue
+        started = time.monotonic()
+        image = None
+        try:
+            image = Image.open(path)
+            fields[f"disk.{name}"] = image.commit.hex()
+            verify(image, mode)
+            disks[name] = Disk(name, image)
+        except (DocteurError, OSError, ValueError) as exc:
+            error = f"disk {name!r} ({path}): verify {mode} failed: {exc}"
+            if image is not None:
+                image.close()
+            continue
+        took = time.monotonic() - started
+        log(f"disk {name!r}: {path}, commit {image.commit.hex()}, verify {mode} ok ({took:.3f} s)")
+    if not blocks:
+        error = "no disk given (--block NAME=PATH)"
+    if error is not None:
+        log(f"BOOT FAILED: {error}")
+        fields["status"] = "error"
+        fields["error"] = error
+        for disk in disks.values():
+            disk.image.close()
+        disks = {}
+    return Service(disks, fields, error)

@@ -1,0 +1,271 @@
+"""The key-value view of an image: paths of the commit's tree -> files.
+
+Paths are resolved by walking trees lazily from the commit's root, with a
+cache of recent trees bounded in bytes. A cached tree is its raw body plus
+an array of entry offsets (4 bytes an entry), searched by bisection in
+git's tree order: memory stays bounded whatever the number of files, where
+a path index of the whole tree would grow with it.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import OrderedDict
+from collections.abc import Iterator
+
+from .errors import DocteurError, IntegrityError, NotFound
+from .image import Image
+from .objects import BLOB, MODE_TREE, TREE, Commit, kind_of_mode
+from .protocol import MAX_PATH, Entry, GetEnd, Stat
+
+ROOT_MODE = MODE_TREE
+
+
+class InvalidPath(DocteurError):
+    """A path with NUL, empty segments, or `..` above `/`."""
+
+
+class NotAFile(DocteurError):
+    """get/size of a directory or a submodule."""
+
+
+class NotADirectory(DocteurError):
+    """list of a file."""
+
+
+def split_path(path: bytes) -> list[bytes]:
+    """Segments of `path`. `/` (or empty) is the root; one leading and one
+    trailing `/` are allowed; `.` is skipped; `..` goes up but not above `/`."""
+    if len(path) > MAX_PATH:
+        raise InvalidPath(f"path longer than {MAX_PATH} bytes")
+    if b"\0" in path:
+        raise InvalidPath("path contains a NUL byte")
+    body = path[1:] if path.startswith(b"/") else path
+    if body.endswith(b"/"):
+        body = body[:-1]
+    if not body:
+        return []
+    out: list[bytes] = []
+    for seg in body.split(b"/"):
+        if seg == b"":
+            raise InvalidPath(f"empty segment in {_show(path)}")
+        if seg == b".":
+            continue
+        if seg == b"..":
+            if not out:
+                raise InvalidPath(f"{_show(path)} climbs above /")
+            out.pop()
+            continue
+        out.append(seg)
+    return out
+
+
+def _show(path: bytes) -> str:
+    return repr(path.decode("utf-8", "replace"))
+
+
+class Tree:
+    """A tree body with the offsets of its entries, searchable by name."""
+
+    __slots__ = ("body", "offsets", "sorted")
+
+    def __init__(self, body: bytes):
+        self.body = body
+        self.offsets = array("I")
+        self.sorted = True
+        pos, end, prev = 0, len(body), b""
+        find = body.find
+        while pos < end:
+            space = find(b" ", pos)
+            nul = find(b"\0", space + 1)
+            if space < 0 or nul < 0 or nul + 21 > end:
+                raise IntegrityError(f"malformed tree entry at byte {pos}")
+            self.offsets.append(pos)
+            key = body[space + 1 : nul]
+            if body[pos : pos + 2] == b"40":  # a directory sorts as "name/"
+                key += b"/"
+            if key < prev:
+                self.sorted = False
+            prev = key
+            pos = nul + 21
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def entry(self, i: int) -> tuple[int, bytes, bytes]:
+        """(mode, name, oid) of entry `i`."""
+        body, pos = self.body, self.offsets[i]
+        space = body.find(b" ", pos)
+        nul = body.find(b"\0", space + 1)
+        try:
+            mode = int(body[pos:space], 8)
+        except ValueError:
+            raise IntegrityError(f"malformed tree mode at byte {pos}") from None
+        return mode, body[space + 1 : nul], body[nul + 1 : nul + 21]
+
+    def _name_at(self, i: int) -> bytes:
+        body, pos = self.body, self.offsets[i]
+        space = body.find(b" ", pos)
+        key = body[space + 1 : body.find(b"\0", space + 1)]
+        return key + b"/" if body[pos : pos + 2] == b"40" else key
+
+    def lookup(self, name: bytes) -> tuple[int, bytes] | None:
+        """(mode, oid) of the entry called `name`."""
+        if not self.sorted:
+            for i in range(len(self)):
+                mode, n, oid = self.entry(i)
+                if n == name:
+                    return mode, oid
+            return None
+        lo, hi = 0, len(self.offsets)
+        while lo < hi:  # first entry whose sort key is >= name
+            mid = (lo + hi) // 2
+            if self._name_at(mid) < name:
+                lo = mid + 1
+            else:
+                hi = mid
+        # `name` as a file sorts here, as a directory ("name/") a little later:
+        # only names that extend `name` with a byte below "/" lie in between.
+        limit = name + b"/"
+        for i in range(lo, len(self.offsets)):
+            mode, n, oid = self.entry(i)
+            if n == name:
+                return mode, oid
+            if self._name_at(i) > limit:
+                break
+        return None
+
+    def __iter__(self) -> Iterator[tuple[int, bytes, bytes]]:
+        for i in range(len(self)):
+            yield self.entry(i)
+
+
+class Disk:
+    """One image served under a name."""
+
+    def __init__(self, name: str, image: Image, tree_cache_bytes: int = 8 << 20):
+        self.name = name
+        self.image = image
+        self.commit: Commit = image.commit_object()
+        self.mtime = self.commit.committer.timestamp
+        self._trees: OrderedDict[bytes, Tree] = OrderedDict()
+        self._tree_bytes = 0
+        self._tree_limit = tree_cache_bytes
+
+    # -- trees ----------------------------------------------------------------
+    def tree(self, oid: bytes) -> Tree:
+        hit = self._trees.get(oid)
+        if hit is not None:
+            self._trees.move_to_end(oid)
+            return hit
+        kind, body = self.image.read_object(oid)
+        if kind != TREE:
+            raise IntegrityError(f"object {oid.hex()} is a {kind}, a tree was expected")
+        tree = Tree(body)
+        cost = len(body) + 4 * len(tree) + 100
+        if cost <= self._tree_limit // 2:
+            self._trees[oid] = tree
+            self._tree_bytes += cost
+            while self._tree_bytes > self._tree_limit:
+                _, old = self._trees.popitem(last=False)
+                self._tree_bytes -= len(old.body) + 4 * len(old) + 100
+        return tree
+
+    def resolve(self, path: bytes) -> tuple[int, bytes] | None:
+        """(mode, oid) of `path`, None when absent."""
+        mode, oid = ROOT_MODE, self.commit.tree
+        for seg in split_path(path):
+            if mode != MODE_TREE:
+                return None
+            found = self.tree(oid).lookup(seg)
+            if found is None:
+                return None
+            mode, oid = found
+        return mode, oid
+
+    def _need(self, path: bytes) -> tuple[int, bytes]:
+        found = self.resolve(path)
+        if found is None:
+            raise NotFound(f"{_show(path)}: no such file or directory in disk {self.name!r}")
+        return found
+
+    def _need_blob(self, path: bytes) -> tuple[int, bytes]:
+        mode, oid = self._need(path)
+        kind = kind_of_mode(mode)
+        if kind not in ("file", "symlink"):
+            raise NotAFile(f"{_show(path)} is a {kind}, not a file")
+        return mode, oid
+
+    # -- operations -------------------------------------------------------------
+    def exists(self, path: bytes) -> str:
+        found = self.resolve(path)
+        return "absent" if found is None else kind_of_mode(found[0])
+
+    def size(self, path: bytes) -> int:
+        _, oid = self._need_blob(path)
+        kind, size = self.image.object_info(oid)
+        if kind != BLOB:
+            raise IntegrityError(f"object {oid.hex()} is a {kind}, a blob was expected")
+        return size
+
+    def stat(self, path: bytes) -> Stat:
+        mode, oid = self._need(path)
+        kind = kind_of_mode(mode)
+        size = self.size(path) if kind in ("file", "symlink") else 0
+        return Stat(kind, mode, size, oid, self.mtime)
+
+    def digest(self, path: bytes) -> bytes:
+        return self._need(path)[1]
+
+    def last_modified(self, path: bytes) -> tuple[int, int]:
+        """(seconds, tz offset in minutes): the commit's time, for every path."""
+        self._need(path)
+        tz = self.commit.committer.tz_offset
+        try:
+            minutes = int(tz[1:3]) * 60 + int(tz[3:5])
+        except ValueError:
+            minutes = 0
+        return self.mtime, -minutes if tz.startswith("-") else minutes
+
+    def get(
+        self, path: bytes, offset: int = 0, length: int | None = None, chunk: int = 1 << 18
+    ) -> tuple[GetEnd, Iterator[bytes]]:
+        """The END record and the chunks of a (ranged) get, clamped to the file.
+
+        A symlink's content is its target path, as git stores it (not followed).
+        """
+        _, oid = self._need_blob(path)
+        size = self.size(path)
+        start = min(offset, size)
+        count = size - start if length is None else min(length, size - start)
+        if count == 0:
+            return GetEnd(size, start, 0), iter(())
+        return GetEnd(size, start, count), self.image.stream_blob(oid, start, count, chunk)
+
+    def list(self, path: bytes) -> Iterator[Entry]:
+        """Direct children of a directory, with full keys (`/dir/name`)."""
+        mode, oid = self._need(path)
+        if mode != MODE_TREE:
+            raise NotADirectory(f"{_show(path)} is a {kind_of_mode(mode)}, not a directory")
+        segs = split_path(path)
+        prefix = b"/" + b"/".join(segs) + b"/" if segs else b"/"
+        for emode, name, _ in self.tree(oid):
+            yield Entry(prefix + name, kind_of_mode(emode), emode)
+
+    def info(self) -> dict[str, str]:
+        c = self.commit
+        return {
+            "disk": self.name,
+            "commit": self.image.commit.hex(),
+            "tree": c.tree.hex(),
+            "parents": " ".join(p.hex() for p in c.parents),
+            "author": c.author.raw.rsplit(b">", 1)[0].decode("utf-8", "replace") + ">",
+            "author_time": str(c.author.timestamp),
+            "committer": c.committer.raw.rsplit(b">", 1)[0].decode("utf-8", "replace") + ">",
+            "committer_time": str(c.committer.timestamp),
+            "committer_tz": c.committer.tz_offset,
+            "message": (c.message or b"").decode("utf-8", "replace"),
+            "image": self.image.path,
+            "image_size": str(self.image.layout.image_size),
+            "objects": str(len(self.image.index)),
+        }
