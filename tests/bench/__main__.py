@@ -7,6 +7,7 @@ A module that fails (e.g. no QEMU) is reported and skipped, the others still run
 from __future__ import annotations
 
 import importlib
+import os
 import platform
 import sys
 import time
@@ -17,6 +18,20 @@ from pathlib import Path
 def _modules() -> list[str]:
     here = Path(__file__).resolve().parent
     return sorted(f"tests.bench.{p.stem}" for p in here.glob("bench_*.py"))
+
+
+def _machine() -> str:
+    """CPU model and count, for the README's table."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             table.append((what, f"{measured:.3f}", f"{peer:.3f}", ratio, goal))
     header = ("what", "docteur", "peer", "ratio", "goal")
     widths = [max(len(r[i]) for r in [header, *table]) for i in range(5)]
-    print(f"{time.strftime('%Y-%m-%d', time.gmtime())} on {platform.machine()}, "
-          f"{platform.processor() or platform.platform()}, Python {platform.python_version()}")
+    print(f"{time.strftime('%Y-%m-%d', time.gmtime())}, {_machine()}, "
+          f"Python {platform.python_version()}")
     for row in [header, tuple("-" * w for w in widths), *table]:
         print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
     return 1 if failed else 0
