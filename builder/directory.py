@@ -13,6 +13,7 @@ pack is written with dulwich (and a warning says so).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import zlib
@@ -45,6 +46,9 @@ from .log import get_logger
 from .progress import Progress
 
 log = get_logger("docteur.directory")
+# Files above this size are hashed and stored in chunks instead of read whole.
+_BIG_FILE = 8 << 20
+_CHUNK = 1 << 20
 AUTHOR_NAME = "Dr. Greenthumb"
 AUTHOR_EMAIL = "noreply@cypress.hill"
 _KINDS = {
@@ -98,6 +102,35 @@ class LooseStore:
         return oid
 
 
+    def add_file(self, path: bytes, size: int, rel: bytes) -> bytes:
+        """Store a big file as a blob in chunks: memory stays flat whatever its size."""
+        tmp = os.path.join(self.objects, "incoming")
+        h = hashlib.sha1(object_header(BLOB, size))
+        c = zlib.compressobj(1)
+        seen = 0
+        with open(path, "rb") as src, open(tmp, "wb") as out:
+            out.write(c.compress(object_header(BLOB, size)))
+            while chunk := src.read(_CHUNK):
+                seen += len(chunk)
+                h.update(chunk)
+                out.write(c.compress(chunk))
+            out.write(c.flush())
+        if seen != size:
+            os.unlink(tmp)
+            raise BuildError(f"{_display(path)}: changed size while being read")
+        oid = h.digest()
+        hexid = oid.hex().encode()
+        if hexid in self._seen:
+            os.unlink(tmp)
+            return oid
+        self._seen.add(hexid)
+        self.order.append((hexid, rel))
+        d = os.path.join(self.objects, hexid[:2].decode())
+        os.makedirs(d, exist_ok=True)
+        os.replace(tmp, os.path.join(d, hexid[2:].decode()))
+        return oid
+
+
 def _display(path: bytes) -> str:
     return os.fsdecode(path)
 
@@ -138,12 +171,15 @@ def _read_tree(
                 entries.append(TreeEntry(MODE_TREE, name, tid))
         elif fmt == stat.S_IFREG:
             try:
-                with open(path, "rb") as f:
-                    body = f.read()
+                if st.st_size > _BIG_FILE:
+                    oid = store.add_file(path, st.st_size, sub)
+                else:
+                    with open(path, "rb") as f:
+                        oid = store.add(BLOB, f.read(), sub)
             except OSError as e:
                 raise BuildError(f"{_display(path)}: cannot read: {e.strerror}") from None
             mode = MODE_EXEC if st.st_mode & stat.S_IXUSR else MODE_FILE
-            entries.append(TreeEntry(mode, name, store.add(BLOB, body, sub)))
+            entries.append(TreeEntry(mode, name, oid))
             bar.advance()
         else:
             kind = _KINDS.get(fmt, "special file")

@@ -225,3 +225,23 @@ def test_image_inside_the_directory(tree: Path, capsys: pytest.CaptureFixture[st
     assert rc == 0
     assert "skipping the image itself" in err
     assert img.read_bytes() == first
+
+
+def test_big_file_streamed(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files over the threshold are stored in chunks; ids are still git's."""
+    from docteur.builder import directory
+
+    monkeypatch.setattr(directory, "_BIG_FILE", 1000)
+    monkeypatch.setattr(directory, "_CHUNK", 333)
+    d = tmp_path / "big"
+    d.mkdir()
+    (d / "a.bin").write_bytes(bytes(range(256)) * 40)
+    (d / "b.bin").write_bytes(bytes(range(256)) * 40)  # same content: one blob
+    (d / "small").write_text("x\n")
+    img = tmp_path / "disk.img"
+    assert docteur(capsys, "make", "-d", DATE, d, img)[0] == 0
+    tree_id = directory_tree_id(d, tmp_path)
+    oracle = repo_from_image(img, tmp_path)
+    commit = _expected_commit(tree_id, TS)
+    check_image(img, oracle, commit, tmp_path)
