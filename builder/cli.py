@@ -20,14 +20,22 @@ from .redact import redact
 PROG = "docteur"
 
 
-def _add_globals(p: argparse.ArgumentParser) -> None:
+def _add_globals(p: argparse.ArgumentParser, *, sub: bool = False) -> None:
+    """--log-format and -v; on a subcommand too (`docteur make -v ...`), without
+    overriding what was given before it when absent."""
     p.add_argument(
         "--log-format",
         choices=("console", "json"),
-        default="console",
+        default=argparse.SUPPRESS if sub else "console",
         help="how log lines on stderr look (default: console)",
     )
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-v info, -vv debug)")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS if sub else 0,
+        help="more log lines (-v info, -vv debug)",
+    )
 
 
 def _add_make(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -41,6 +49,7 @@ def _add_make(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _make_args(p: argparse.ArgumentParser) -> None:
+    _add_globals(p, sub=True)
     p.add_argument(
         "-b",
         "--branch",
@@ -76,6 +85,7 @@ def _add_verify(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _verify_args(p: argparse.ArgumentParser) -> None:
+    _add_globals(p, sub=True)
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing, only the status")
     p.add_argument("image", metavar="IMAGE")
     p.set_defaults(func=cmd_verify)
@@ -121,8 +131,7 @@ def _single(
     prog: str, add_args: Callable[[argparse.ArgumentParser], None], description: str
 ) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    _add_globals(parser)
-    add_args(parser)
+    add_args(parser)  # brings --log-format and -v with it
     return parser
 
 
@@ -142,7 +151,7 @@ def _describe(e: BaseException) -> str:
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
-    log.configure(args.log_format, args.verbose)
+    log.configure(getattr(args, "log_format", "console"), getattr(args, "verbose", 0))
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -101,3 +101,20 @@ def test_vm_commands_are_added(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(importlib.import_module("docteur.vm"), "cli", fake, raising=False)
     rc, out, _ = docteur(capsys, "hello", "world")
     assert (rc, out) == (3, "hello world\n")
+
+
+@needs_git
+def test_global_options_after_the_subcommand(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from docteur.builder.cli import make_main
+
+    repo = make_repo(tmp_path / "r.git", bare=True, history=1)
+    rc, _, err = docteur(capsys, "make", "--log-format", "json", "-v", repo, tmp_path / "a.img")
+    assert rc == 0 and '"event": "fetching"' in err
+    rc, _, err = docteur(capsys, "-v", "make", repo, tmp_path / "b.img")
+    assert rc == 0 and "fetching" in err
+    rc, _, err = docteur(capsys, "make", repo, tmp_path / "c.img")
+    assert rc == 0 and "fetching" not in err
+    capsys.readouterr()
+    assert make_main(["-v", "--log-format", "json", str(repo), str(tmp_path / "d.img")]) == 0
+    assert '"event": "fetching"' in capsys.readouterr().err
