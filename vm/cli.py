@@ -1,0 +1,162 @@
+"""`docteur run` and `docteur query` (added to the builder's `docteur` parser).
+
+Both targets (`docteur.vm.unix`, `docteur.vm.microvm`) give a connected
+protocol client (`session(args)`) and serve a unix socket (`serve(args,
+path)`); the code here prints the file or starts serving, the same way
+for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import sys
+from types import ModuleType
+from typing import Any
+
+from docteur.vm.client import Client, ClientError, run
+
+TARGETS = ("unix", "microvm")
+
+
+def add_commands(subparsers: Any) -> None:
+    _add_run(subparsers)
+    _add_query(subparsers)
+
+
+def _add_run(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="serve an image (in a microVM, or as a host process)",
+        description="Boot the appliance on IMAGE (--block NAME=IMAGE for several disks) and "
+        "print one file (--filename) or serve the protocol on a unix socket (--socket).",
+    )
+    p.add_argument("image", nargs="?", metavar="IMAGE", help="same as --block docteur=IMAGE")
+    p.add_argument("--target", choices=TARGETS, default="microvm",
+                   help="microvm (QEMU, default) or unix (a host process)")  # fmt: skip
+    p.add_argument("--block", action="append", default=[], metavar="NAME=IMAGE",
+                   help="a named disk (repeatable)")  # fmt: skip
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--filename", metavar="PATH", help="print this file and exit")
+    what.add_argument("--socket", metavar="PATH", help="serve on this unix socket until Ctrl-C")
+    p.add_argument("--disk", default="docteur", help="the disk --filename reads (docteur)")
+    p.add_argument("--verify", choices=("full", "pack", "none"), default="pack",
+                   help="boot verification (default pack)")  # fmt: skip
+    microvm = _microvm_module(quiet=True)
+    if microvm is not None and hasattr(microvm, "add_arguments"):
+        microvm.add_arguments(p)
+    else:
+        g = p.add_argument_group("microvm target")
+        g.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+        g.add_argument("--memory", type=int, default=128, metavar="MiB")
+        g.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
+    p.set_defaults(func=run_main)
+
+
+def _add_query(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "query",
+        help="ask a served image (no command: an interactive console)",
+        description="Commands: get PATH [OFFSET [LENGTH]], ls [PATH], stat PATH, exists PATH, "
+        "size PATH, digest PATH, mtime PATH, info, ping. Without one: a console.",
+    )
+    p.add_argument("--socket", required=True, metavar="PATH", help="the socket `docteur run` serves")
+    p.add_argument("--disk", default="docteur", help="the disk to ask (docteur)")
+    p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND ...")
+    p.set_defaults(func=query_main)
+
+
+def _microvm_module(quiet: bool = False) -> ModuleType | None:
+    try:
+        return importlib.import_module("docteur.vm.microvm")
+    except ImportError as exc:
+        if not quiet:
+            raise ClientError(
+                f"the microvm target is not available ({exc}); use --target unix"
+            ) from None
+        return None
+
+
+def _target(name: str) -> ModuleType:
+    if name == "unix":
+        return importlib.import_module("docteur.vm.unix")
+    module = _microvm_module()
+    assert module is not None
+    return module
+
+
+def _fail(message: str) -> int:
+    print(f"docteur: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _describe(target: ModuleType, exc: BaseException) -> str:
+    describe = getattr(target, "describe", None)
+    return describe(exc) if callable(describe) else str(exc)
+
+
+def run_main(args: argparse.Namespace) -> int:
+    try:
+        target = _target(args.target)
+    except ClientError as exc:
+        return _fail(str(exc))
+    try:
+        if args.socket:
+            return run(target.serve(args, args.socket))
+        return run(_print_file(target, args))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except (ClientError, OSError) as exc:
+        return _fail(_describe(target, exc))
+    except Exception as exc:  # the target's own errors (ApplianceError, ...): one line
+        if type(exc).__module__.startswith("docteur."):
+            return _fail(_describe(target, exc))
+        raise
+
+
+async def _print_file(target: ModuleType, args: argparse.Namespace) -> int:
+    out = sys.stdout.buffer
+    async with target.session(args) as client:
+        async for chunk in client.stream(args.filename, disk=args.disk):
+            out.write(chunk)
+        out.flush()
+    return 0
+
+
+def query_main(args: argparse.Namespace) -> int:
+    from docteur.vm.console import UsageError, console, execute
+
+    argv = list(args.command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    runner = _runner()
+    try:
+        with runner:
+            client = runner.run(Client.open_unix(args.socket, timeout=args.timeout, disk=args.disk))
+            try:
+                if not argv:
+                    return console(runner, client)
+                runner.run(execute(client, argv, sys.stdout.buffer))
+                return 0
+            finally:
+                with contextlib.suppress(Exception):
+                    runner.run(client.close())
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except (ClientError, UsageError) as exc:
+        return _fail(str(exc))
+
+
+def _runner() -> asyncio.Runner:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)

@@ -1,0 +1,176 @@
+"""`docteur query` commands, and the interactive console that runs them.
+
+    get PATH [OFFSET [LENGTH]]   ls [PATH]   stat PATH   exists PATH
+    size PATH   digest PATH   mtime PATH   info   ping   help   quit
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import sys
+import time
+from typing import BinaryIO
+
+from docteur.vm.client import Client, ClientError
+
+HELP = """\
+get PATH [OFFSET [LENGTH]]  print a file (a symlink prints its target)
+ls [PATH]                   list a directory (default /): mode, kind, key
+stat PATH                   kind, mode, size, digest, mtime
+exists PATH                 file, directory, symlink, submodule or absent
+size PATH | digest PATH | mtime PATH
+info                        the commit and the image
+disk [NAME]                 show or choose the disk (default docteur)
+ping                        round trip time
+help | quit"""
+
+COMMANDS = ("get", "cat", "ls", "list", "stat", "exists", "size", "digest", "mtime",
+            "last_modified", "info", "ping", "help", "disk", "quit", "exit")  # fmt: skip
+
+
+class UsageError(Exception):
+    pass
+
+
+def _arg(argv: list[str], i: int, what: str) -> str:
+    if len(argv) <= i:
+        raise UsageError(f"{argv[0]}: missing {what} (try help)")
+    return argv[i]
+
+
+def _int(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"{what} must be a number, not {text!r}") from None
+    if value < 0:
+        raise UsageError(f"{what} must not be negative")
+    return value
+
+
+def _fmt_time(seconds: int, tz_minutes: int) -> str:
+    sign = "-" if tz_minutes < 0 else "+"
+    m = abs(tz_minutes)
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds + tz_minutes * 60))
+    return f"{stamp} {sign}{m // 60:02d}{m % 60:02d} ({seconds})"
+
+
+async def execute(client: Client, argv: list[str], out: BinaryIO) -> None:
+    """Run one command, writing its output to `out`; raises ClientError/UsageError."""
+    cmd = argv[0]
+
+    def line(text: str) -> None:
+        out.write(text.encode("utf-8", "surrogateescape") + b"\n")
+
+    if cmd in ("get", "cat"):
+        path = _arg(argv, 1, "PATH")
+        offset = _int(argv[2], "OFFSET") if len(argv) > 2 else 0
+        length = _int(argv[3], "LENGTH") if len(argv) > 3 else None
+        async for chunk in client.stream(path, offset, length):
+            out.write(chunk)
+    elif cmd in ("ls", "list"):
+        for e in await client.list(argv[1] if len(argv) > 1 else "/"):
+            line(f"{e.mode:06o} {e.kind:<9} {os.fsdecode(e.key)}")
+    elif cmd == "stat":
+        path = _arg(argv, 1, "PATH")
+        st = await client.stat(path)
+        mtime = await client.last_modified(path)
+        line(f"path:   {path}\nkind:   {st.kind}\nmode:   {st.mode:06o}\nsize:   {st.size}")
+        line(f"digest: {st.digest}\nmtime:  {_fmt_time(*mtime)}")
+    elif cmd == "exists":
+        line(await client.exists(_arg(argv, 1, "PATH")))
+    elif cmd == "size":
+        line(str(await client.size(_arg(argv, 1, "PATH"))))
+    elif cmd == "digest":
+        line(await client.digest(_arg(argv, 1, "PATH")))
+    elif cmd in ("mtime", "last_modified"):
+        line(_fmt_time(*await client.last_modified(_arg(argv, 1, "PATH"))))
+    elif cmd == "info":
+        for key, value in (await client.info()).items():
+            if key == "message":
+                value = value.rstrip("\n").replace("\n", "\n" + " " * 16)
+            line(f"{key + ':':<16}{value}")
+    elif cmd == "ping":
+        start = time.perf_counter()
+        await client.ping()
+        line(f"pong in {(time.perf_counter() - start) * 1000:.2f} ms")
+    elif cmd == "help":
+        line(HELP)
+    elif cmd == "disk":
+        if len(argv) > 1:
+            client.disk = argv[1]
+        line(f"disk {client.disk} (disks: {', '.join(client.hello.disks) if client.hello else '?'})")
+    else:
+        raise UsageError(f"unknown command {cmd!r} (try help)")
+    out.flush()
+
+
+def _history_file() -> str:
+    return os.path.join(os.path.expanduser("~"), ".docteur_history")
+
+
+def _setup_readline() -> None:
+    try:
+        import readline
+    except ImportError:
+        return
+    with contextlib.suppress(OSError):
+        readline.read_history_file(_history_file())
+    readline.set_history_length(1000)
+    readline.parse_and_bind("tab: complete")
+    words = sorted(COMMANDS)
+    readline.set_completer(
+        lambda text, state: ([w for w in words if w.startswith(text)] + [None])[state]
+    )
+
+
+def _save_history() -> None:
+    with contextlib.suppress(ImportError, OSError):
+        import readline
+
+        readline.write_history_file(_history_file())
+
+
+def console(runner: asyncio.Runner, client: Client) -> int:
+    """Read commands until EOF/quit; each runs on `runner`'s loop."""
+    _setup_readline()
+    hello = client.hello
+    if hello is not None:
+        disks = ", ".join(f"{n} ({c[:12] or 'unopened'})" for n, c in hello.disks.items())
+        print(f"docteur protocol v{hello.version}, disks: {disks}; type help")
+        if not hello.ok:
+            print(f"the server failed to boot: {hello.fields.get('error', '?')}")
+    out = sys.stdout.buffer
+    try:
+        while True:
+            try:
+                text = input(f"docteur:{client.disk}> ")
+            except EOFError:
+                print()
+                return 0
+            except KeyboardInterrupt:
+                print()
+                continue
+            try:
+                argv = shlex.split(text)
+            except ValueError as exc:
+                print(f"error: {exc}")
+                continue
+            if not argv:
+                continue
+            if argv[0] in ("quit", "exit"):
+                return 0
+            try:
+                runner.run(execute(client, argv, out))
+            except (ClientError, UsageError) as exc:
+                out.flush()
+                print(f"error: {exc}")
+            except KeyboardInterrupt:
+                print("interrupted")
+            if argv[0] in ("get", "cat"):
+                print()  # files rarely end where the prompt should start
+    finally:
+        _save_history()

@@ -1,0 +1,189 @@
+"""`docteur run --target unix`: the guest runtime as a host process.
+
+Like MirageOS's unix target runs a unikernel as a process: the very server
+the microVM boots (`python -m docteur.guest`) runs here against image files,
+over its stdin/stdout for one session, or on the unix socket itself for
+`--socket` (it serves several clients natively).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import AsyncIterator
+
+from docteur.guest.protocol import Hello
+from docteur.vm.client import Client, ClientError
+
+DEFAULT_DISK = "docteur"
+
+
+class TargetError(ClientError):
+    code = "target"
+
+
+def blocks_of(args: argparse.Namespace) -> dict[str, str]:
+    """--block NAME=IMAGE (repeatable) and a bare IMAGE (= --block docteur=IMAGE)."""
+    blocks: dict[str, str] = {}
+    for spec in getattr(args, "block", None) or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise TargetError(f"--block {spec}: expected NAME=IMAGE")
+        if name in blocks:
+            raise TargetError(f"--block {name} given twice")
+        blocks[name] = path
+    image = getattr(args, "image", None)
+    if image:
+        if DEFAULT_DISK in blocks:
+            raise TargetError(f"IMAGE and --block {DEFAULT_DISK}=... both given")
+        blocks = {DEFAULT_DISK: image, **blocks}
+    if not blocks:
+        raise TargetError("no image: give IMAGE or --block NAME=IMAGE")
+    for name, path in blocks.items():
+        if not os.path.exists(path):
+            raise TargetError(f"disk {name}: {path}: no such file")
+    return blocks
+
+
+def guest_argv(args: argparse.Namespace, *where: str) -> list[str]:
+    argv = [sys.executable, "-m", "docteur.guest"]
+    for name, path in blocks_of(args).items():
+        argv += ["--block", f"{name}={path}"]
+    return [*argv, "--verify", getattr(args, "verify", None) or "pack", *where]
+
+
+class _Tail:
+    """The last lines the guest wrote on stderr, for error messages."""
+
+    def __init__(self, stream: asyncio.StreamReader | None):
+        self.lines: deque[str] = deque(maxlen=20)
+        self.task = asyncio.create_task(self._read(stream)) if stream else None
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        async for line in stream:
+            self.lines.append(line.decode("utf-8", "replace").rstrip())
+
+
+def _timeout(args: argparse.Namespace) -> float:
+    return float(getattr(args, "timeout", None) or 60.0)
+
+
+@contextlib.asynccontextmanager
+async def session(args: argparse.Namespace) -> AsyncIterator[Client]:
+    """Start the guest server on pipes and yield a greeted client."""
+    proc = await asyncio.create_subprocess_exec(
+        *guest_argv(args, "--stdio"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        limit=1 << 20,
+    )
+    tail = _Tail(proc.stderr)
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        try:
+            client = await Client.connect(proc.stdout, proc.stdin, timeout=_timeout(args))
+        except ClientError as exc:
+            await _reap(proc)
+            last = tail.lines[-1] if tail.lines else "no output"
+            raise TargetError(f"the guest server did not start: {exc} ({last})") from None
+        try:
+            yield client
+        finally:
+            await client.close()
+    finally:
+        await _reap(proc)
+        if tail.task:
+            tail.task.cancel()
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            if proc.stdin is not None:
+                proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 2.0)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 2.0)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -> int:
+    """Serve the images on the unix socket `path` until SIGINT/SIGTERM."""
+    blocks_of(args)  # fail early, before anything starts
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a stale socket would look ready
+    proc = await asyncio.create_subprocess_exec(
+        *guest_argv(args, "--listen", path), stderr=asyncio.subprocess.PIPE
+    )
+    tail = _Tail(proc.stderr)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        hello = await _await_ready(proc, path, _timeout(args), tail)
+        if not hello.ok:
+            print(f"docteur: error: {hello.fields.get('error', 'boot failed')}", file=sys.stderr)
+            return 1
+        disks = ", ".join(hello.disks)
+        print(ready or f"docteur: serving {disks} on {path}", flush=True)
+        waiter = asyncio.create_task(proc.wait())
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if waiter.done():
+            last = tail.lines[-1] if tail.lines else f"exit status {proc.returncode}"
+            print(f"docteur: error: the guest server stopped: {last}", file=sys.stderr)
+            return 1
+        waiter.cancel()
+        return 0
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 3.0)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        with contextlib.suppress(FileNotFoundError):
+            if proc.returncode is not None and os.path.exists(path):
+                os.unlink(path)
+        if tail.task:
+            tail.task.cancel()
+
+
+async def _await_ready(
+    proc: asyncio.subprocess.Process, path: str, timeout: float, tail: _Tail
+) -> Hello:
+    """Connect once the socket exists: the greeting says the disks are verified."""
+    deadline = loop_time() + timeout
+    while loop_time() < deadline:
+        if proc.returncode is not None:
+            last = tail.lines[-1] if tail.lines else f"exit status {proc.returncode}"
+            raise TargetError(f"the guest server stopped: {last}")
+        if os.path.exists(path):
+            client = await Client.open_unix(path, timeout=max(1.0, deadline - loop_time()))
+            hello = client.hello
+            await client.close()
+            assert hello is not None
+            return hello
+        await asyncio.sleep(0.02)
+    raise TargetError(f"the guest server was not ready within {timeout:g} s")
+
+
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
