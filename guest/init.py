@@ -134,12 +134,26 @@ def server_argv(params: dict[str, str]) -> list[str]:
     return [*argv, "--verify", params.get("verify", "pack"), "--device", port]
 
 
+def blast(port: str, total: int) -> int:
+    """Write `total` bytes to the port as fast as possible: the benchmark's raw
+    serial throughput, the ceiling for a protocol `get`."""
+    buf = memoryview(bytes(1 << 18))
+    fd = os.open(port, os.O_WRONLY)
+    sent = 0
+    while sent < total:
+        sent += os.write(fd, buf[: min(len(buf), total - sent)])  # writes can be short
+    os.close(fd)
+    return 0
+
+
 def run() -> int:
     params = setup()
     debug = params.get("debug") == "1"
     if debug:
         log(f"modules loaded; python started at {_T0:.3f}")
     argv = server_argv(params)
+    if params.get("bench") == "blast":
+        return blast(argv[-1], int(params.get("blast_mib", "64")) << 20)
     try:
         from docteur.guest import server
     except ImportError as exc:

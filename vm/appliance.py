@@ -247,6 +247,9 @@ class Appliance:
                 await self.shutdown()
         finally:
             await self._reap()
+            if self.client is not None and hasattr(self.client, "close"):
+                with contextlib.suppress(Exception, asyncio.TimeoutError):
+                    await asyncio.wait_for(self.client.close(), 1.0)
             if self.writer is not None:
                 self.writer.close()
             for s in self._socks:

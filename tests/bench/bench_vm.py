@@ -1,0 +1,164 @@
+"""Benchmarks of the microVM appliance under whatever accelerator `auto` picks.
+
+Rows (ratio = docteur / peer):
+- boot to the guest's greeting (small image, verify pack) vs a bare boot of the
+  same kernel whose /init only writes one byte          (goal ≤ 1.15×)
+- `get` of a 64 MiB file vs raw bulk throughput of the same virtio-serial port,
+  written by the guest as fast as it can, in MB/s        (goal ≥ 0.8×)
+- boot with `pack` verification of a ≥ 50 MB image vs `none`   (informative)
+
+Each figure is the median of a few runs; the 64 MiB image is cached in build/bench/vm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from docteur.guest import protocol
+from docteur.vm import qemu
+from docteur.vm.appliance import DEFAULT_BUILD, Appliance
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = ROOT / "build" / "bench" / "vm"
+GUEST = DEFAULT_BUILD / "guest"
+BIG = 64 << 20
+RUNS = 3
+Row = tuple[str, float, float, str]
+
+
+def _git(repo: Path, *args: str) -> None:
+    env = dict(os.environ, GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull,
+               GIT_AUTHOR_NAME="B", GIT_AUTHOR_EMAIL="b@b", GIT_COMMITTER_NAME="B",
+               GIT_COMMITTER_EMAIL="b@b")  # fmt: skip
+    subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)
+
+
+def _image(name: str, files: dict[str, bytes]) -> Path:
+    image = CACHE / f"{name}.img"
+    if image.exists():
+        return image
+    repo = CACHE / name
+    repo.mkdir(parents=True, exist_ok=True)
+    _git(repo, "init", "-q", "-b", "main")
+    for path, data in files.items():
+        (repo / path).write_bytes(data)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", name)
+    cli = "import sys; from docteur.builder.cli import main; sys.exit(main())"
+    subprocess.run([sys.executable, "-c", cli, "make", f"file://{repo}", str(image)],
+                   check=True, capture_output=True)  # fmt: skip
+    return image
+
+
+def small_image() -> Path:
+    return _image("small", {"README.md": b"# small\n" * 100})
+
+
+def big_image() -> Path:
+    # Random bytes: the pack cannot compress them, so it is > 64 MB too.
+    return _image("big", {"README.md": b"# big\n", "big.bin": os.urandom(BIG)})
+
+
+def bare_boot() -> float:
+    """QEMU start to the bare /init's one byte on the console."""
+    qmp_host, qmp_qemu = socket.socketpair()
+    log = CACHE / "bare-console.log"
+    log.write_bytes(b"")
+    launch = qemu.Launch(kernel=GUEST / "vmlinuz", initrd=GUEST / "bare-initrd.gz", blocks={},
+                         console_log=log, qmp_fd=qmp_qemu.fileno(),
+                         accel=qemu.choose_accel("auto"))  # fmt: skip
+    t0 = time.monotonic()
+    proc = subprocess.Popen(launch.argv(qemu.find_qemu()), pass_fds=[qmp_qemu.fileno()],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    qmp_qemu.close()
+    try:
+        while b"!" not in log.read_bytes():
+            if proc.poll() is not None and b"!" not in log.read_bytes():
+                raise RuntimeError("bare boot exited without its byte")
+            time.sleep(0.002)
+        return time.monotonic() - t0
+    finally:
+        proc.kill()
+        proc.wait()
+        qmp_host.close()
+
+
+async def greeted_boot(image: Path, verify: str) -> float:
+    async with Appliance(blocks={"docteur": image}, verify=verify, timeout=120) as vm:
+        assert vm.boot_seconds is not None
+        return vm.boot_seconds
+
+
+async def raw_throughput() -> float:
+    """MB/s of the guest writing zeros to the port, first byte to last."""
+    vm = Appliance(blocks={"docteur": small_image()}, greet=False,
+                   extra_args=["docteur.bench=blast", f"docteur.blast_mib={BIG >> 20}"])  # fmt: skip
+    async with vm:
+        assert vm.reader is not None
+        first = await asyncio.wait_for(vm.reader.read(1 << 20), 60)
+        t0, got = time.monotonic(), len(first)
+        while got < BIG:
+            chunk = await asyncio.wait_for(vm.reader.read(1 << 20), 30)
+            if not chunk:
+                break
+            got += len(chunk)
+        return got / (time.monotonic() - t0) / 1e6
+
+
+async def get_throughput(image: Path) -> float:
+    """MB/s of a protocol `get` of the 64 MiB file, request to END."""
+    async with Appliance(blocks={"docteur": image}, verify="none", timeout=120) as vm:
+        assert vm.reader is not None and vm.writer is not None
+        codec = protocol.ClientCodec()
+        codec.receive(vm.hello)
+        _rid, frame = codec.request("get", "docteur", b"/big.bin")
+        t0 = time.monotonic()
+        vm.writer.write(frame)
+        got = 0
+        while True:
+            try:
+                data = await asyncio.wait_for(vm.reader.read(1 << 20), 20)
+            except TimeoutError:
+                raise RuntimeError(f"get stalled after {got} bytes (guest server)") from None
+            if not data:
+                raise RuntimeError("the port closed during the get")
+            for ev in codec.receive(data):
+                if isinstance(ev, protocol.Data):
+                    got += len(ev.data)
+                elif isinstance(ev, (protocol.End, protocol.Error)):
+                    if got != BIG:
+                        raise RuntimeError(f"get returned {got} bytes: {ev}")
+                    return got / (time.monotonic() - t0) / 1e6
+
+
+def _median(fn, *args: object) -> float:  # type: ignore[no-untyped-def]
+    return statistics.median(fn(*args) for _ in range(RUNS))
+
+
+def rows() -> list[Row]:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    small, big = small_image(), big_image()
+    run = asyncio.run
+    boot = _median(lambda: run(greeted_boot(small, "pack")))
+    bare = _median(bare_boot)
+    raw = _median(lambda: run(raw_throughput()))
+    get_what = "get 64 MiB over virtio-serial vs raw port (MB/s)"
+    try:
+        get = _median(lambda: run(get_throughput(big)))
+    except RuntimeError as exc:  # keep the other rows; say why this one is 0
+        get, get_what = 0.0, f"{get_what} FAILED: {exc}"
+    pack = _median(lambda: run(greeted_boot(big, "pack")))
+    none = _median(lambda: run(greeted_boot(big, "none")))
+    size = big.stat().st_size / 1e6
+    return [
+        ("microvm boot to greeting vs bare boot (s)", boot, bare, "≤ 1.15×"),
+        (get_what, get, raw, "≥ 0.8×"),
+        (f"boot verify=pack vs none, {size:.0f} MB image (s)", pack, none, "info"),
+    ]
