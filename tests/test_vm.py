@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -12,7 +13,14 @@ import pytest
 
 from docteur.vm.appliance import Appliance, BootError
 from tests import gitfixtures as gf
-from tests.vm_helpers import GuestError, RawClient, docteur_make, needs_vm, process_gone
+from tests.vm_helpers import (
+    DOCTEUR,
+    GuestError,
+    RawClient,
+    docteur_make,
+    needs_vm,
+    process_gone,
+)
 
 pytestmark = [pytest.mark.vm, needs_vm, gf.needs_git]
 
@@ -133,3 +141,65 @@ async def test_kill9_mid_transfer(tmp_path: Path) -> None:
         assert killed_at and time.monotonic() - killed_at[0] < 1.0
     assert process_gone(pid)
     assert vm.rundir is not None and not vm.rundir.exists()
+
+
+def test_cli_filename(repo_image: tuple[Path, Path]) -> None:
+    repo, image = repo_image
+    ok = subprocess.run([*DOCTEUR, "run", str(image), "--filename", "/README.md"],
+                        capture_output=True, timeout=120)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == (repo / "README.md").read_bytes()
+    missing = subprocess.run([*DOCTEUR, "run", str(image), "--filename", "/absent"],
+                             capture_output=True, timeout=120)  # fmt: skip
+    assert missing.returncode != 0 and missing.stdout == b""
+    assert b"no such file" in missing.stderr and b"Traceback" not in missing.stderr
+
+
+def test_cli_socket_serves_several_clients(repo_image: tuple[Path, Path], tmp_path: Path) -> None:
+    """`docteur run --socket` multiplexes clients over the one serial port; SIGTERM
+    powers the guest off and removes the socket."""
+    repo, image = repo_image
+    sock = tmp_path / "s.sock"
+    server = subprocess.Popen([*DOCTEUR, "run", str(image), "--socket", str(sock)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        assert server.stdout is not None
+        ready = server.stdout.readline()
+        assert str(sock).encode() in ready, server.stderr.read() if server.stderr else ""
+        query = [*DOCTEUR, "query", "--socket", str(sock), "get"]
+        names = ("/README.md", "/data.bin", "/README.md")
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+        queries = [subprocess.Popen([*query, name], **pipes) for name in names]
+        outs = [q.communicate(timeout=60) for q in queries]
+        assert [q.returncode for q in queries] == [0, 0, 0], outs
+        assert outs[0][0] == outs[2][0] == (repo / "README.md").read_bytes()
+        assert outs[1][0] == (repo / "data.bin").read_bytes()
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+        assert not sock.exists()
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+async def test_large_file_through_client(tmp_path: Path) -> None:
+    """A file far bigger than every buffer on the way, through the runtime's client.
+
+    A virtio port takes every non-blocking write whole, so a server whose poll
+    loop waits for input alone once its output queue is empty stalls here
+    (seen: ~1 MB then nothing): it must keep producing while a reply is pending."""
+    from docteur.vm.client import Client
+
+    repo = tmp_path / "large"
+    repo.mkdir()
+    gf.git("init", "-q", "-b", "main", repo)
+    data = os.urandom(12 << 20)
+    (repo / "large.bin").write_bytes(data)
+    gf.git("add", "-A", cwd=repo)
+    gf.git("commit", "-q", "-m", "large", cwd=repo)
+    image = docteur_make(repo, tmp_path / "large.img")
+    async with Appliance(blocks={"docteur": image}, verify="pack",
+                         make_client=Client.over_streams) as vm:  # fmt: skip
+        got = await asyncio.wait_for(vm.client.get("/large.bin"), 60)
+        assert got == data
