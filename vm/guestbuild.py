@@ -38,8 +38,10 @@ INIT = "#!/usr/bin/python3.11 -IS\nfrom docteur.guest.init import main\nmain()\n
 MTIME = 0
 
 
-def say(msg: str) -> None:
-    print(f"guest: {msg}", file=sys.stderr, flush=True)
+def say(msg: str, always: bool = False) -> None:
+    """Steps on a terminal; in a pipe (CI, make) only the one-line outcome."""
+    if always or sys.stderr.isatty():
+        print(f"guest: {msg}", file=sys.stderr, flush=True)
 
 
 def inputs_hash(packages: list[debian.Package]) -> str:
@@ -175,7 +177,7 @@ def build(build_dir: Path, force: bool = False) -> dict[str, object]:
     if not force and manifest_path.exists():
         old = json.loads(manifest_path.read_text())
         if old.get("inputs") == digest and all((out / f).exists() for f in old["outputs"]):
-            say(f"up to date ({out})")
+            say(f"up to date ({out})", always=True)
             return old
     t0 = time.monotonic()
     say(f"kernel {kernel.name} {kernel.version}; downloading what build/debs lacks")
@@ -207,7 +209,8 @@ def build(build_dir: Path, force: bool = False) -> dict[str, object]:
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     say(
         f"built {out}/initrd.gz ({len(initrd) / 1e6:.1f} MB, {info['files']} entries, "
-        f"{len(info['python_modules'])} stdlib modules) in {time.monotonic() - t0:.1f} s"  # type: ignore[arg-type]
+        f"{len(info['python_modules'])} stdlib modules) in {time.monotonic() - t0:.1f} s",  # type: ignore[arg-type]
+        always=True,
     )
     return manifest
 
