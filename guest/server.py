@@ -58,6 +58,7 @@ class Conn:
         self.cancelled: set[int] = set()
         self.closing = False  # flush what is queued, then close
         self.eof = False
+        self.gone = False  # a write failed: the peer left
         self.paused_until = 0.0
         self.push(service.hello())
 
@@ -98,8 +99,12 @@ class Conn:
             else:
                 self.push(item)
 
+    @property
+    def has_work(self) -> bool:
+        return not self.closing and (self.current is not None or bool(self.queue))
+
     def flush(self) -> bool:
-        """Write what the fd takes now; False when the peer is gone."""
+        """Write what the fd takes now; False (and `gone`) when the peer is gone."""
         while self.out:
             bufs = [self.out[i] for i in range(min(IOV_MAX, len(self.out)))]
             try:
@@ -107,6 +112,7 @@ class Conn:
             except (BlockingIOError, InterruptedError):
                 return True
             except OSError:
+                self.gone = True
                 return False
             self.out_bytes -= n
             while n:
@@ -229,18 +235,24 @@ class Server:
     def run(self) -> None:
         poller = select.poll()
         while not self.stop and (self.conns or self.listener is not None):
+            busy = False  # someone emptied its output and has more to send
             for conn in list(self.conns.values()):
-                conn.produce()
-                if not conn.flush():
+                for _ in range(8):  # a few rounds each, then let the others in
+                    conn.produce()
+                    if not conn.flush() or conn.out or not conn.has_work:
+                        break
+                if conn.gone:
                     self.on_gone(conn)
                 elif (conn.closing and not conn.out) or (conn.eof and conn.idle):
                     self.close(conn)
+                elif not conn.out and conn.has_work:
+                    busy = True
             if not self.conns and self.listener is None:
                 return
             if self.service.shutdown_requested and all(not c.out for c in self.conns.values()):
                 return
             fds = self.register(poller)
-            timeout = 50 if any(c.paused_until for c in self.conns.values()) else None
+            timeout = 0 if busy else 50 if any(c.paused_until for c in self.conns.values()) else None
             try:
                 events = poller.poll(timeout)
             except InterruptedError:
@@ -299,6 +311,7 @@ class Server:
             conn.eof = True  # stdin closed or the client left: finish, then close
 
     def on_gone(self, conn: Conn) -> None:
+        conn.gone = False
         if conn.stream and conn.rfd != 0:
             conn.drop_work()
             conn.out.clear()
@@ -357,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"fatal: {exc}")
         return 1
     finally:
+        for conn in list(server.conns.values()):
+            server.close(conn)
         if server.listener is not None:
             server.listener.close()
             if args.listen and os.path.exists(args.listen):

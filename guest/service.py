@@ -15,8 +15,13 @@ from .protocol import BadRequest, Request, ServerCodec, data_header, encode_entr
 
 LIST_BATCH = 1 << 16
 
+class NoSuchDisk(DocteurError):
+    """A request names a disk that is not served."""
+
+
 _ERROR_NAMES: tuple[tuple[type[BaseException], str], ...] = (
     (InvalidPath, "invalid_path"),
+    (NoSuchDisk, "no_such_disk"),
     (NotFound, "not_found"),
     (NotAFile, "not_a_file"),
     (NotADirectory, "not_a_directory"),
@@ -24,10 +29,6 @@ _ERROR_NAMES: tuple[tuple[type[BaseException], str], ...] = (
     (ImageError, "image"),
     (OSError, "image"),
 )
-
-
-class NoSuchDisk(DocteurError):
-    pass
 
 
 def error_code(exc: BaseException) -> str:

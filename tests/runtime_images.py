@@ -7,13 +7,22 @@ A repository with thousands of files and some history is written in one
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import random
+import shutil
+import socket
 import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from docteur.guest import server
 from docteur.guest.layout import write_image
+from docteur.guest.protocol import ClientCodec
 
 ENV = {
     **os.environ,
@@ -21,7 +30,20 @@ ENV = {
     "GIT_CONFIG_GLOBAL": os.devnull,
     "LC_ALL": "C",
 }
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu",
+]
 
 
 def git(*args: str | os.PathLike[str], cwd: Path, input: bytes | None = None) -> bytes:
@@ -134,7 +156,9 @@ def ls_tree(repo: Path, rev: str = "HEAD") -> list[tuple[int, str, bytes, bytes]
 
 def cat_blobs(repo: Path, oids: list[bytes]) -> dict[bytes, bytes]:
     """Blob bodies by raw id, with one `git cat-file --batch`."""
-    data = git("cat-file", "--batch", cwd=repo, input=b"".join(o.hex().encode() + b"\n" for o in oids))
+    data = git(
+        "cat-file", "--batch", cwd=repo, input=b"".join(o.hex().encode() + b"\n" for o in oids)
+    )
     out, pos = {}, 0
     for oid in oids:
         nl = data.index(b"\n", pos)
@@ -142,3 +166,61 @@ def cat_blobs(repo: Path, oids: list[bytes]) -> dict[bytes, bytes]:
         out[oid] = data[nl + 1 : nl + 1 + size]
         pos = nl + 1 + size + 1
     return out
+
+
+# -- shared images (built once per test session, whichever module asks first) --
+def _once(base: Path, name: str, build) -> Path:
+    path = base / name
+    if not path.exists():
+        tmp = base / (name + ".building")
+        build(tmp)
+        tmp.rename(path)
+    return path
+
+
+def generated_image(base: Path) -> tuple[Path, Path]:
+    """(bare repository, image) of the generated repository."""
+    repo = base / "gen.git"
+    if not repo.exists():
+        generate_repo(repo)
+    return repo, _once(base, "gen.img", lambda p: make_image(repo, p))
+
+
+def self_image(base: Path) -> tuple[Path, Path]:
+    """(this checkout, an image of its HEAD)."""
+    here = Path(__file__).resolve().parent.parent
+    return here, _once(base, "self.img", lambda p: make_image(here, p))
+
+
+@contextlib.contextmanager
+def serving(blocks: dict[str, Path], verify: str = "none") -> Iterator[str]:
+    """The guest server in a thread on a fresh unix socket; yields the socket path."""
+    where = tempfile.mkdtemp(prefix="dts", dir="/tmp")  # socket paths must stay short
+    path = os.path.join(where, "s")
+    argv = [a for n, p in blocks.items() for a in ("--block", f"{n}={p}")]
+    thread = threading.Thread(
+        target=server.main, args=([*argv, "--verify", verify, "--listen", path],), daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise AssertionError("the guest server did not start")
+        time.sleep(0.01)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            shutdown(path)
+        thread.join(10)
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def shutdown(path: str) -> None:
+    codec = ClientCodec()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(path)
+        s.sendall(codec.request("shutdown")[1])
+        while s.recv(65536):
+            pass

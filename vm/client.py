@@ -256,7 +256,10 @@ class Client:
             raise type(self._failure)(str(self._failure), self._failure.code)
         if self.hello is not None and not self.hello.ok and op not in ("ping", "shutdown"):
             raise BootFailedError(self.hello.fields.get("error", "the server failed to boot"))
-        rid, frame = self.codec.request(op, disk or self.disk, _path(path), offset, length)
+        try:
+            rid, frame = self.codec.request(op, disk or self.disk, _path(path), offset, length)
+        except ValueError as exc:  # too long to send at all
+            raise InvalidPathError(str(exc)) from None
         queue: asyncio.Queue[Data | End | Error | ClientError] = asyncio.Queue(QUEUE_CHUNKS)
         self._queues[rid] = queue
         async with self._write_lock:
