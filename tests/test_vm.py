@@ -203,3 +203,22 @@ async def test_large_file_through_client(tmp_path: Path) -> None:
                          make_client=Client.over_streams) as vm:  # fmt: skip
         got = await asyncio.wait_for(vm.client.get("/large.bin"), 60)
         assert got == data
+
+
+async def test_guest_panic_and_boot_timeout_are_clear(repo_image: tuple[Path, Path]) -> None:
+    """A kernel panic ends QEMU (panic=-1, -no-reboot) with the log tail in the
+    error; a boot timeout kills QEMU. Nothing is left behind either way."""
+    image = repo_image[1]
+    vm = Appliance(blocks={"docteur": image}, extra_args=["rdinit=/nope"])
+    with pytest.raises(BootError, match="guest reset") as info:
+        async with vm:
+            pass
+    assert "Kernel panic" in info.value.log_tail
+    assert vm.shutdown_reason == "guest-reset"
+    assert process_gone(vm.proc.pid) and not vm.rundir.exists()  # type: ignore[union-attr]
+
+    vm = Appliance(blocks={"docteur": image}, timeout=0.5)
+    with pytest.raises(BootError, match=r"timed out after 0\.5 s"):
+        async with vm:
+            pass
+    assert process_gone(vm.proc.pid) and not vm.rundir.exists()  # type: ignore[union-attr]

@@ -158,10 +158,10 @@ class Appliance:
                 port_qemu.close()
         self.qmp = QMPClient("docteur")
         self._event_task = asyncio.create_task(self._watch_events())
-        await self._until_exit(self.qmp.connect(qmp_host), 10.0, "QMP did not answer")
+        await self._until_exit(self.qmp.connect(qmp_host), 10.0, "QMP connection")
         self.reader, self.writer = await asyncio.open_connection(sock=port_host)
         if self.greet:
-            await self._until_exit(self._greet(), self.timeout, "boot timed out")
+            await self._until_exit(self._greet(), self.timeout, "boot")
             self.boot_seconds = time.monotonic() - t0
 
     async def _greet(self) -> None:
@@ -196,16 +196,24 @@ class Appliance:
         finally:
             died.cancel()
         if task in done:
-            return task.result()
+            exc = task.exception()
+            if not isinstance(exc, (ConnectionError, EOFError, asyncio.IncompleteReadError)):
+                return task.result()
+            # The port closed under us: QEMU is exiting; say why once it has.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.proc.wait()), 2.0)
         task.cancel()
         with contextlib.suppress(BaseException):
             await task
         if died in done or self.proc.returncode is not None:
             await asyncio.sleep(0.05)  # let the last console bytes land
-            reason = f", {self.shutdown_reason}" if self.shutdown_reason else ""
-            msg = f"{what}: QEMU exited with status {self.proc.returncode}{reason}"
+            reason = {
+                None: "", "guest-reset": " after a guest reset (kernel panic?)",
+                "guest-shutdown": " after the guest powered off",
+            }.get(self.shutdown_reason, f" ({self.shutdown_reason})")  # fmt: skip
+            msg = f"{what} failed: QEMU exited with status {self.proc.returncode}{reason}"
         else:
-            msg = f"{what} after {timeout:.0f} s"
+            msg = f"{what} timed out after {timeout:g} s"
         raise BootError(msg, self.log_tail())
 
     async def _watch_events(self) -> None:
