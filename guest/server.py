@@ -149,6 +149,7 @@ class Conn:
         self.push(ServerCodec.error(exc.request_id, exc.code, str(exc)))
         if self.stream:
             self.codec.resync()  # wait for the host's next GREET
+            self.receive(b"")  # which may already be buffered
         else:
             self.closing = True
 
