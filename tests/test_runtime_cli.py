@@ -1,0 +1,99 @@
+"""`docteur run --target unix` and `docteur query`, as a user types them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.runtime_images import cat_blobs, generated_image, ls_tree
+
+DOCTEUR = [sys.executable, "-c", "import sys; from docteur.builder.cli import main; sys.exit(main())"]
+
+
+def docteur(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([*DOCTEUR, *args], input=input, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def gen(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.getbasetemp() / "runtime"
+    base.mkdir(exist_ok=True)
+    return generated_image(base)
+
+
+def one_line_error(proc: subprocess.CompletedProcess[bytes], *needles: str) -> None:
+    err = proc.stderr.decode()
+    assert proc.returncode != 0
+    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+    for needle in needles:
+        assert needle in err, err
+
+
+def test_run_filename_prints_the_file_exactly(gen) -> None:
+    repo, image = gen
+    oid = next(o for _, _, o, p in ls_tree(repo) if p == b"big.bin")
+    proc = docteur("run", "--target", "unix", str(image), "--filename", "/big.bin")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == cat_blobs(repo, [oid])[oid]
+    proc = docteur("run", "--target", "unix", "--block", f"docteur={image}", "--block",
+                   f"second={image}", "--disk", "second", "--filename", "/bin/run.sh")  # fmt: skip
+    assert proc.stdout == b"#!/bin/sh\necho hi\n"
+
+
+def test_run_errors_are_one_line(gen, tmp_path: Path) -> None:
+    image = str(gen[1])
+    one_line_error(docteur("run", "--target", "unix", image, "--filename", "/nope"), "/nope")
+    one_line_error(docteur("run", "--target", "unix", image, "--filename", "/bin"), "directory")
+    one_line_error(
+        docteur("run", "--target", "unix", str(tmp_path / "x.img"), "--filename", "/a"), "x.img"
+    )
+    bad = tmp_path / "bad.img"
+    data = bytearray(gen[1].read_bytes())
+    data[5000] ^= 1
+    bad.write_bytes(data)
+    one_line_error(
+        docteur("run", "--target", "unix", "--verify", "full", str(bad), "--filename", "/README.md"),
+        "verify full failed",
+    )
+
+
+def test_run_socket_then_query(gen) -> None:
+    where = tempfile.mkdtemp(prefix="dtq", dir="/tmp")
+    sock = os.path.join(where, "s")
+    proc = subprocess.Popen(
+        [*DOCTEUR, "run", "--target", "unix", str(gen[1]), "--socket", sock],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        ready = proc.stdout.readline().decode()
+        assert sock in ready, ready
+        q = ["query", "--socket", sock]
+        assert docteur(*q, "get", "/README.md").stdout.startswith(b"# generated")
+        assert docteur(*q, "get", "/README.md", "2", "9").stdout == b"generated"
+        ls = docteur(*q, "ls", "/bin").stdout.decode(errors="replace")
+        assert "100755 file      /bin/run.sh" in ls and "120000 symlink   /bin/dangling" in ls
+        stat = docteur(*q, "stat", "/bin/run.sh").stdout.decode()
+        assert "mode:   100755" in stat and "size:   18" in stat
+        assert docteur(*q, "exists", "/sub/module").stdout == b"submodule\n"
+        assert len(docteur(*q, "digest", "/README.md").stdout.strip()) == 40
+        assert b"commit:" in docteur(*q, "info").stdout
+        one_line_error(docteur(*q, "get", "/missing"), "/missing")
+        one_line_error(docteur(*q, "frobnicate"), "unknown command")
+        console = docteur(*q, input=b"help\nls /\nget /link-to-readme\nstat /nope\nquit\n")
+        out = console.stdout.decode(errors="replace")
+        assert console.returncode == 0
+        assert "README.md" in out and "/big.bin" in out and "error:" in out and "ls [PATH]" in out
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        assert not os.path.exists(sock)
+        shutil.rmtree(where, ignore_errors=True)
+    one_line_error(docteur("query", "--socket", sock, "info"), "cannot connect")
