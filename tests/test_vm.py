@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from docteur.vm.appliance import Appliance, BootError
-from docteur.vm.client import Client
 from tests import gitfixtures as gf
 from tests.vm_helpers import (
     DOCTEUR,
@@ -40,7 +39,7 @@ async def test_every_file_identical_to_git_and_clean_power_off(
     rows = gf.tree_entries(repo, "HEAD")
     blobs = [(mode, oid, path) for mode, kind, oid, path in rows if kind == "blob"]
     expected = gf._cat_blobs(repo, [oid for _, oid, _ in blobs])
-    async with Appliance(blocks={"docteur": image}, verify="full", timeout=90) as vm:
+    async with Appliance(blocks={"docteur": image}, verify="full", timeout=90, make_client=None) as vm:
         client = RawClient(vm)
         for mode, oid, path in blobs:
             if mode == "120000":
@@ -62,7 +61,8 @@ async def test_two_disks(repo_image: tuple[Path, Path], tmp_path: Path) -> None:
     gf.git("add", "-A", cwd=other)
     gf.git("commit", "-q", "-m", "other", cwd=other)
     other_img = docteur_make(other, tmp_path / "other.img")
-    async with Appliance(blocks={"docteur": image, "second": other_img}, verify="pack") as vm:
+    blocks = {"docteur": image, "second": other_img}
+    async with Appliance(blocks=blocks, verify="pack", make_client=None) as vm:
         assert vm.greeting is not None and set(vm.greeting.disks) == {"docteur", "second"}
         client = RawClient(vm)
         assert await client.get(b"/README.md") == (repo / "README.md").read_bytes()
@@ -98,7 +98,7 @@ async def test_corrupt_image_unverified_fails_on_read(repo_image: tuple[Path, Pa
     bad = _corrupt(image, tmp_path / "bad.img")
     rows = gf.tree_entries(repo, "HEAD")
     failures = 0
-    async with Appliance(blocks={"docteur": bad}, verify="none") as vm:
+    async with Appliance(blocks={"docteur": bad}, verify="none", make_client=None) as vm:
         client = RawClient(vm)
         for _mode, kind, _oid, path in rows:
             if kind != "blob":
@@ -129,7 +129,7 @@ async def test_kill9_mid_transfer(tmp_path: Path) -> None:
     image = docteur_make(repo, tmp_path / "big.img")
     from docteur.vm.client import ConnectionLost, Timeout
 
-    vm = Appliance(blocks={"docteur": image}, verify="none", make_client=Client.over_streams)
+    vm = Appliance(blocks={"docteur": image}, verify="none")
     async with vm:
         pid = vm.proc.pid  # type: ignore[union-attr]
         killed_at = 0.0
@@ -199,8 +199,7 @@ async def test_large_file_through_client(tmp_path: Path) -> None:
     gf.git("add", "-A", cwd=repo)
     gf.git("commit", "-q", "-m", "large", cwd=repo)
     image = docteur_make(repo, tmp_path / "large.img")
-    async with Appliance(blocks={"docteur": image}, verify="pack",
-                         make_client=Client.over_streams) as vm:  # fmt: skip
+    async with Appliance(blocks={"docteur": image}, verify="pack") as vm:
         got = await asyncio.wait_for(vm.client.get("/large.bin"), 60)
         assert got == data
 

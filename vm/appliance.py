@@ -48,6 +48,12 @@ class BootError(ApplianceError):
     pass
 
 
+async def _default_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
+    from docteur.vm.client import Client  # imported late: the client imports nothing of ours
+
+    return await Client.over_streams(reader, writer)
+
+
 def guest_artifacts(build_dir: Path | None = None) -> tuple[Path, Path]:
     base = Path(build_dir or os.environ.get(BUILD_ENV) or DEFAULT_BUILD) / "guest"
     kernel, initrd = base / "vmlinuz", base / "initrd.gz"
@@ -78,7 +84,7 @@ class Appliance:
         initrd: Path | None = None,
         extra_args: list[str] | None = None,
         greet: bool = True,
-        make_client: ClientFactory | None = None,
+        make_client: ClientFactory | bool | None = True,
         require_ok: bool = True,
     ):
         if not blocks:
@@ -91,7 +97,9 @@ class Appliance:
         self.accel = qemu.choose_accel(accel)
         self.extra_args = extra_args or []
         self.greet = greet
-        self.make_client = make_client
+        # True: the runtime's asyncio client (docteur.vm.client); None/False: raw
+        # streams only (vm.reader/vm.writer), e.g. for the --socket multiplexer.
+        self.make_client = _default_client if make_client is True else make_client or None
         self.hello = b""  # the guest's HELLO frame, header included
         self.greeting: protocol.Hello | None = None  # ... decoded
         self.require_ok = require_ok  # a HELLO whose status is not ok raises BootError

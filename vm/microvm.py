@@ -66,16 +66,10 @@ def appliance(args: argparse.Namespace, **kw: Any) -> Appliance:
     )
 
 
-async def _make_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
-    from docteur.vm.client import Client  # the runtime's asyncio client
-
-    return await Client.over_streams(reader, writer)
-
-
 @contextlib.asynccontextmanager
 async def session(args: argparse.Namespace) -> AsyncIterator[Any]:
     """Boot, yield the connected protocol client, power off and reap on exit."""
-    async with appliance(args, make_client=_make_client) as vm:
+    async with appliance(args) as vm:
         yield vm.client
 
 
@@ -94,7 +88,7 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with appliance(args) as vm:
+        async with appliance(args, make_client=None) as vm:
             assert vm.reader is not None and vm.writer is not None
             mux = Mux(vm.reader, vm.writer, vm.hello)
             pump = asyncio.create_task(mux.pump_upstream())
