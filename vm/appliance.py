@@ -48,6 +48,15 @@ class BootError(ApplianceError):
     pass
 
 
+def _die_with_parent() -> None:
+    """In the forked child: SIGKILL QEMU if we die without reaping it (kill -9 of
+    the host process), instead of leaving an orphan VM serving nobody."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 async def _default_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
     from docteur.vm.client import Client  # imported late: the client imports nothing of ours
 
@@ -160,6 +169,7 @@ class Appliance:
                     *launch.argv(exe), stdin=asyncio.subprocess.DEVNULL, stdout=err, stderr=err,
                     pass_fds=(qmp_qemu.fileno(), port_qemu.fileno()),
                     start_new_session=True,  # Ctrl-C reaches us, and we shut QEMU down
+                    preexec_fn=_die_with_parent,
                 )  # fmt: skip
             finally:
                 qmp_qemu.close()
