@@ -19,6 +19,7 @@ from .objects import BLOB, MODE_TREE, TREE, Commit, kind_of_mode
 from .protocol import MAX_PATH, Entry, GetEnd, Stat
 
 ROOT_MODE = MODE_TREE
+DIR_CACHE = 4096  # directories whose tree id is remembered (about 150 bytes each)
 
 
 class InvalidPath(DocteurError):
@@ -151,6 +152,7 @@ class Disk:
         self._trees: OrderedDict[bytes, Tree] = OrderedDict()
         self._tree_bytes = 0
         self._tree_limit = tree_cache_bytes
+        self._dirs: OrderedDict[bytes, bytes] = OrderedDict()  # "a/b" -> tree id
 
     # -- trees ----------------------------------------------------------------
     def tree(self, oid: bytes) -> Tree:
@@ -173,15 +175,24 @@ class Disk:
 
     def resolve(self, path: bytes) -> tuple[int, bytes] | None:
         """(mode, oid) of `path`, None when absent."""
-        mode, oid = ROOT_MODE, self.commit.tree
-        for seg in split_path(path):
-            if mode != MODE_TREE:
-                return None
-            found = self.tree(oid).lookup(seg)
-            if found is None:
-                return None
-            mode, oid = found
-        return mode, oid
+        segs = split_path(path)
+        if not segs:
+            return ROOT_MODE, self.commit.tree
+        parent = b"/".join(segs[:-1])
+        tree_oid = self._dirs.get(parent)
+        if tree_oid is not None:
+            self._dirs.move_to_end(parent)
+        else:
+            tree_oid = self.commit.tree
+            for seg in segs[:-1]:
+                found = self.tree(tree_oid).lookup(seg)
+                if found is None or found[0] != MODE_TREE:
+                    return None
+                tree_oid = found[1]
+            self._dirs[parent] = tree_oid
+            if len(self._dirs) > DIR_CACHE:
+                self._dirs.popitem(last=False)
+        return self.tree(tree_oid).lookup(segs[-1])
 
     def _need(self, path: bytes) -> tuple[int, bytes]:
         found = self.resolve(path)
@@ -202,7 +213,9 @@ class Disk:
         return "absent" if found is None else kind_of_mode(found[0])
 
     def size(self, path: bytes) -> int:
-        _, oid = self._need_blob(path)
+        return self._blob_size(self._need_blob(path)[1])
+
+    def _blob_size(self, oid: bytes) -> int:
         kind, size = self.image.object_info(oid)
         if kind != BLOB:
             raise IntegrityError(f"object {oid.hex()} is a {kind}, a blob was expected")
@@ -211,7 +224,7 @@ class Disk:
     def stat(self, path: bytes) -> Stat:
         mode, oid = self._need(path)
         kind = kind_of_mode(mode)
-        size = self.size(path) if kind in ("file", "symlink") else 0
+        size = self._blob_size(oid) if kind in ("file", "symlink") else 0
         return Stat(kind, mode, size, oid, self.mtime)
 
     def digest(self, path: bytes) -> bytes:
@@ -229,13 +242,17 @@ class Disk:
 
     def get(
         self, path: bytes, offset: int = 0, length: int | None = None, chunk: int = 1 << 18
-    ) -> tuple[GetEnd, Iterator[bytes]]:
+    ) -> tuple[GetEnd | None, Iterator[bytes]]:
         """The END record and the chunks of a (ranged) get, clamped to the file.
 
-        A symlink's content is its target path, as git stores it (not followed).
+        The END record is None for a whole file: its size is what was sent,
+        and the object's headers need not be read twice. A symlink's content
+        is its target path, as git stores it (not followed).
         """
         _, oid = self._need_blob(path)
-        size = self.size(path)
+        if offset == 0 and length is None:
+            return None, self.image.stream_blob(oid, 0, None, chunk)
+        size = self._blob_size(oid)
         start = min(offset, size)
         count = size - start if length is None else min(length, size - start)
         if count == 0:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from .errors import DocteurError, ImageError, IntegrityError, NotFound
 from .kv import Disk, InvalidPath, NotADirectory, NotAFile
-from .protocol import BadRequest, Request, ServerCodec, data_header, encode_entries
+from .protocol import BadRequest, GetEnd, Request, ServerCodec, data_header, encode_entries
 
 LIST_BATCH = 1 << 16
 
@@ -98,7 +98,7 @@ class Service:
         return ServerCodec.end(rid, op, result)
 
 
-def _stream_get(rid: int, end: object, chunks: Iterator[bytes]) -> Iterator[bytes | tuple]:
+def _stream_get(rid: int, end: GetEnd | None, chunks: Iterator[bytes]) -> Iterator[bytes | tuple]:
     sent = 0
     try:
         for chunk in chunks:
@@ -108,8 +108,10 @@ def _stream_get(rid: int, end: object, chunks: Iterator[bytes]) -> Iterator[byte
     except Exception as exc:
         yield ServerCodec.error(rid, error_code(exc), error_message(exc))
         return
-    if sent != getattr(end, "length", sent):
-        yield ServerCodec.error(rid, "integrity", f"sent {sent} bytes, expected {end}")
+    if end is None:
+        end = GetEnd(sent, 0, sent)
+    elif sent != end.length:
+        yield ServerCodec.error(rid, "integrity", f"sent {sent} bytes, expected {end.length}")
         return
     yield ServerCodec.end(rid, "get", end)
 

@@ -63,8 +63,13 @@ def _quote(path: bytes) -> bytes:
     return b'"' + out + b'"'
 
 
+_POOL: list[bytes] = []
+
+
 def _text(rng: random.Random, lines: int) -> bytes:
-    return "".join(" ".join(rng.choices(WORDS, k=10)) + "\n" for _ in range(lines)).encode()
+    if not _POOL:
+        _POOL.extend(" ".join(rng.choices(WORDS, k=10)).encode() + b"\n" for _ in range(997))
+    return b"".join(rng.choices(_POOL, k=lines))
 
 
 def generate_repo(path: Path, files: int = 3000, commits: int = 4, big: int = 6 << 20) -> Path:
@@ -129,7 +134,7 @@ def make_image(repo: Path, dest: Path, rev: str = "HEAD") -> Path:
     """An image of `rev`'s tree (depth 1, like `docteur make`)."""
     head = git("rev-parse", rev, cwd=repo).strip().decode()
     objs = git("rev-list", "--objects", "--no-object-names", "-n1", rev, cwd=repo)
-    pack = git("pack-objects", "--stdout", "-q", cwd=repo, input=objs)
+    pack = git("pack-objects", "--stdout", "-q", "--delta-base-offset", cwd=repo, input=objs)
     tmp = dest.with_suffix(".pack")
     tmp.write_bytes(pack)
     git("index-pack", "-o", dest.with_suffix(".idx"), tmp, cwd=repo)
