@@ -232,6 +232,8 @@ class Appliance:
             msg = f"{what} failed: QEMU exited with status {self.proc.returncode}{reason}"
         else:
             msg = f"{what} timed out after {timeout:g} s"
+            if self.accel == "kvm" and not qemu.kvm_usable():
+                msg += " (KVM without vmx/svm CPU flags does not work: try --accel tcg)"
         raise BootError(msg, self.log_tail())
 
     async def _watch_events(self) -> None:
