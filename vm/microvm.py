@@ -80,9 +80,19 @@ def describe(exc: BaseException) -> str:
     return f"{msg}\n--- guest log (tail) ---\n{tail}" if tail else msg
 
 
+def _check_socket_path(path: str) -> None:
+    size = len(os.fsencode(path))
+    if size > 107:  # sun_path: 108 bytes with the terminating NUL
+        raise ApplianceError(f"socket path is {size} bytes, unix sockets allow 107: {path}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ApplianceError(f"cannot serve on {path}: no directory {parent}")
+
+
 async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -> int:
     """Boot, listen on `path` for protocol clients, print one ready line, serve
     until SIGINT/SIGTERM or the guest goes away; then power off cleanly."""
+    _check_socket_path(path)  # before a boot that would be wasted
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
