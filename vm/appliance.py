@@ -23,11 +23,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import structlog
 from qemu.qmp import QMPClient
 
 from docteur.guest import protocol
 from docteur.vm import qemu
 
+log = structlog.get_logger("docteur.vm")
 BUILD_ENV = "DOCTEUR_BUILD"  # overrides the guest artifacts' directory
 DEFAULT_BUILD = Path(__file__).resolve().parent.parent / "build"
 LOG_TAIL = 25
@@ -162,11 +164,13 @@ class Appliance:
             console_log=self.console_log, qmp_fd=qmp_qemu.fileno(), port_fd=port_qemu.fileno(),
             verify=self.verify, memory=self.memory, accel=self.accel, extra_args=self.extra_args,
         )  # fmt: skip
+        argv = launch.argv(exe)
+        log.debug("qemu command", argv=" ".join(argv))
         t0 = time.monotonic()
         with open(self.rundir / "qemu.err", "wb") as err:
             try:
                 self.proc = await asyncio.create_subprocess_exec(
-                    *launch.argv(exe), stdin=asyncio.subprocess.DEVNULL, stdout=err, stderr=err,
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=err, stderr=err,
                     pass_fds=(qmp_qemu.fileno(), port_qemu.fileno()),
                     start_new_session=True,  # Ctrl-C reaches us, and we shut QEMU down
                     preexec_fn=_die_with_parent,
@@ -174,6 +178,8 @@ class Appliance:
             finally:
                 qmp_qemu.close()
                 port_qemu.close()
+        log.info("qemu started", pid=self.proc.pid, accel=self.accel, memory=self.memory,
+                 blocks=",".join(self.blocks), verify=self.verify, rundir=str(self.rundir))  # fmt: skip
         self.qmp = QMPClient("docteur")
         self._event_task = asyncio.create_task(self._watch_events())
         await self._until_exit(self.qmp.connect(qmp_host), 10.0, "QMP connection")
@@ -181,6 +187,7 @@ class Appliance:
         if self.greet:
             await self._until_exit(self._greet(), self.timeout, "boot")
             self.boot_seconds = time.monotonic() - t0
+            log.info("guest ready", seconds=round(self.boot_seconds, 3))
 
     async def _greet(self) -> None:
         """GREET, then wait for the guest's HELLO: the guest has verified its disks.
@@ -290,6 +297,8 @@ class Appliance:
                 self._event_task.cancel()
             if self.rundir is not None:
                 shutil.rmtree(self.rundir, ignore_errors=True)
+            if self.proc is not None:
+                log.info("qemu exited", status=self.returncode, reason=self.shutdown_reason)
 
     async def _reap(self) -> None:
         """SIGKILL whatever still runs and wait for it (the loop's child watcher reaps)."""
