@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 VERSION = 1
 MAGIC = b"docteur\0"
@@ -86,8 +86,7 @@ class ProtocolError(Exception):
 
 
 # -- events -------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Hello:
+class Hello(NamedTuple):
     version: int
     max_frame: int
     fields: dict[str, str]
@@ -102,8 +101,7 @@ class Hello:
         return {k[5:]: v for k, v in self.fields.items() if k.startswith("disk.")}
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     id: int
     op: str
     disk: str
@@ -112,8 +110,7 @@ class Request:
     length: int | None = None  # None: to the end
 
 
-@dataclass(frozen=True, slots=True)
-class BadRequest:
+class BadRequest(NamedTuple):
     """A well-framed request the server must refuse (the connection goes on)."""
 
     id: int
@@ -121,38 +118,32 @@ class BadRequest:
     message: str
 
 
-@dataclass(frozen=True, slots=True)
-class Greet:
+class Greet(NamedTuple):
     """The host asks for a (new) greeting: a new session on a stream."""
 
 
-@dataclass(frozen=True, slots=True)
-class Cancel:
+class Cancel(NamedTuple):
     id: int
 
 
-@dataclass(frozen=True, slots=True)
-class Data:
+class Data(NamedTuple):
     id: int
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class End:
+class End(NamedTuple):
     id: int
     op: str
     result: object
 
 
-@dataclass(frozen=True, slots=True)
-class Error:
+class Error(NamedTuple):
     id: int
     code: str
     message: str
 
 
-@dataclass(frozen=True, slots=True)
-class Stat:
+class Stat(NamedTuple):
     kind: str
     mode: int
     size: int
@@ -164,15 +155,13 @@ class Stat:
         return self.oid.hex()
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     key: bytes  # full key, "/dir/name"
     kind: str
     mode: int
 
 
-@dataclass(frozen=True, slots=True)
-class GetEnd:
+class GetEnd(NamedTuple):
     size: int  # the whole file's size
     offset: int  # where the bytes sent start (clamped)
     length: int  # how many bytes were sent
@@ -429,19 +418,17 @@ class ServerCodec:
         return frame(ERROR, ERROR_CODES.get(code, ERROR_CODES["internal"]), rid, msg)
 
 
-@dataclass
 class ClientCodec:
     """The client's side: encodes requests, decodes replies (matched by id)."""
 
-    max_frame: int = MAX_FRAME
-    resync: bool = False  # skip bytes before the greeting (a stream joined midway)
-    hello: Hello | None = None
-    _pending: dict[int, str] = field(default_factory=dict)
-    _cancelled: set[int] = field(default_factory=set)
-    _next_id: int = 1
-
-    def __post_init__(self) -> None:
-        self._reader = FrameReader(self.max_frame)
+    def __init__(self, max_frame: int = MAX_FRAME, resync: bool = False):
+        self.max_frame = max_frame
+        self.resync = resync  # skip bytes before the greeting (a stream joined midway)
+        self.hello: Hello | None = None
+        self._pending: dict[int, str] = {}
+        self._cancelled: set[int] = set()
+        self._next_id = 1
+        self._reader = FrameReader(max_frame)
 
     def request(
         self, op: str, disk: str = "", path: bytes = b"", offset: int = 0, length: int | None = None

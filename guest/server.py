@@ -12,16 +12,15 @@ framing loses its own connection, nobody else's.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import select
 import signal
-import socket
 import sys
 import time
 from collections import deque
 from collections.abc import Iterator
+from typing import Any
 
 from .boot import VERIFY_MODES, boot, log, parse_block
 from .protocol import (
@@ -191,8 +190,8 @@ class Server:
     def __init__(self, service: Service):
         self.service = service
         self.conns: dict[int, Conn] = {}  # by rfd
-        self.listener: socket.socket | None = None
-        self.socks: dict[int, socket.socket] = {}
+        self.listener: Any = None  # a listening socket.socket
+        self.socks: dict[int, Any] = {}
         self.stop = False
 
     # -- set-up ---------------------------------------------------------------
@@ -202,6 +201,8 @@ class Server:
         self.conns[rfd] = Conn(rfd, wfd, self.service, stream=True)
 
     def listen(self, path: str) -> None:
+        import socket  # only here: the VM serves a device
+
         if os.path.exists(path):
             os.unlink(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -262,7 +263,7 @@ class Server:
                 poller.unregister(fd)
             self.dispatch(events)
 
-    def register(self, poller: select.poll) -> list[tuple[int, int]]:
+    def register(self, poller: Any) -> list[tuple[int, int]]:
         masks: dict[int, int] = {}
         if self.listener is not None:
             masks[self.listener.fileno()] = _IN
@@ -323,26 +324,54 @@ class Server:
             self.close(conn)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="docteur-guest", description="serve docteur images")
-    p.add_argument("--block", action="append", default=[], metavar="NAME=PATH")
-    p.add_argument("--verify", choices=VERIFY_MODES, default="pack")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--stdio", action="store_true", help="serve stdin/stdout")
-    where.add_argument("--listen", metavar="UNIX_PATH", help="serve clients on a unix socket")
-    where.add_argument("--device", metavar="PATH", help="serve a character device")
-    return p.parse_args(argv)
+USAGE = (
+    "usage: python -m docteur.guest --block NAME=PATH ... [--verify full|pack|none]\n"
+    "                               (--stdio | --listen UNIX_PATH | --device PATH)"
+)
+
+
+class Args:
+    """The command line (parsed by hand: argparse costs imports in the VM)."""
+
+    def __init__(self, argv: list[str]):
+        self.block: list[str] = []
+        self.verify = "pack"
+        self.stdio = False
+        self.listen: str | None = None
+        self.device: str | None = None
+        it = iter(argv)
+        for arg in it:
+            opt, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+            if opt in ("-h", "--help"):
+                raise ValueError(USAGE)
+            if opt == "--stdio" and not eq:
+                self.stdio = True
+                continue
+            if opt not in ("--block", "--verify", "--listen", "--device"):
+                raise ValueError(f"unknown argument {arg!r}\n{USAGE}")
+            if not eq:
+                value = next(it, None)
+                if value is None:
+                    raise ValueError(f"{opt} needs a value\n{USAGE}")
+            if opt == "--block":
+                self.block.append(value)
+            elif opt == "--verify":
+                if value not in VERIFY_MODES:
+                    raise ValueError(f"--verify must be one of {', '.join(VERIFY_MODES)}")
+                self.verify = value
+            else:
+                setattr(self, opt[2:], value)
+        if sum((self.stdio, self.listen is not None, self.device is not None)) != 1:
+            raise ValueError(f"give one of --stdio, --listen, --device\n{USAGE}")
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
+        args = Args(sys.argv[1:] if argv is None else argv)
         blocks = [parse_block(b) for b in args.block]
     except ValueError as exc:
         log(str(exc))
         return 2
-    except SystemExit as exc:
-        return int(exc.code or 0)
     service = boot(blocks, args.verify)
     server = Server(service)
     previous = signal.getsignal(signal.SIGTERM)
