@@ -17,10 +17,13 @@ import sys
 from collections import deque
 from collections.abc import AsyncIterator
 
+import structlog
+
 from docteur.guest.protocol import Hello
 from docteur.vm.client import Client, ClientError
 
 DEFAULT_DISK = "docteur"
+log = structlog.get_logger("docteur.vm.unix")
 
 
 class TargetError(ClientError):
@@ -65,8 +68,10 @@ class _Tail:
         self.task = asyncio.create_task(self._read(stream)) if stream else None
 
     async def _read(self, stream: asyncio.StreamReader) -> None:
-        async for line in stream:
-            self.lines.append(line.decode("utf-8", "replace").rstrip())
+        async for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip()
+            self.lines.append(line)
+            log.info("guest", line=line)
 
 
 def _timeout(args: argparse.Namespace) -> float:
@@ -83,6 +88,7 @@ async def session(args: argparse.Namespace) -> AsyncIterator[Client]:
         stderr=asyncio.subprocess.PIPE,
         limit=1 << 20,
     )
+    log.info("guest server started", pid=proc.pid, mode="stdio")
     tail = _Tail(proc.stderr)
     assert proc.stdout is not None and proc.stdin is not None
     try:
@@ -127,6 +133,7 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
     proc = await asyncio.create_subprocess_exec(
         *guest_argv(args, "--listen", path), stderr=asyncio.subprocess.PIPE
     )
+    log.info("guest server started", pid=proc.pid, mode="listen", socket=path)
     tail = _Tail(proc.stderr)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
