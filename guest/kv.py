@@ -3,8 +3,13 @@
 Paths are resolved by walking trees lazily from the commit's root, with a
 cache of recent trees bounded in bytes. A cached tree is its raw body plus
 an array of entry offsets (4 bytes an entry), searched by bisection in
-git's tree order: memory stays bounded whatever the number of files, where
-a path index of the whole tree would grow with it.
+git's tree order, and the tree ids of recently used directories are
+remembered: memory stays bounded whatever the number of files.
+
+Measured on a 100 000-file image (host): a dict of every path (what the
+original does) takes 27 MiB and 2.4 s to build at boot; a compact index of
+8-byte path hashes takes 1.3 MiB but still a full tree walk at boot (seconds
+under TCG); the lazy walk costs nothing at boot and ~10 µs a lookup.
 """
 
 from __future__ import annotations
