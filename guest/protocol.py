@@ -294,6 +294,8 @@ def encode_request(
 
 def _decode_request(rid: int, code: int, payload: bytes) -> Request | BadRequest:
     op = OPS.get(code)
+    if rid == 0:
+        return BadRequest(0, "bad_request", "request id 0 is reserved for the connection")
     if op is None:
         return BadRequest(rid, "unknown_op", f"unknown operation {code}")
     try:
