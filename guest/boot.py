@@ -65,6 +65,7 @@ def boot(blocks: list[tuple[str, str]], mode: str) -> Service:
                 image.close()
             continue
         took = time.monotonic() - started
+        fields[f"verified.{name}"] = f"{mode} ok in {took:.3f} s"
         log(f"disk {name!r}: {path}, commit {image.commit.hex()}, verify {mode} ok ({took:.3f} s)")
     if not blocks:
         error = "no disk given (--block NAME=PATH)"

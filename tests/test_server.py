@@ -218,3 +218,27 @@ def test_bad_arguments_and_missing_image(tmp_path: Path) -> None:
     assert isinstance(hello, Hello) and not hello.ok and "no.img" in hello.fields["error"]
     assert isinstance(err, Error) and err.code == "boot_failed"
     assert b"BOOT FAILED" in proc.stderr
+
+
+def test_a_client_that_never_reads_stays_bounded(sock: str) -> None:
+    import gc
+    import time
+
+    from docteur.guest import server
+
+    greedy = Raw(sock)
+    codec = ClientCodec()
+    burst = b"".join(codec.request("get", "", b"/big.bin")[1] for _ in range(2000))
+    greedy.s.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        greedy.s.send(burst)  # as much as the socket takes; never read a byte back
+    time.sleep(0.5)
+    still_served(sock)
+    conns = [o for o in gc.get_objects() if isinstance(o, server.Conn)]
+    assert conns
+    for conn in conns:
+        assert conn.out_bytes <= server.HIGH_WATER + p.CHUNK + 64
+        assert len(conn.queue) <= server.MAX_QUEUED + p.MAX_REQUEST // 10
+        assert conn.codec.buffered <= server.READ_SIZE + p.MAX_REQUEST
+    greedy.close()
+    still_served(sock)
