@@ -47,7 +47,7 @@ async def test_every_file_identical_to_git_and_clean_power_off(
             data = await asyncio.wait_for(client.get(b"/" + path), 30)
             assert data == expected[oid], path
         pid = vm.proc.pid  # type: ignore[union-attr]
-    assert vm.shutdown_reason == "guest-shutdown"
+    assert vm.shutdown_reason == "guest-shutdown" and vm.clean_shutdown
     assert vm.returncode == 0
     assert process_gone(pid) and not vm.rundir.exists()  # type: ignore[union-attr]
 
@@ -221,3 +221,19 @@ async def test_guest_panic_and_boot_timeout_are_clear(repo_image: tuple[Path, Pa
         async with vm:
             pass
     assert process_gone(vm.proc.pid) and not vm.rundir.exists()  # type: ignore[union-attr]
+
+
+async def test_cancelled_boot_leaves_nothing(repo_image: tuple[Path, Path]) -> None:
+    vm = Appliance(blocks={"docteur": repo_image[1]})
+
+    async def boot() -> None:
+        async with vm:
+            await asyncio.sleep(60)
+
+    task = asyncio.create_task(boot())
+    await asyncio.sleep(1.0)  # QEMU is up, the guest still booting
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert vm.proc is not None and process_gone(vm.proc.pid)
+    assert vm.rundir is not None and not vm.rundir.exists()

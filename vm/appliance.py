@@ -50,6 +50,11 @@ class BootError(ApplianceError):
     pass
 
 
+def _consume(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 def _die_with_parent() -> None:
     """In the forked child: SIGKILL QEMU if we die without reaping it (kill -9 of
     the host process), instead of leaving an orphan VM serving nobody."""
@@ -83,6 +88,13 @@ def _check_image(name: str, path: Path) -> Path:
 
 
 class Appliance:
+    """One microVM serving `blocks` ({name: image}); see the module docstring.
+
+    After `async with`: `client` (the runtime's protocol client), `greeting`
+    (the guest's HELLO), `boot_seconds`, `events` (QMP), `shutdown_reason`,
+    `returncode`, and `log_tail()` while the run directory still exists.
+    """
+
     def __init__(
         self,
         blocks: dict[str, str | Path],
@@ -100,6 +112,8 @@ class Appliance:
     ):
         if not blocks:
             raise ApplianceError("no block device given")
+        if memory < 64:
+            raise ApplianceError(f"--memory {memory}: the guest needs at least 64 MiB")
         self.blocks = {qemu.check_block_name(n): _check_image(n, Path(p)) for n, p in blocks.items()}
         if kernel is None or initrd is None:
             kernel, initrd = guest_artifacts(build_dir)
@@ -126,6 +140,11 @@ class Appliance:
         self.qmp: QMPClient | None = None
         self._event_task: asyncio.Task[None] | None = None
         self._socks: list[socket.socket] = []
+
+    @property
+    def clean_shutdown(self) -> bool:
+        """QEMU exited because the guest powered off (not a panic, reset or kill)."""
+        return self.shutdown_reason == "guest-shutdown"
 
     # ---- guest log -------------------------------------------------------
     @property
@@ -215,9 +234,16 @@ class Appliance:
         """Await aw unless QEMU exits or the timeout passes first: a boot failure."""
         assert self.proc is not None
         task = asyncio.ensure_future(aw)
+        # Whatever happens to us (cancellation included), the inner task's outcome is
+        # collected: an unretrieved exception is logged at garbage collection, and
+        # under CPython 3.11.7 that traceback formatting can break a concurrent ast.parse.
+        task.add_done_callback(_consume)
         died = asyncio.ensure_future(self.proc.wait())
         try:
             done, _ = await asyncio.wait({task, died}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            task.cancel()
+            raise
         finally:
             died.cancel()
         if task in done:
