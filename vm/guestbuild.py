@@ -11,12 +11,15 @@ inputs hash (package versions, guest/ sources, this builder) is unchanged.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
+import os
 import shutil
 import stat
 import struct
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -168,8 +171,24 @@ def bare_init() -> bytes:
     return ehdr + phdr + bytes(code)
 
 
+def _write(path: Path, data: bytes) -> None:
+    """Atomically: a VM booting meanwhile sees the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def build(build_dir: Path, force: bool = False) -> dict[str, object]:
     out = build_dir.resolve() / "guest"  # the guest interpreter reports absolute paths
+    out.mkdir(parents=True, exist_ok=True)
+    # Several `make test` runs may share a checkout: one builder at a time, the
+    # others then find it up to date.
+    with open(out / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build(build_dir.resolve(), out, force)
+
+
+def _build(build_dir: Path, out: Path, force: bool) -> dict[str, object]:
     manifest_path = out / "manifest.json"
     packages = debian.resolve([debian.kernel_name(), *PY_PACKAGES])
     kernel = packages[0]
@@ -181,32 +200,35 @@ def build(build_dir: Path, force: bool = False) -> dict[str, object]:
             return old
     t0 = time.monotonic()
     say(f"kernel {kernel.name} {kernel.version}; downloading what build/debs lacks")
-    debs = debian.download(packages, build_dir.resolve() / "debs")
-    root = out / "root"
-    shutil.rmtree(root, ignore_errors=True)
-    for deb in debs:
-        debian.unpack(deb, root)
-    kver = kernel.name.removeprefix("linux-image-")
-    archive, info = guest_archive(root, kver, out / "pyc")
-    out.mkdir(parents=True, exist_ok=True)
-    initrd = archive.gzip(MTIME)
-    (out / "initrd.gz").write_bytes(initrd)
-    shutil.copyfile(root / "boot" / f"vmlinuz-{kver}", out / "vmlinuz")
-    bare = base_archive()
-    bare.file("init", bare_init(), 0o755)
-    (out / "bare-initrd.gz").write_bytes(bare.gzip(MTIME))
-    shutil.rmtree(root)
-    shutil.rmtree(out / "pyc")
-    outputs = ["vmlinuz", "initrd.gz", "bare-initrd.gz"]
+    debs = debian.download(packages, build_dir / "debs")
+    scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=out))
+    try:
+        root = scratch / "root"
+        for deb in debs:
+            debian.unpack(deb, root)
+        kver = kernel.name.removeprefix("linux-image-")
+        archive, info = guest_archive(root, kver, scratch / "pyc")
+        initrd = archive.gzip(MTIME)
+        bare = base_archive()
+        bare.file("init", bare_init(), 0o755)
+        outputs = {
+            "vmlinuz": (root / "boot" / f"vmlinuz-{kver}").read_bytes(),
+            "initrd.gz": initrd,
+            "bare-initrd.gz": bare.gzip(MTIME),
+        }
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    for name, data in outputs.items():
+        _write(out / name, data)
     manifest = {
         "inputs": digest,
         "kernel_release": kver,
         "packages": {p.name: p.version for p in packages},
-        "outputs": outputs,
-        "sha256": {f: hashlib.sha256((out / f).read_bytes()).hexdigest() for f in outputs},
+        "outputs": list(outputs),
+        "sha256": {name: hashlib.sha256(data).hexdigest() for name, data in outputs.items()},
         **info,
     }
-    manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    _write(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     say(
         f"built {out}/initrd.gz ({len(initrd) / 1e6:.1f} MB, {info['files']} entries, "
         f"{len(info['python_modules'])} stdlib modules) in {time.monotonic() - t0:.1f} s",  # type: ignore[arg-type]
