@@ -144,6 +144,9 @@ def _median(fn, *args: object) -> float:  # type: ignore[no-untyped-def]
 
 
 def rows() -> list[Row]:
+    from docteur.builder.log import configure
+
+    configure("console", 0)  # the appliance's info events would mix into the table
     CACHE.mkdir(parents=True, exist_ok=True)
     small, big = small_image(), big_image()
     run = asyncio.run
