@@ -105,3 +105,21 @@ def test_accel_auto_needs_vmx_or_svm(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(qemu, "_cpu_flags", lambda: {"vmx"})
     monkeypatch.setattr(qemu.os, "access", lambda *a: True)
     assert qemu.choose_accel("auto") == "kvm"
+
+
+@pytest.mark.skipif(not (GUEST / "initrd.gz").exists(), reason="guest not built")
+def test_qemu_missing_is_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    image = tmp_path / "x.img"
+    image.write_bytes(b"\0" * 4096)
+    cli = "import sys; from docteur.builder.cli import main; sys.exit(main())"
+    proc = subprocess.run(
+        [sys.executable, "-c", cli, "run", str(image), "--filename", "/README.md"],
+        env={"PATH": str(tmp_path)}, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == [
+        "docteur: error: qemu-system-x86_64 not found: install qemu-system-x86 (make setup does)"
+    ]
