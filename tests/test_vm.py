@@ -237,3 +237,22 @@ async def test_cancelled_boot_leaves_nothing(repo_image: tuple[Path, Path]) -> N
         await task
     assert vm.proc is not None and process_gone(vm.proc.pid)
     assert vm.rundir is not None and not vm.rundir.exists()
+
+
+def test_cli_socket_reports_a_dead_guest(repo_image: tuple[Path, Path], tmp_path: Path) -> None:
+    sock = tmp_path / "s.sock"
+    server = subprocess.Popen([*DOCTEUR, "run", str(repo_image[1]), "--socket", str(sock)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        assert server.stdout is not None and server.stdout.readline()
+        children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        assert len(children) == 1  # QEMU
+        os.kill(int(children[0]), signal.SIGKILL)
+        _, err = server.communicate(timeout=30)
+        assert server.returncode == 1
+        assert b"the guest stopped: QEMU killed by signal 9" in err
+        assert not sock.exists() and process_gone(int(children[0]))
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

@@ -146,6 +146,16 @@ class Appliance:
         """QEMU exited because the guest powered off (not a panic, reset or kill)."""
         return self.shutdown_reason == "guest-shutdown"
 
+    def exit_description(self) -> str:
+        """How QEMU ended, for error messages."""
+        rc = self.proc.returncode if self.proc else None
+        how = f"QEMU killed by signal {-rc}" if rc is not None and rc < 0 else f"QEMU exited with status {rc}"
+        reason = {
+            None: "", "guest-reset": " after a guest reset (kernel panic?)",
+            "guest-shutdown": " after the guest powered off",
+        }.get(self.shutdown_reason, f" ({self.shutdown_reason})")  # fmt: skip
+        return how + reason
+
     # ---- guest log -------------------------------------------------------
     @property
     def console_log(self) -> Path:
@@ -258,11 +268,7 @@ class Appliance:
             await task
         if died in done or self.proc.returncode is not None:
             await asyncio.sleep(0.05)  # let the last console bytes land
-            reason = {
-                None: "", "guest-reset": " after a guest reset (kernel panic?)",
-                "guest-shutdown": " after the guest powered off",
-            }.get(self.shutdown_reason, f" ({self.shutdown_reason})")  # fmt: skip
-            msg = f"{what} failed: QEMU exited with status {self.proc.returncode}{reason}"
+            msg = f"{what} failed: {self.exit_description()}"
         else:
             msg = f"{what} timed out after {timeout:g} s"
             if self.accel == "kvm" and not qemu.kvm_usable():

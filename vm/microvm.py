@@ -114,7 +114,10 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
                 closed.cancel()
                 stopped.cancel()
                 if mux.closed.is_set():
-                    print("docteur: the guest went away", file=sys.stderr)
+                    with contextlib.suppress(Exception, asyncio.TimeoutError):
+                        await vm.wait(2.0)
+                    error = ApplianceError(f"the guest stopped: {vm.exit_description()}", vm.log_tail())
+                    print(f"docteur: error: {describe(error)}", file=sys.stderr)
                     return 1
                 return 0
             finally:
