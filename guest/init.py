@@ -5,6 +5,11 @@ calls main()). Standard library only and no asyncio (0.6 s to import under
 TCG). There is no kmod, busybox or udev in the guest: mounts, module loads and
 power-off are direct system calls through ctypes.
 
+Kernel parameters read from /proc/cmdline: docteur.blocks=NAME,... (the
+virtio-blk serials to wait for), docteur.verify=full|pack|none, and for
+diagnosis docteur.debug=1 (stage times on the console), docteur.dry=1 (stop
+before serving), docteur.bench=blast docteur.blast_mib=N (raw port benchmark).
+
 PID 1 must never return: the kernel would panic. Every path ends in
 reboot(RB_POWER_OFF), which QEMU turns into a clean exit; should even that
 fail, exiting makes the kernel panic and `panic=-1 -no-reboot` ends QEMU.
@@ -169,7 +174,6 @@ def run() -> int:
 def main() -> None:
     code = 1
     try:
-
         code = run()
         log(f"server exited {code}; powering off")
     except BaseException as exc:  # PID 1: whatever happened, power off below
