@@ -256,3 +256,23 @@ def test_cli_socket_reports_a_dead_guest(repo_image: tuple[Path, Path], tmp_path
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+async def test_paused_guest_fails_fast(repo_image: tuple[Path, Path]) -> None:
+    """A VM that QEMU stops (as a KVM internal error does) is a boot failure at once,
+    not a wait for the boot timeout."""
+    vm = Appliance(blocks={"docteur": repo_image[1]}, timeout=60)
+
+    async def pause_soon() -> None:
+        while vm.qmp is None or vm.qmp.runstate.name != "RUNNING":
+            await asyncio.sleep(0.05)
+        await vm.qmp.execute("stop")
+
+    pauser = asyncio.create_task(pause_soon())
+    t0 = time.monotonic()
+    with pytest.raises(BootError, match=r"QEMU stopped the guest \(paused\)"):
+        async with vm:
+            pass
+    assert time.monotonic() - t0 < 10
+    await pauser
+    assert process_gone(vm.proc.pid)  # type: ignore[union-attr]

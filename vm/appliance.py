@@ -139,6 +139,8 @@ class Appliance:
         self.proc: asyncio.subprocess.Process | None = None
         self.qmp: QMPClient | None = None
         self._event_task: asyncio.Task[None] | None = None
+        self._paused = asyncio.Event()  # the VM stopped without exiting
+        self._paused_reason = ""
         self._socks: list[socket.socket] = []
 
     @property
@@ -249,13 +251,17 @@ class Appliance:
         # under CPython 3.11.7 that traceback formatting can break a concurrent ast.parse.
         task.add_done_callback(_consume)
         died = asyncio.ensure_future(self.proc.wait())
+        # A KVM internal error pauses the VM instead of ending QEMU: fail at once.
+        paused = asyncio.ensure_future(self._paused.wait())
         try:
-            done, _ = await asyncio.wait({task, died}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({task, died, paused}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
         except BaseException:
             task.cancel()
             raise
         finally:
             died.cancel()
+            paused.cancel()
         if task in done:
             exc = task.exception()
             if not isinstance(exc, (ConnectionError, EOFError, asyncio.IncompleteReadError)):
@@ -269,6 +275,8 @@ class Appliance:
         if died in done or self.proc.returncode is not None:
             await asyncio.sleep(0.05)  # let the last console bytes land
             msg = f"{what} failed: {self.exit_description()}"
+        elif paused in done:
+            msg = f"{what} failed: QEMU stopped the guest ({self._paused_reason})"
         else:
             msg = f"{what} timed out after {timeout:g} s"
             if self.accel == "kvm" and not qemu.kvm_usable():
@@ -282,6 +290,17 @@ class Appliance:
                 self.events.append(event)
                 if event["event"] == "SHUTDOWN":
                     self.shutdown_reason = event.get("data", {}).get("reason")
+                elif event["event"] == "STOP" and self.shutdown_reason is None:
+                    await self._why_paused()
+
+    async def _why_paused(self) -> None:
+        assert self.qmp is not None
+        status: Any = {}
+        with contextlib.suppress(Exception, asyncio.TimeoutError):
+            status = await asyncio.wait_for(self.qmp.execute("query-status"), 1.0)
+        self._paused_reason = (status or {}).get("status", "paused")
+        if self._paused_reason not in ("running", "shutdown"):
+            self._paused.set()
 
     # ---- stop ------------------------------------------------------------
     async def wait(self, timeout: float | None = None) -> int:
