@@ -30,6 +30,9 @@ class Image:
         self.pack = PackReader(fd, PACK_OFFSET, layout.pack_end, index, cache_bytes)
         # Offsets whose id was checked recently: a second read need not hash again.
         self._verified: OrderedDict[int, None] = OrderedDict()
+        # Set by verify_full once every object's id has been checked: the image
+        # is read-only, so reads need not hash again.
+        self.fully_verified = False
 
     @classmethod
     def open(cls, path: str, cache_bytes: int = 8 << 20) -> Image:
@@ -69,6 +72,8 @@ class Image:
 
     # -- objects ------------------------------------------------------------
     def _checked(self, oid: bytes, offset: int, kind: str, body: bytes) -> None:
+        if self.fully_verified:
+            return
         if offset in self._verified:
             self._verified.move_to_end(offset)
             return
@@ -120,7 +125,7 @@ class Image:
             return
         if TYPE_NUMBERS[entry.type] != BLOB:
             raise IntegrityError(f"object {oid.hex()} is a {TYPE_NUMBERS[entry.type]}, not a blob")
-        if pack_offset not in self._verified:
+        if not self.fully_verified and pack_offset not in self._verified:
             h = hashlib.sha1(object_header(BLOB, entry.size))
             for piece in self.pack.inflate_chunks(entry, 1 << 20):
                 h.update(piece)

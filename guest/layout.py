@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from collections import namedtuple
 from typing import BinaryIO
 
 from .errors import ImageError
@@ -30,10 +30,10 @@ def padded_end(end: int, block_size: int) -> int:
     return (end // block_size + 1) * block_size
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
-    commit: bytes  # raw 20-byte SHA-1
-    idx_offset: int
+class Header(namedtuple("Header", "commit idx_offset")):
+    """The first 28 bytes: the raw commit id and the IDX's absolute offset."""
+
+    __slots__ = ()
 
     def to_bytes(self) -> bytes:
         return _HEADER.pack(self.commit, self.idx_offset)
@@ -46,14 +46,10 @@ class Header:
         return cls(commit, idx_offset)
 
 
-@dataclass(frozen=True, slots=True)
-class Layout:
+class Layout(namedtuple("Layout", "header pack_end idx_end image_size")):
     """Where things are in one image; `pack_end` includes the PACK's trailer."""
 
-    header: Header
-    pack_end: int
-    idx_end: int
-    image_size: int
+    __slots__ = ()
 
     @property
     def commit(self) -> bytes:

@@ -7,7 +7,7 @@ byte for byte (`as_raw`); `object_id` hashes a body the way git does.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from collections import namedtuple
 
 from .errors import IntegrityError
 
@@ -50,11 +50,12 @@ def kind_of_mode(mode: int) -> str:
     return "file"
 
 
-@dataclass(frozen=True, slots=True)
-class Signature:
+# Value types are namedtuples: the dataclasses module drags `inspect` into
+# the guest's imports, which costs boot time under TCG.
+class Signature(namedtuple("Signature", "raw")):
     """`Name <email> 1234567890 +0200`, kept exactly as written."""
 
-    raw: bytes
+    __slots__ = ()
 
     @property
     def name(self) -> str:
@@ -85,11 +86,10 @@ class Signature:
         return cls(f"{name} <{email}> {timestamp} {tz}".encode())
 
 
-@dataclass(frozen=True, slots=True)
-class TreeEntry:
-    mode: int
-    name: bytes
-    id: bytes  # raw 20 bytes
+class TreeEntry(namedtuple("TreeEntry", "mode name id")):
+    """One tree entry; `id` is the raw 20-byte object id."""
+
+    __slots__ = ()
 
     @property
     def kind(self) -> str:
@@ -101,9 +101,10 @@ def _tree_sort_key(entry: TreeEntry) -> bytes:
     return entry.name + b"/" if entry.mode == MODE_TREE else entry.name
 
 
-@dataclass(frozen=True, slots=True)
-class Tree:
-    entries: tuple[TreeEntry, ...]
+class Tree(namedtuple("Tree", "entries")):
+    """A tree: its entries in git's order."""
+
+    __slots__ = ()
 
     @classmethod
     def from_entries(cls, entries: list[TreeEntry]) -> Tree:
@@ -171,14 +172,11 @@ def _join_headers(headers: list[tuple[bytes, bytes]], message: bytes | None) -> 
     return out if message is None else out + b"\n" + message
 
 
-@dataclass(frozen=True, slots=True)
-class Commit:
-    tree: bytes  # raw id
-    parents: tuple[bytes, ...]
-    author: Signature
-    committer: Signature
-    message: bytes | None  # None: no blank line after the headers at all
-    extra: tuple[tuple[bytes, bytes], ...] = field(default=())  # gpgsig, encoding, ...
+class Commit(namedtuple("Commit", "tree parents author committer message extra", defaults=((),))):
+    """`tree` and `parents` are raw ids; `message` None means no blank line after
+    the headers at all; `extra` keeps other headers (gpgsig, encoding...) in order."""
+
+    __slots__ = ()
 
     def as_raw(self) -> bytes:
         headers = [(b"tree", self.tree.hex().encode())]
@@ -210,14 +208,10 @@ class Commit:
         return cls(tree, tuple(parents), author, committer, message, tuple(extra))
 
 
-@dataclass(frozen=True, slots=True)
-class Tag:
-    object: bytes
-    kind: str
-    tag: bytes
-    tagger: Signature | None
-    message: bytes | None
-    extra: tuple[tuple[bytes, bytes], ...] = field(default=())
+class Tag(namedtuple("Tag", "object kind tag tagger message extra", defaults=((),))):
+    """An annotated tag; `object` is the raw id it points at, `kind` its type."""
+
+    __slots__ = ()
 
     def as_raw(self) -> bytes:
         headers = [(b"object", self.object.hex().encode()), (b"type", self.kind.encode())]

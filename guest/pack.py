@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from .delta import apply_delta, delta_sizes
 from .errors import IntegrityError, NotFound
@@ -23,18 +22,18 @@ OFS_DELTA, REF_DELTA = 6, 7
 # 10-byte base offset: 64 bytes always hold it.
 _HEADER_PEEK = 64
 _READ = 1 << 16
+_MAX_READ = 1 << 20
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One PACK entry's header. Offsets are relative to the PACK start."""
+class Entry(namedtuple("Entry", "offset type size data_offset base_offset base_id", defaults=(None, None))):
+    """One PACK entry's header; offsets are relative to the PACK start.
 
-    offset: int
-    type: int  # 1..4 for whole objects, 6/7 for deltas
-    size: int  # inflated size of the entry's data (the delta's size for deltas)
-    data_offset: int  # where the zlib stream starts
-    base_offset: int | None = None  # OFS_DELTA
-    base_id: bytes | None = None  # REF_DELTA
+    `type` is 1..4 for whole objects, 6/7 for deltas; `size` the inflated size
+    of the entry's data (the delta's own size for a delta); `base_offset` is set
+    for an OFS_DELTA, `base_id` for a REF_DELTA.
+    """
+
+    __slots__ = ()
 
     @property
     def is_delta(self) -> bool:
@@ -106,15 +105,18 @@ class PackReader:
         pos = entry.data_offset
         produced = 0
         # Compressed data is rarely much bigger than its output: read it in one go
-        # when small, in chunks otherwise.
-        want = min(max(entry.size + 64, 256), _READ)
+        # when small. Big objects are read in pieces as large as the chunks asked
+        # for, so that incompressible data comes out in few, big pieces (each
+        # piece costs interpreter time, which is dear under TCG).
+        read_size = max(_READ, min(chunk_size, _MAX_READ))
+        want = min(max(entry.size + 64, 256), read_size)
         try:
             while not d.eof:
                 raw = self.pread(want, pos)
                 if not raw:
                     raise IntegrityError(f"PACK entry at {entry.offset}: zlib data runs off the PACK")
                 pos += len(raw)
-                want = _READ
+                want = read_size
                 data = d.decompress(raw, chunk_size)
                 while True:
                     if data:

@@ -99,20 +99,26 @@ class Service:
 
 
 def _stream_get(rid: int, end: GetEnd | None, chunks: Iterator[bytes]) -> Iterator[bytes | tuple]:
-    """DATA frames of about CHUNK bytes: the pieces the pack yields (often 64 KiB)
-    go out together under one header, written with writev (no joining copy)."""
+    """DATA frames of at most CHUNK bytes: the pieces the pack yields (up to
+    CHUNK each) go out together under one header, written with writev (no
+    joining copy)."""
     sent = 0
     pieces: list[bytes] = []
     size = 0
     try:
         for chunk in chunks:
-            if chunk:
-                pieces.append(chunk)
-                size += len(chunk)
-                if size >= CHUNK:
-                    sent += size
-                    yield (data_header(rid, size), *pieces)
-                    pieces, size = [], 0
+            if not chunk:
+                continue
+            if pieces and size + len(chunk) > CHUNK:  # a frame never exceeds CHUNK
+                sent += size
+                yield (data_header(rid, size), *pieces)
+                pieces, size = [], 0
+            pieces.append(chunk)
+            size += len(chunk)
+            if size >= CHUNK:
+                sent += size
+                yield (data_header(rid, size), *pieces)
+                pieces, size = [], 0
     except Exception as exc:
         yield ServerCodec.error(rid, error_code(exc), error_message(exc))
         return

@@ -79,6 +79,7 @@ def verify_full(image: Image, progress: Progress | None = None) -> None:
     _Walker(image, progress).run()
     commit = image.commit_object()  # raises when the header's object is not a commit
     _check_tree(image, commit.tree)
+    image.fully_verified = True
 
 
 class _Walker:
