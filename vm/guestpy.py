@@ -46,6 +46,41 @@ for name, mod in sorted(sys.modules.items()):
         sys.stdout.write(f"{name}\t{origin}\n")
 """
 
+# Serve a short session on stdin/stdout against a disk that is not an image, so
+# that what the serving and error paths import lazily is seen too.
+_EXERCISE = r"""
+import os, signal, sys
+from docteur.guest import protocol as p, server
+
+def timeout(*_):
+    raise TimeoutError("the guest server did not finish its dry run")
+
+signal.signal(signal.SIGALRM, timeout)
+signal.alarm(20)
+session = p.GREET_FRAME + b"".join(
+    p.encode_request(i, op, "docteur", b"/README.md")
+    for i, op in enumerate(("ping", "info", "stat", "get", "list", "shutdown"), start=1))
+r, w = os.pipe()
+os.write(w, session)
+os.close(w)
+out = os.open(os.devnull, os.O_WRONLY)
+saved = os.dup(0), os.dup(1), os.dup(2)
+os.dup2(r, 0); os.dup2(out, 1); os.dup2(out, 2)
+try:
+    server.main(["--block", "docteur=/dev/null", "--verify", "pack", "--stdio"])
+except BaseException:
+    pass
+finally:
+    signal.alarm(0)
+    for fd, old in enumerate(saved):
+        os.dup2(old, fd)
+for name, mod in sorted(sys.modules.items()):
+    spec = getattr(mod, "__spec__", None)
+    origin = getattr(spec, "origin", None) if spec else None
+    if origin and origin.startswith("/"):
+        sys.stdout.write(f"{name}\t{origin}\n")
+"""
+
 _COMPILE = r"""
 import sys, py_compile
 for line in sys.stdin:
@@ -70,14 +105,15 @@ def imported_names(sources: list[Path]) -> set[str]:
     return {n for n in names if top[n] not in EXCLUDE and top[n] != "docteur"}
 
 
-def run_guest_python(root: Path, args: list[str], stdin: str | None = None) -> str:
+def run_guest_python(root: Path, args: list[str], stdin: str | None = None,
+                     timeout: float | None = None) -> str:  # fmt: skip
     """Run the unpacked interpreter on the host through its own loader and libraries."""
     lib_path = ":".join(str(root / d) for d in LIB_DIRS)
     cmd = [str(root / LOADER), "--library-path", lib_path, str(root / "usr/bin/python3.11")]
     env = {"PYTHONHOME": str(root / "usr"), "PYTHONDONTWRITEBYTECODE": "1", "LC_ALL": "C"}
     proc = subprocess.run(
         [*cmd, "-S", "-s", *args], env=env, input=stdin, text=True,
-        capture_output=True, check=False,
+        capture_output=True, check=False, timeout=timeout,
     )  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(f"guest python failed: {proc.stderr.strip()[-500:]}")
@@ -87,9 +123,14 @@ def run_guest_python(root: Path, args: list[str], stdin: str | None = None) -> s
 
 
 def trace(root: Path, guest_modules: list[str], stdlib_names: set[str]) -> dict[str, Path]:
-    """Module name -> file (under root) for what importing the guest needs."""
+    """Module name -> file (under root) for what importing the guest needs, and
+    what a dry-run session of its server imports on the way."""
     names = [*sorted(guest_modules), *sorted(stdlib_names), *ALWAYS]
     out = run_guest_python(root, ["-c", _TRACE, *names])
+    try:
+        out += run_guest_python(root, ["-c", _EXERCISE], timeout=60)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:  # best effort: imports still count
+        print(f"guest: the server's dry run failed, import trace only ({exc})", file=sys.stderr)
     stdlib = str(root / STDLIB) + "/"
     found: dict[str, Path] = {}
     for line in out.splitlines():
