@@ -116,6 +116,9 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
                 if mux.closed.is_set():
                     with contextlib.suppress(Exception, asyncio.TimeoutError):
                         await vm.wait(2.0)
+                    if vm.clean_shutdown:  # a client asked for `shutdown`
+                        print("docteur: the guest powered off", file=sys.stderr)
+                        return 0
                     error = ApplianceError(f"the guest stopped: {vm.exit_description()}", vm.log_tail())
                     print(f"docteur: error: {describe(error)}", file=sys.stderr)
                     return 1
