@@ -97,3 +97,37 @@ def test_run_socket_then_query(gen) -> None:
         assert not os.path.exists(sock)
         shutil.rmtree(where, ignore_errors=True)
     one_line_error(docteur("query", "--socket", sock, "info"), "cannot connect")
+
+
+def test_socket_path_never_replaces_a_file_or_a_live_server(gen, tmp_path: Path) -> None:
+    """--socket on an existing file must not delete it; a live server is not taken over;
+    a stale socket is replaced; too long or in a missing directory: one line, no boot."""
+    import socket as so
+
+    image = str(gen[1])
+    victim = tmp_path / "precious.img"
+    victim.write_bytes(b"keep me")
+    for target in ("unix", "microvm"):
+        proc = docteur("run", "--target", target, image, "--socket", str(victim))
+        one_line_error(proc, "not a socket")
+        assert victim.read_bytes() == b"keep me"
+        one_line_error(docteur("run", "--target", target, image, "--socket", str(tmp_path)),
+                       "directory")  # fmt: skip
+        one_line_error(docteur("run", "--target", target, image, "--socket", "/nonexistent/d/s"),
+                       "no directory")  # fmt: skip
+        one_line_error(docteur("run", "--target", target, image, "--socket", "/tmp/" + "x" * 120),
+                       "107")  # fmt: skip
+    where = tempfile.mkdtemp(prefix="dtl", dir="/tmp")
+    try:
+        live = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+        live.bind(os.path.join(where, "s"))
+        live.listen(1)
+        from docteur.vm.cli import ClientError, claim_socket_path
+
+        with pytest.raises(ClientError, match="already listening"):
+            claim_socket_path(os.path.join(where, "s"))
+        live.close()  # now stale: a socket file nobody accepts on
+        claim_socket_path(os.path.join(where, "s"))
+        assert not os.path.exists(os.path.join(where, "s"))
+    finally:
+        shutil.rmtree(where, ignore_errors=True)

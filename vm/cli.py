@@ -11,7 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import importlib
+import os
+import socket
+import stat
 import sys
 from types import ModuleType
 from typing import Any
@@ -86,6 +90,44 @@ def _target(name: str) -> ModuleType:
     module = _microvm_module()
     assert module is not None
     return module
+
+
+SUN_PATH_MAX = 107  # sun_path is 108 bytes, the terminating NUL included
+
+
+def claim_socket_path(path: str) -> None:
+    """Make `path` ready for a unix server to bind, or raise ClientError.
+
+    Only a stale socket (nobody accepts on it) is removed: an existing file of
+    another kind is never deleted, and a live server is never taken over."""
+    size = len(os.fsencode(path))
+    if size > SUN_PATH_MAX:
+        raise ClientError(f"socket path is {size} bytes, unix sockets allow {SUN_PATH_MAX}: {path}")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ClientError(f"cannot serve on {path}: no directory {parent}")
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ClientError(f"cannot serve on {path}: {exc.strerror}") from None
+    if not stat.S_ISSOCK(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "a file that is not a socket"
+        raise ClientError(f"cannot serve on {path}: it exists and is {kind} (not replacing it)")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise ClientError(f"cannot serve on {path}: {exc.strerror or exc}") from None
+    else:
+        raise ClientError(f"cannot serve on {path}: a server is already listening there")
+    finally:
+        probe.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a stale socket: its server is gone
 
 
 def _fail(message: str) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 
 from docteur.vm import qemu
 from docteur.vm.appliance import Appliance, ApplianceError
+from docteur.vm.cli import claim_socket_path
 from docteur.vm.mux import Mux
 
 DEFAULT_DISK = "docteur"
@@ -80,19 +81,10 @@ def describe(exc: BaseException) -> str:
     return f"{msg}\n--- guest log (tail) ---\n{tail}" if tail else msg
 
 
-def _check_socket_path(path: str) -> None:
-    size = len(os.fsencode(path))
-    if size > 107:  # sun_path: 108 bytes with the terminating NUL
-        raise ApplianceError(f"socket path is {size} bytes, unix sockets allow 107: {path}")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise ApplianceError(f"cannot serve on {path}: no directory {parent}")
-
-
 async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -> int:
     """Boot, listen on `path` for protocol clients, print one ready line, serve
     until SIGINT/SIGTERM or the guest goes away; then power off cleanly."""
-    _check_socket_path(path)  # before a boot that would be wasted
+    claim_socket_path(path)  # before a boot that would be wasted
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -100,10 +92,9 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
     try:
         async with appliance(args, make_client=None) as vm:
             assert vm.reader is not None and vm.writer is not None
+            claim_socket_path(path)  # again: the boot took a while
             mux = Mux(vm.reader, vm.writer, vm.hello)
             pump = asyncio.create_task(mux.pump_upstream())
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
             server = await asyncio.start_unix_server(mux.handle, path=path)
             try:
                 line = ready or f"docteur: serving {', '.join(vm.blocks)} on {path}"

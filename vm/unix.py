@@ -128,8 +128,9 @@ async def _reap(proc: asyncio.subprocess.Process) -> None:
 async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -> int:
     """Serve the images on the unix socket `path` until SIGINT/SIGTERM."""
     blocks_of(args)  # fail early, before anything starts
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)  # a stale socket would look ready
+    from docteur.vm.cli import claim_socket_path
+
+    claim_socket_path(path)  # a stale socket would look ready; anything else is kept
     proc = await asyncio.create_subprocess_exec(
         *guest_argv(args, "--listen", path), stderr=asyncio.subprocess.PIPE
     )
