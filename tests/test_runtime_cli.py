@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,28 @@ def test_socket_path_never_replaces_a_file_or_a_live_server(gen, tmp_path: Path)
         assert not os.path.exists(os.path.join(where, "s"))
     finally:
         shutil.rmtree(where, ignore_errors=True)
+
+
+def test_kill9_of_run_socket_stops_the_guest_server(gen, tmp_path: Path) -> None:
+    """kill -9 of `docteur run --target unix --socket`: its guest server does not live on
+    as an orphan serving the socket; a directory given as IMAGE is one clear line."""
+    where = tempfile.mkdtemp(prefix="dtk", dir="/tmp")
+    sock = os.path.join(where, "s")
+    proc = subprocess.Popen([*DOCTEUR, "run", "--target", "unix", str(gen[1]), "--socket", sock],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert sock in proc.stdout.readline().decode()
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+        guest = int(children.stdout.split()[0])
+        proc.kill()
+        proc.wait(10)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and os.path.exists(f"/proc/{guest}"):
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{guest}"), "the guest server outlived docteur"
+        assert not os.path.exists(sock)
+    finally:
+        proc.kill()
+        shutil.rmtree(where, ignore_errors=True)
+    one_line_error(docteur("run", "--target", "unix", str(tmp_path), "--filename", "/a"), "directory")

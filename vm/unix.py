@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import structlog
 
@@ -50,7 +50,30 @@ def blocks_of(args: argparse.Namespace) -> dict[str, str]:
     for name, path in blocks.items():
         if not os.path.exists(path):
             raise TargetError(f"disk {name}: {path}: no such file")
+        if os.path.isdir(path):
+            raise TargetError(f"disk {name}: {path}: is a directory, not an image")
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise TargetError(f"disk {name}: cannot open {path}: {exc.strerror}") from None
     return blocks
+
+
+def _die_with_parent() -> Callable[[], None]:
+    """A preexec_fn: the guest server gets SIGTERM (and removes its socket) when
+    this process dies without stopping it, e.g. on kill -9."""
+    parent = os.getpid()
+
+    def preexec() -> None:
+        with contextlib.suppress(Exception):
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the parent died before prctl
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
 
 
 def guest_argv(args: argparse.Namespace, *where: str) -> list[str]:
@@ -87,6 +110,7 @@ async def session(args: argparse.Namespace) -> AsyncIterator[Client]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         limit=1 << 20,
+        preexec_fn=_die_with_parent(),
     )
     log.info("guest server started", pid=proc.pid, mode="stdio")
     tail = _Tail(proc.stderr)
@@ -132,7 +156,8 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
 
     claim_socket_path(path)  # a stale socket would look ready; anything else is kept
     proc = await asyncio.create_subprocess_exec(
-        *guest_argv(args, "--listen", path), stderr=asyncio.subprocess.PIPE
+        *guest_argv(args, "--listen", path), stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_die_with_parent(),
     )
     log.info("guest server started", pid=proc.pid, mode="listen", socket=path)
     tail = _Tail(proc.stderr)
