@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import socket
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -136,6 +135,7 @@ class Appliance:
         self.returncode: int | None = None
         self.boot_seconds: float | None = None  # QEMU start to greeting
         self.rundir: Path | None = None
+        self._rundir_lock: int | None = None  # flock'ed fd of rundir/owner.lock
         self.proc: asyncio.subprocess.Process | None = None
         self.qmp: QMPClient | None = None
         self._event_task: asyncio.Task[None] | None = None
@@ -186,7 +186,8 @@ class Appliance:
     async def start(self) -> None:
         exe = qemu.find_qemu()
         # Short, private run directory for the console log and QEMU's stderr.
-        self.rundir = Path(tempfile.mkdtemp(prefix="dct-", dir="/tmp"))
+        # (locked by us while it exists; stale ones of dead owners are removed first)
+        self.rundir, self._rundir_lock = qemu.make_rundir()
         qmp_host, qmp_qemu = socket.socketpair()
         port_host, port_qemu = socket.socketpair()
         self._socks = [qmp_host, port_host]
@@ -348,6 +349,9 @@ class Appliance:
                 self._event_task.cancel()
             if self.rundir is not None:
                 shutil.rmtree(self.rundir, ignore_errors=True)
+            if self._rundir_lock is not None:
+                os.close(self._rundir_lock)
+                self._rundir_lock = None
             if self.proc is not None:
                 log.info("qemu exited", status=self.returncode, reason=self.shutdown_reason)
 
