@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import BinaryIO
 
 from docteur.guest.image import Image
+from docteur.guest.objects import Commit
 from docteur.guest.verify import verify_full
 
 from .progress import Progress
@@ -19,13 +20,43 @@ def verify_image(path: str, out: BinaryIO | None, *, quiet: bool = False) -> Non
         commit_hex = image.commit.hex()
     if quiet or out is None:
         return
+    out.write(report(commit_hex, commit))
+    out.flush()
+
+
+def ocaml_quoted(text: bytes) -> bytes:
+    """`text` the way OCaml's `%S` prints it (String.escaped between quotes): the
+    original prints the author's name so."""
+    escapes = {0x22: b'\\"', 0x5C: b"\\\\", 0x0A: b"\\n", 0x09: b"\\t", 0x0D: b"\\r", 0x08: b"\\b"}
+    out = bytearray(b'"')
+    for c in text:
+        if c in escapes:
+            out += escapes[c]
+        elif 0x20 <= c <= 0x7E:
+            out.append(c)
+        else:
+            out += b"\\%03d" % c
+    return bytes(out + b'"')
+
+
+def report(commit_hex: str, commit: Commit) -> bytes:
+    """Byte for byte what the original's verify prints:
+
+        commit<TAB>: <id>
+        author<TAB>: "<name, OCaml-escaped>" <email>
+        root<TAB>: <tree>
+        <a blank line>
+        <the message, then a newline: only when the commit has one>
+    """
+    raw = commit.author.raw
+    name, _, rest = raw.partition(b" <")
+    email = rest.partition(b">")[0]
     lines = [
         f"commit\t: {commit_hex}\n".encode(),
-        f'author\t: "{commit.author.name}" <{commit.author.email}>\n'.encode(),
+        b"author\t: " + ocaml_quoted(name) + b" <" + email + b">\n",
         f"root\t: {commit.tree.hex()}\n".encode(),
         b"\n",
     ]
-    if commit.message:
-        lines.append(commit.message)
-    out.write(b"".join(lines))
-    out.flush()
+    if commit.message is not None:  # no message at all: a directory's commit
+        lines.append(commit.message + b"\n")
+    return b"".join(lines)

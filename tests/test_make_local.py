@@ -46,7 +46,7 @@ def test_work_tree_head(repo: Path, tmp_path: Path, capsys: pytest.CaptureFixtur
     assert out == (
         f"commit\t: {rev(repo)}\n"
         f'author\t: "A U Thor" <author@example.com>\n'
-        f"root\t: {rev(repo, 'HEAD^{tree}')}\n\ncommit 3\n"
+        f"root\t: {rev(repo, 'HEAD^{tree}')}\n\ncommit 3\n\n"
     )
 
 
@@ -79,7 +79,7 @@ def test_annotated_tag_message(bare: Path, tmp_path: Path,
     img = tmp_path / "disk.img"
     assert docteur(capsys, "make", "-b", "v1", bare, img)[0] == 0
     _, out, _ = docteur(capsys, "verify", img)
-    assert out.endswith("\n\nfirst commit\n\nwith a body\n")
+    assert out.endswith("\n\nfirst commit\n\nwith a body\n\n")
 
 
 def test_relative_and_relativize(repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -33,8 +33,29 @@ def test_report(built: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) ->
         'author\t: "A U Thor" <author@example.com>\n'
         f"root\t: {rev(repo, 'HEAD^{tree}')}\n"
         "\n"
-        "commit 2\n"
+        "commit 2\n\n"  # the message as stored (with its newline), then the original's "\n"
     )
+
+
+def test_report_is_the_originals_byte_for_byte() -> None:
+    """bin/verify.ml: `%S` for the name (OCaml escapes), the message followed by "\n",
+    and with no message (a directory's commit) only the blank line."""
+    from docteur.builder.report import report
+    from docteur.guest.objects import Commit, Signature
+
+    who = Signature('Zo\u00eb "Q" \\ <z@x> 1 +0000'.encode())
+    tree = bytes(range(20))
+    head = f"commit\t: {'ab' * 20}\n".encode()
+    author = b'author\t: "Zo\\195\\171 \\"Q\\" \\\\" <z@x>\n'
+    root = f"root\t: {tree.hex()}\n".encode()
+    c = Commit(tree=tree, parents=(), author=who, committer=who, message=b"subject\n\nbody\n")
+    assert report("ab" * 20, c) == head + author + root + b"\nsubject\n\nbody\n\n"
+    c = Commit(tree=tree, parents=(), author=who, committer=who, message=b"no newline")
+    assert report("ab" * 20, c) == head + author + root + b"\nno newline\n"
+    c = Commit(tree=tree, parents=(), author=who, committer=who, message=None)
+    assert report("ab" * 20, c) == head + author + root + b"\n"
+    c = Commit(tree=tree, parents=(), author=who, committer=who, message=b"")
+    assert report("ab" * 20, c) == head + author + root + b"\n\n"
 
 
 def test_quiet(built: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
