@@ -114,9 +114,23 @@ async def test_corrupt_image_unverified_fails_on_read(repo_image: tuple[Path, Pa
 async def test_not_an_image(tmp_path: Path) -> None:
     junk = tmp_path / "junk.img"
     junk.write_bytes(os.urandom(4096))
-    with pytest.raises(BootError, match="refuses to serve"):
+    with pytest.raises(BootError, match="refuses to serve") as info:
         async with Appliance(blocks={"docteur": junk}, verify="none"):
             pass
+    assert str(junk) in str(info.value) and "/dev/vd" not in str(info.value)  # the user's file
+
+
+def test_cli_guest_refusal_is_one_line(tmp_path: Path) -> None:
+    """The guest says what is wrong with the image: that line alone, naming the host file
+    (the console log only with -v)."""
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(b"not an image" * 100)
+    proc = subprocess.run([*DOCTEUR, "run", str(junk), "--verify", "pack", "--filename", "/x"],
+                          capture_output=True, timeout=120)  # fmt: skip
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and proc.stdout == b""
+    assert err.count("\n") == 1 and err.startswith("docteur: error: the guest refuses"), err
+    assert f"{junk}: not a docteur image" in err and "/dev/vd" not in err, err
 
 
 async def test_kill9_mid_transfer(tmp_path: Path) -> None:

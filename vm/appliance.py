@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -47,6 +48,20 @@ class ApplianceError(RuntimeError):
 
 class BootError(ApplianceError):
     pass
+
+
+class GuestRefused(BootError):
+    """The guest booted and says why it serves nothing (e.g. a corrupt image): its
+    message is the whole story, the console log adds nothing."""
+
+
+def _host_paths(message: str, blocks: dict[str, Path]) -> str:
+    """The guest names its disks by device (`disk 'docteur' (/dev/vda): ... /dev/vda:`):
+    say the image the user gave instead."""
+    for name, dev in re.findall(r"disk '([^']+)' \((/dev/[a-z0-9]+)\)", message):
+        if name in blocks:
+            message = re.sub(re.escape(dev) + r"\b", str(blocks[name]), message)
+    return message
 
 
 def _consume(task: asyncio.Future[Any]) -> None:
@@ -239,7 +254,8 @@ class Appliance:
         self.greeting = events[0] if events else None
         if self.require_ok and not (self.greeting and self.greeting.ok):
             why = self.greeting.fields.get("error", "no reason given") if self.greeting else "?"
-            raise BootError(f"the guest refuses to serve: {why}", self.log_tail())
+            why = _host_paths(why, self.blocks)
+            raise GuestRefused(f"the guest refuses to serve: {why}", self.log_tail())
         if self.make_client is not None:
             self.client = await self.make_client(self.reader, self.writer)
 

@@ -18,12 +18,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from docteur.vm import qemu
-from docteur.vm.appliance import Appliance, ApplianceError
+from docteur.vm.appliance import Appliance, ApplianceError, GuestRefused
 from docteur.vm.cli import claim_socket_path
 from docteur.vm.mux import Mux
 
 DEFAULT_DISK = "docteur"
+log = structlog.get_logger("docteur.vm")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +81,9 @@ def describe(exc: BaseException) -> str:
     """The one-line error, plus the guest log tail when there is one (for stderr)."""
     msg = str(exc)
     tail = getattr(exc, "log_tail", "")
+    if isinstance(exc, GuestRefused):  # the guest said what is wrong: one line
+        log.info("guest log (tail)", tail=tail)
+        return msg
     return f"{msg}\n--- guest log (tail) ---\n{tail}" if tail else msg
 
 
