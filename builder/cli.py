@@ -96,9 +96,9 @@ def cmd_make(args: argparse.Namespace) -> int:
     from .progress import human_bytes
 
     s = make(args.source, args.image, ref=args.ref, date=args.date, block_size=args.bs)
-    print(
+    log.notice(
         f"{s.image}: commit {s.commit.hex()}, {s.objects} objects, {human_bytes(s.size)} ({s.size} bytes)",
-        file=sys.stderr,
+        "image written", image=s.image, commit=s.commit.hex(), objects=s.objects, size=s.size,
     )
     return 0
 
@@ -136,8 +136,7 @@ def _single(
 
 
 def _error(message: str) -> None:
-    line = " ".join(redact(message).split())  # one line, whatever the message held
-    print(f"{PROG}: error: {line}", file=sys.stderr)
+    log.error_line(" ".join(redact(message).split()), PROG)  # one line, whatever the message held
 
 
 def _describe(e: BaseException) -> str:

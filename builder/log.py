@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -29,8 +31,40 @@ class _StderrLogger:
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
 
+_FORMAT = ["console"]  # what configure() chose, for the lines below
+
+
+def _json_line(level: str, event: str, fields: dict[str, Any]) -> None:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # as structlog's TimeStamper
+    record = {k: redact(v) if isinstance(v, str) else v for k, v in fields.items()}
+    record.update(event=redact(event), level=level, timestamp=stamp)
+    sys.stderr.write(json.dumps(record) + "\n")
+    sys.stderr.flush()
+
+
+def error_line(message: str, prog: str = "docteur") -> None:
+    """The one line a failure prints on stderr: `docteur: error: ...`, or a JSON
+    object ({"event": ..., "level": "error"}) under --log-format json."""
+    if _FORMAT[0] == "json":
+        _json_line("error", message, {})
+        return
+    sys.stderr.write(f"{prog}: error: {redact(message)}\n")
+    sys.stderr.flush()
+
+
+def notice(text: str, event: str | None = None, **fields: Any) -> None:
+    """A line meant for the user on stderr (a summary), shown at any verbosity:
+    `text` as is, or under --log-format json `event` with `fields`."""
+    if _FORMAT[0] == "json":
+        _json_line("info", event or text, fields)
+        return
+    sys.stderr.write(redact(text) + "\n")
+    sys.stderr.flush()
+
+
 def configure(fmt: str = "console", verbose: int = 0) -> None:
     """`fmt`: 'console' or 'json'; `verbose`: 0 warnings, 1 info, 2+ debug."""
+    _FORMAT[0] = fmt
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     processors: list[Any] = [
         structlog.processors.add_log_level,

@@ -118,3 +118,30 @@ def test_global_options_after_the_subcommand(tmp_path: Path,
     capsys.readouterr()
     assert make_main(["-v", "--log-format", "json", str(repo), str(tmp_path / "d.img")]) == 0
     assert '"event": "fetching"' in capsys.readouterr().err
+
+
+@needs_git
+def test_json_means_every_stderr_line_is_json(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """--log-format json: the summary and the error lines are JSON too (no bare
+    `docteur: error:` text), for run and query as well, the option after the command."""
+    repo = make_repo(tmp_path / "r.git", bare=True, history=1)
+
+    def events(*args: str | Path) -> tuple[int, list[dict[str, object]]]:
+        rc, _, err = docteur(capsys, *args)
+        return rc, [json.loads(line) for line in err.splitlines()]  # fails on any non-JSON line
+
+    rc, evs = events("make", "--log-format", "json", repo, tmp_path / "a.img")
+    assert rc == 0 and [e["event"] for e in evs] == ["image written"]
+    assert evs[0]["objects"] and evs[0]["commit"] and evs[0]["image"] == str(tmp_path / "a.img")
+    rc, evs = events("--log-format", "json", "make", "http://u:s3cret@127.0.0.1:1/x.git",
+                     tmp_path / "b.img")  # fmt: skip
+    assert rc == 1 and evs[-1]["level"] == "error" and "connection refused" in evs[-1]["event"]
+    assert "s3cret" not in json.dumps(evs)
+    rc, evs = events("run", "--log-format", "json", "-v", "--target", "unix", tmp_path / "a.img",
+                     "--filename", "/nope")  # fmt: skip
+    assert rc == 1 and evs[-1]["level"] == "error" and "/nope" in evs[-1]["event"]
+    assert any(e["event"] == "guest server started" for e in evs)  # -v after `run` counts
+    rc, evs = events("query", "--log-format", "json", "--socket", tmp_path / "none", "ls")
+    assert rc == 1 and evs == [{**evs[0], "event": f"cannot connect to {tmp_path / 'none'}: "
+                                "No such file or directory", "level": "error"}]  # fmt: skip

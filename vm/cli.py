@@ -26,11 +26,13 @@ TARGETS = ("unix", "microvm")
 
 
 def add_commands(subparsers: Any) -> None:
-    _add_run(subparsers)
-    _add_query(subparsers)
+    from docteur.builder.cli import _add_globals  # --log-format and -v after the command too
+
+    _add_globals(_add_run(subparsers), sub=True)
+    _add_globals(_add_query(subparsers), sub=True)
 
 
-def _add_run(subparsers: Any) -> None:
+def _add_run(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "run",
         help="serve an image (in a microVM, or as a host process)",
@@ -57,9 +59,10 @@ def _add_run(subparsers: Any) -> None:
         g.add_argument("--memory", type=int, default=128, metavar="MiB")
         g.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
     p.set_defaults(func=run_main)
+    return p
 
 
-def _add_query(subparsers: Any) -> None:
+def _add_query(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "query",
         help="ask a served image (no command: an interactive console)",
@@ -71,6 +74,7 @@ def _add_query(subparsers: Any) -> None:
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND ...")
     p.set_defaults(func=query_main)
+    return p
 
 
 def _microvm_module(quiet: bool = False) -> ModuleType | None:
@@ -131,7 +135,9 @@ def claim_socket_path(path: str) -> None:
 
 
 def _fail(message: str) -> int:
-    print(f"docteur: error: {message}", file=sys.stderr)
+    from docteur.builder.log import error_line
+
+    error_line(message)
     return 1
 
 

@@ -13,13 +13,13 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import structlog
 
+from docteur.builder.log import error_line, notice
 from docteur.vm import qemu
 from docteur.vm.appliance import Appliance, ApplianceError, GuestRefused
 from docteur.vm.cli import claim_socket_path
@@ -114,10 +114,10 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
                     with contextlib.suppress(Exception, asyncio.TimeoutError):
                         await vm.wait(2.0)
                     if vm.clean_shutdown:  # a client asked for `shutdown`
-                        print("docteur: the guest powered off", file=sys.stderr)
+                        notice("docteur: the guest powered off", "guest powered off")
                         return 0
                     error = ApplianceError(f"the guest stopped: {vm.exit_description()}", vm.log_tail())
-                    print(f"docteur: error: {describe(error)}", file=sys.stderr)
+                    error_line(describe(error))
                     return 1
                 return 0
             finally:

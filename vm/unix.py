@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 
 import structlog
 
+from docteur.builder.log import error_line
 from docteur.guest.protocol import Hello
 from docteur.vm.client import Client, ClientError
 
@@ -168,7 +169,7 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
     try:
         hello = await _await_ready(proc, path, _timeout(args), tail)
         if not hello.ok:
-            print(f"docteur: error: {hello.fields.get('error', 'boot failed')}", file=sys.stderr)
+            error_line(hello.fields.get("error", "boot failed"))
             return 1
         disks = ", ".join(hello.disks)
         print(ready or f"docteur: serving {disks} on {path}", flush=True)
@@ -178,7 +179,7 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
         stopper.cancel()
         if waiter.done():
             last = tail.lines[-1] if tail.lines else f"exit status {proc.returncode}"
-            print(f"docteur: error: the guest server stopped: {last}", file=sys.stderr)
+            error_line(f"the guest server stopped: {last}")
             return 1
         waiter.cancel()
         return 0
