@@ -13,6 +13,7 @@ pack is written with dulwich (and a warning says so).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import stat
@@ -72,6 +73,13 @@ def parse_date(text: str | None) -> int:
     return int(dt.timestamp())
 
 
+def _scratch_error(exc: OSError, where: str) -> BuildError:
+    """Writing the scratch copy failed: say so (not "cannot read" the user's file)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return BuildError(f"disk full: no room for the scratch copy in {where} (set TMPDIR elsewhere)")
+    return BuildError(f"cannot write the scratch copy in {where}: {exc.strerror or exc}")
+
+
 class LooseStore:
     """Write-once loose objects in `<repo>/objects` (zlib level 1: they are scratch)."""
 
@@ -93,12 +101,15 @@ class LooseStore:
         self._seen.add(hexid)
         self.order.append((hexid, path))
         d = os.path.join(self.objects, hexid[:2].decode())
-        os.makedirs(d, exist_ok=True)
         c = zlib.compressobj(1)
-        with open(os.path.join(d, hexid[2:].decode()), "wb") as f:
-            f.write(c.compress(object_header(kind, len(body))))
-            f.write(c.compress(body))
-            f.write(c.flush())
+        try:
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, hexid[2:].decode()), "wb") as f:
+                f.write(c.compress(object_header(kind, len(body))))
+                f.write(c.compress(body))
+                f.write(c.flush())
+        except OSError as e:
+            raise _scratch_error(e, self.repo) from None
         return oid
 
 
@@ -108,13 +119,25 @@ class LooseStore:
         h = hashlib.sha1(object_header(BLOB, size))
         c = zlib.compressobj(1)
         seen = 0
-        with open(path, "rb") as src, open(tmp, "wb") as out:
-            out.write(c.compress(object_header(BLOB, size)))
-            while chunk := src.read(_CHUNK):
-                seen += len(chunk)
-                h.update(chunk)
-                out.write(c.compress(chunk))
-            out.write(c.flush())
+        with open(path, "rb") as src:  # (an error here is the caller's "cannot read")
+            try:
+                out = open(tmp, "wb")  # noqa: SIM115 - closed below
+            except OSError as e:
+                raise _scratch_error(e, self.repo) from None
+            with out:
+                out.write(c.compress(object_header(BLOB, size)))
+                while chunk := src.read(_CHUNK):
+                    seen += len(chunk)
+                    h.update(chunk)
+                    try:
+                        out.write(c.compress(chunk))
+                    except OSError as e:
+                        raise _scratch_error(e, self.repo) from None
+                try:
+                    out.write(c.flush())
+                    out.flush()
+                except OSError as e:
+                    raise _scratch_error(e, self.repo) from None
         if seen != size:
             os.unlink(tmp)
             raise BuildError(f"{_display(path)}: changed size while being read")

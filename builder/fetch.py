@@ -15,7 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
+import threading
 from dataclasses import dataclass
 
 from dulwich import client as dclient
@@ -25,7 +25,7 @@ from dulwich.objects import Commit, Tag, Tree
 from dulwich.pack import Pack, PackData, write_pack_index_v2, write_pack_objects
 
 from .errors import BuildError
-from .gittools import git_argv, git_env, git_path, run_git
+from .gittools import git_argv, git_env, git_failure, git_path, run_git
 from .log import get_logger
 from .progress import Progress
 from .redact import redact
@@ -177,7 +177,8 @@ class _FileSink(_Sink):
             data.close()
 
     def close(self) -> None:
-        self.file.close()
+        with contextlib.suppress(OSError):  # after a failure (a full disk): keep the first error
+            self.file.close()
 
 
 class _IndexPackSink(_Sink):
@@ -187,14 +188,18 @@ class _IndexPackSink(_Sink):
     def __init__(self, workdir: str, base: str) -> None:
         repo = os.path.join(workdir, "index.git")  # index-pack --stdin wants a repository
         run_git(["init", "-q", "--bare", repo], what="git init")
-        self.err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        # Its stderr is drained into memory: a file in TMPDIR could not even hold
+        # the "No space left on device" of a full disk.
+        self.err = bytearray()
         self.proc = subprocess.Popen(
             git_argv(["--git-dir", repo, "index-pack", "--stdin", "-o", base + ".idx", base + ".pack"]),
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
-            stderr=self.err,
+            stderr=subprocess.PIPE,
             env=git_env(),
         )
+        self.drain = threading.Thread(target=self._drain, daemon=True)
+        self.drain.start()
         self.broken = False
 
     def write(self, data: bytes) -> None:
@@ -209,8 +214,12 @@ class _IndexPackSink(_Sink):
         with contextlib.suppress(BrokenPipeError):
             self.proc.stdin.close()  # type: ignore[union-attr]
         if self.proc.wait() != 0:
-            self.err.seek(0)
-            lines = self.err.read().decode("utf-8", "replace").strip().splitlines()
+            self.drain.join(5)
+            err = bytes(self.err)
+            failure = git_failure("git index-pack", err, self.proc.returncode)
+            if failure.args[0].startswith("disk full"):
+                raise failure
+            lines = err.decode("utf-8", "replace").strip().splitlines()
             raise BuildError(f"the fetched pack is broken: {lines[-1] if lines else 'index-pack failed'}")
 
     def close(self) -> None:
@@ -219,7 +228,13 @@ class _IndexPackSink(_Sink):
             self.proc.wait()
         with contextlib.suppress(OSError, ValueError):
             self.proc.stdin.close()  # type: ignore[union-attr]
-        self.err.close()
+        self.drain.join(5)
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        with self.proc.stderr:
+            while data := self.proc.stderr.read(65536):
+                self.err += data
 
 
 def closure(pack: Pack, commit_id: bytes) -> list[bytes]:
@@ -332,6 +347,9 @@ def _fetch_error(e: Exception, source: Source) -> BuildError:
     """One line saying what went wrong, for any transport's exception."""
     where = source.display
     chain = _chain(e)
+    for x in chain:
+        if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
+            return BuildError(f"disk full while fetching {where}: no room for the scratch copy (TMPDIR)")
     text = " ".join(str(x) for x in chain)
     for x in chain:
         if isinstance(x, socket.gaierror) or type(x).__name__ == "NameResolutionError":

@@ -55,6 +55,14 @@ def run_git(
         check=False,
     )
     if proc.returncode != 0:
-        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise BuildError(f"{what} failed: {err[-1] if err else f'exit {proc.returncode}'}")
+        raise git_failure(what, proc.stderr, proc.returncode)
     return proc.stdout
+
+
+def git_failure(what: str, stderr: bytes, status: int) -> BuildError:
+    """One line for a failed git command: its last message line; a full disk says so."""
+    err = stderr.decode("utf-8", "replace").strip().splitlines()
+    last = err[-1] if err else f"exit {status}"
+    if any("No space left on device" in line or "Disk quota exceeded" in line for line in err):
+        return BuildError(f"disk full: {what} failed: {last}")
+    return BuildError(f"{what} failed: {last}")

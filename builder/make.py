@@ -51,7 +51,15 @@ def make(
     if src.is_git and date is not None:
         log.warning("-d only applies to a plain directory; ignored", date=date)
     with tempfile.TemporaryDirectory(prefix="docteur-") as work:
-        files = fetch(src, ref, work) if src.is_git else pack_directory(src.location, date, work, image=image)
+        try:
+            if src.is_git:
+                files = fetch(src, ref, work)
+            else:
+                files = pack_directory(src.location, date, work, image=image)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise BuildError(f"disk full: no room for the scratch copy in {work} (TMPDIR)") from None
+            raise
         size = write_atomically(image, files, block_size)
     log.info("image written", image=image, commit=files.commit.hex(), objects=files.objects, size=size)
     return Summary(image, files.commit, files.objects, size, src.display)

@@ -209,3 +209,30 @@ def test_index_pack_rejects_garbage(tmp_path: Path) -> None:
             sink.finish()
     finally:
         sink.close()
+
+
+def test_scratch_disk_full_is_not_a_read_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """TMPDIR full while a directory is copied: "disk full", not "<the user's file>: cannot
+    read"; git's own "No space left" (git init, index-pack) is "disk full" too."""
+    import builtins
+
+    from docteur.builder import directory
+    from docteur.builder.gittools import git_failure
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("hello\n")
+
+    def full(path, mode="r", *args, **kwargs):  # type: ignore[no-untyped-def]
+        if "w" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return builtins.open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(directory, "open", full, raising=False)
+    line = _fails(capsys, "make", src, tmp_path / "out.img")
+    assert "disk full" in line and "scratch" in line and "cannot read" not in line, line
+    assert not (tmp_path / "out.img").exists()
+    err = b"fatal: cannot copy 'x' to '/t/y': No space left on device\n"
+    assert str(git_failure("git init", err, 128)).startswith("disk full: git init failed: fatal")
+    assert str(git_failure("git init", b"fatal: other\n", 128)) == "git init failed: fatal: other"
