@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -117,12 +118,7 @@ def fetch(source: Source, ref: str | None, workdir: str) -> PackFiles:
                 received += len(data)
                 bar.update(received)
 
-            def progress(msg: bytes) -> None:
-                # git's sideband redraws its lines with \r: show the latest one.
-                text = msg.decode("utf-8", "replace").replace("\r", "\n")
-                last = [p.strip() for p in text.split("\n") if p.strip()]
-                if last:
-                    bar.message("remote: " + last[-1])
+            progress = Sideband(bar)
 
             log.info("fetching", source=source.display, ref=ref or "HEAD")
             try:
@@ -139,6 +135,22 @@ def fetch(source: Source, ref: str | None, workdir: str) -> PackFiles:
     finally:
         sink.close()
     return _finish(base, chosen[-1], source, workdir)
+
+
+class Sideband:
+    """The server's progress text (git redraws its lines with \\r), shown on the bar
+    one whole line at a time: a message may end in the middle of a line."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.pending = ""
+
+    def __call__(self, msg: bytes) -> None:
+        text = self.pending + msg.decode("utf-8", "replace")
+        *complete, self.pending = re.split(r"[\r\n]", text)
+        lines = [p.strip() for p in complete if p.strip()]
+        if lines:
+            self.bar.message("remote: " + lines[-1])
 
 
 class _Sink:

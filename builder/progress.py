@@ -84,9 +84,15 @@ class Progress:
         self.update(self.done + n)
 
     def message(self, text: str) -> None:
-        """Show free text (e.g. the server's own progress) on the same line."""
-        if self.enabled:
-            self._draw(text.strip())
+        """Show free text (e.g. the server's own progress) on the same line, at most
+        every `interval` like the counts (a line saying `done` always shows)."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last < self.interval and not text.rstrip().endswith("done."):
+            return
+        self._last = now
+        self._draw(text.strip())
 
     def _draw(self, text: str) -> None:
         self.stream.write("\r\x1b[K" + text)

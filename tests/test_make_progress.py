@@ -145,3 +145,25 @@ def test_json_means_every_stderr_line_is_json(tmp_path: Path,
     rc, evs = events("query", "--log-format", "json", "--socket", tmp_path / "none", "ls")
     assert rc == 1 and evs == [{**evs[0], "event": f"cannot connect to {tmp_path / 'none'}: "
                                 "No such file or directory", "level": "error"}]  # fmt: skip
+
+
+def test_server_progress_shows_whole_lines_only() -> None:
+    """dulwich hands the sideband over in pieces that end mid-line: never draw a piece."""
+    from docteur.builder.fetch import Sideband
+
+    out = io.StringIO()
+    bar = Progress("receiving", stream=out, enabled=True, interval=0)
+    side = Sideband(bar)
+    for piece in (b"Counting objects:   1% (1/200)\rCounting ob", b"jects:  50% (100/2",
+                  b"00)\rCounting objects: 100% (200/200), done.\nCompress"):  # fmt: skip
+        side(piece)
+    shown = [t for t in out.getvalue().split("\r\x1b[K") if t]
+    assert shown == ["remote: Counting objects:   1% (1/200)",  # the 50% line came with a later one
+                     "remote: Counting objects: 100% (200/200), done."]  # fmt: skip
+    out.truncate(0)
+    out.seek(0)
+    slow = Progress("receiving", stream=out, enabled=True, interval=60)
+    for n in range(50):
+        slow.message(f"remote: Counting objects: {n}%")
+    slow.message("remote: Counting objects: 100%, done.")
+    assert out.getvalue().count("\r") == 2  # the first one, then `done.`: not 51 redraws
