@@ -157,3 +157,21 @@ def test_kill9_of_run_socket_stops_the_guest_server(gen, tmp_path: Path) -> None
         proc.kill()
         shutil.rmtree(where, ignore_errors=True)
     one_line_error(docteur("run", "--target", "unix", str(tmp_path), "--filename", "/a"), "directory")
+
+
+def test_console_output_is_clean(gen) -> None:
+    """Commands piped into the console: no prompts, no stray blank lines, an error on its
+    own line even after a file that does not end with a newline; unknown disks refused;
+    info's long keys keep a space."""
+    from tests.runtime_images import serving
+
+    with serving({"docteur": gen[1]}) as sock:
+        proc = docteur("query", "--socket", sock, input=b"get /README.md 2 9\nget /nope\n"
+                       b"get /README.md 0 2\nstat /nope\ndisk zz\nls /\ninfo\n")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.decode(errors="replace").splitlines()
+    assert lines[1:5] == ["generated", "error: '/nope': no such file or directory in disk 'docteur'",
+                          "# ", "error: '/nope': no such file or directory in disk 'docteur'"]  # fmt: skip
+    assert lines[5] == "error: no disk named 'zz' (disks: docteur)"
+    assert not any(ln.startswith("docteur:docteur>") for ln in lines)  # no prompts in a pipe
+    assert "" not in lines and any(ln.startswith("verified.docteur: ") for ln in lines)

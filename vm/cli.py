@@ -156,6 +156,7 @@ def run_main(args: argparse.Namespace) -> int:
             return run(target.serve(args, args.socket))
         return run(_print_file(target, args))
     except KeyboardInterrupt:
+        _fail("interrupted")
         return 130
     except BrokenPipeError:
         return 0
@@ -195,6 +196,7 @@ def query_main(args: argparse.Namespace) -> int:
                 with contextlib.suppress(Exception):
                     runner.run(client.close())
     except KeyboardInterrupt:
+        _fail("interrupted")
         return 130
     except BrokenPipeError:
         return 0

@@ -89,10 +89,12 @@ async def execute(client: Client, argv: list[str], out: BinaryIO) -> None:
     elif cmd in ("mtime", "last_modified"):
         line(_fmt_time(*await client.last_modified(_arg(argv, 1, "PATH"))))
     elif cmd == "info":
-        for key, value in (await client.info()).items():
+        info = await client.info()
+        width = max(16, *(len(k) + 2 for k in info))
+        for key, value in info.items():
             if key == "message":
-                value = value.rstrip("\n").replace("\n", "\n" + " " * 16)
-            line(f"{key + ':':<16}{value}")
+                value = value.rstrip("\n").replace("\n", "\n" + " " * width)
+            line(f"{key + ':':<{width}}{value}")
     elif cmd == "ping":
         start = time.perf_counter()
         await client.ping()
@@ -101,6 +103,9 @@ async def execute(client: Client, argv: list[str], out: BinaryIO) -> None:
         line(HELP)
     elif cmd == "disk":
         if len(argv) > 1:
+            known = client.hello.disks if client.hello else {}
+            if known and argv[1] not in known:
+                raise UsageError(f"no disk named {argv[1]!r} (disks: {', '.join(known)})")
             client.disk = argv[1]
         line(f"disk {client.disk} (disks: {', '.join(client.hello.disks) if client.hello else '?'})")
     else:
@@ -134,6 +139,22 @@ def _save_history() -> None:
         readline.write_history_file(_history_file())
 
 
+class _Tracked:
+    """stdout that remembers the last byte written (did the output end a line?)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.last = b"\n"
+
+    def write(self, data: bytes) -> int:
+        if data:
+            self.last = data[-1:]
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
 def console(runner: asyncio.Runner, client: Client) -> int:
     """Read commands until EOF/quit; each runs on `runner`'s loop."""
     _setup_readline()
@@ -143,13 +164,15 @@ def console(runner: asyncio.Runner, client: Client) -> int:
         print(f"docteur protocol v{hello.version}, disks: {disks}; type help")
         if not hello.ok:
             print(f"the server failed to boot: {hello.fields.get('error', '?')}")
-    out = sys.stdout.buffer
+    out = _Tracked(sys.stdout.buffer)
+    interactive = sys.stdin.isatty()  # commands piped in: no prompts in the output
     try:
         while True:
             try:
-                text = input(f"docteur:{client.disk}> ")
+                text = input(f"docteur:{client.disk}> " if interactive else "")
             except EOFError:
-                print()
+                if interactive:
+                    print()
                 return 0
             except KeyboardInterrupt:
                 print()
@@ -163,14 +186,19 @@ def console(runner: asyncio.Runner, client: Client) -> int:
                 continue
             if argv[0] in ("quit", "exit"):
                 return 0
+            sys.stdout.flush()  # text before the raw bytes of the answer
+            out.last = b"\n"
+            problem = None
             try:
                 runner.run(execute(client, argv, out))
             except (ClientError, UsageError) as exc:
-                out.flush()
-                print(f"error: {exc}")
+                problem = f"error: {exc}"
             except KeyboardInterrupt:
-                print("interrupted")
-            if argv[0] in ("get", "cat"):
-                print()  # files rarely end where the prompt should start
+                problem = "interrupted"
+            if out.last != b"\n":
+                out.write(b"\n")  # a file that does not end with one: the prompt starts a line
+            out.flush()
+            if problem:
+                print(problem, flush=True)
     finally:
         _save_history()
