@@ -7,7 +7,9 @@ exit status 1 (130 for Ctrl-C), never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -15,6 +17,7 @@ from docteur.guest.errors import DocteurError
 from docteur.guest.layout import DEFAULT_BLOCK_SIZE
 
 from . import log
+from .errors import Terminated
 from .redact import redact
 
 PROG = "docteur"
@@ -148,14 +151,23 @@ def _describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
+def _terminate(_signum: int, _frame: object) -> None:
+    raise Terminated()
+
+
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     log.configure(getattr(args, "log_format", "console"), getattr(args, "verbose", 0))
+    # SIGTERM (`timeout`, `kill`) cleans up like Ctrl-C: no temp file, scratch dir or VM left.
+    previous = None
+    with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        _error("terminated" if terminated else "interrupted")
+        return 143 if terminated else 130
     except BrokenPipeError:
         return 1
     except (DocteurError, OSError) as e:
@@ -166,6 +178,9 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
             raise
         _error(_describe(e))
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _is_expected(e: Exception) -> bool:

@@ -5,3 +5,7 @@ from docteur.guest.errors import DocteurError
 
 class BuildError(DocteurError):
     """`docteur make` cannot go on: bad source, missing ref, network, disk."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every cleanup runs (temp files, QEMU)."""

@@ -236,3 +236,31 @@ def test_scratch_disk_full_is_not_a_read_error(tmp_path: Path, capsys: pytest.Ca
     err = b"fatal: cannot copy 'x' to '/t/y': No space left on device\n"
     assert str(git_failure("git init", err, 128)).startswith("disk full: git init failed: fatal")
     assert str(git_failure("git init", b"fatal: other\n", 128)) == "git init failed: fatal: other"
+
+
+def test_sigterm_cleans_up_like_ctrl_c(bare: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """`timeout` and `kill` send SIGTERM: no temp image, no scratch directory, the old
+    image untouched, one line, exit 143; the previous SIGTERM handler is restored."""
+    import signal
+    import tempfile
+
+    img = tmp_path / "disk.img"
+    img.write_bytes(b"old image")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    real = make_mod.write_image
+
+    def killed(out, *args, **kwargs):  # type: ignore[no-untyped-def]
+        real(out, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered before the next bytecode
+
+    monkeypatch.setattr(make_mod, "write_image", killed)
+    before = signal.getsignal(signal.SIGTERM)
+    rc, _, err = docteur(capsys, "make", bare, img)
+    assert rc == 143 and "terminated" in one_error_line(err)
+    assert img.read_bytes() == b"old image"
+    _only(tmp_path, "disk.img", "scratch")
+    assert list(scratch.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == before

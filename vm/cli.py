@@ -134,6 +134,16 @@ def claim_socket_path(path: str) -> None:
         os.unlink(path)  # a stale socket: its server is gone
 
 
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    from docteur.builder.errors import Terminated
+
+    if isinstance(exc, Terminated):  # SIGTERM, once everything is cleaned up
+        _fail("terminated")
+        return 143
+    _fail("interrupted")
+    return 130
+
+
 def _fail(message: str) -> int:
     from docteur.builder.log import error_line
 
@@ -155,9 +165,8 @@ def run_main(args: argparse.Namespace) -> int:
         if args.socket:
             return run(target.serve(args, args.socket))
         return run(_print_file(target, args))
-    except KeyboardInterrupt:
-        _fail("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except BrokenPipeError:
         return 0
     except (ClientError, OSError) as exc:
@@ -195,9 +204,8 @@ def query_main(args: argparse.Namespace) -> int:
             finally:
                 with contextlib.suppress(Exception):
                     runner.run(client.close())
-    except KeyboardInterrupt:
-        _fail("interrupted")
-        return 130
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except BrokenPipeError:
         return 0
     except (ClientError, UsageError) as exc:
