@@ -138,8 +138,8 @@ def _single(
     return parser
 
 
-def _error(message: str) -> None:
-    log.error_line(" ".join(redact(message).split()), PROG)  # one line, whatever the message held
+def _error(message: str, prog: str = PROG) -> None:
+    log.error_line(" ".join(redact(message).split()), prog)  # one line, whatever the message held
 
 
 def _describe(e: BaseException) -> str:
@@ -166,17 +166,17 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated)
-        _error("terminated" if terminated else "interrupted")
+        _error("terminated" if terminated else "interrupted", parser.prog)
         return 143 if terminated else 130
     except BrokenPipeError:
         return 1
     except (DocteurError, OSError) as e:
-        _error(_describe(e))
+        _error(_describe(e), parser.prog)
         return 1
     except Exception as e:
         if not _is_expected(e):
             raise
-        _error(_describe(e))
+        _error(_describe(e), parser.prog)
         return 1
     finally:
         if previous is not None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import BinaryIO
 
+from docteur.guest.errors import ImageError
 from docteur.guest.image import Image
 from docteur.guest.objects import Commit
 from docteur.guest.verify import verify_full
@@ -13,6 +15,8 @@ from .progress import Progress
 
 def verify_image(path: str, out: BinaryIO | None, *, quiet: bool = False) -> None:
     """Raise DocteurError (one-line message) when the image is bad; else print the report."""
+    if os.path.isdir(path):
+        raise ImageError(f"{path}: is a directory, not an image")
     with Image.open(path) as image, Progress("verifying") as bar:
         verify_full(image, progress=bar.update)
         bar.close()

@@ -158,7 +158,9 @@ def test_interrupted_or_disk_full_mid_write(bare: Path, tmp_path: Path, exc: Bas
 
 def test_alias_entry_point(bare: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert make_main([str(bare), str(tmp_path / "a.img")]) == 0
+    capsys.readouterr()
     assert make_main(["-b", "nope", str(bare), str(tmp_path / "b.img")]) == 1
+    assert capsys.readouterr().err.startswith("docteur.make: error: no ref 'nope'")  # its own name
     _only(tmp_path, "a.img")
 
 

@@ -58,6 +58,17 @@ def test_report_is_the_originals_byte_for_byte() -> None:
     assert report("ab" * 20, c) == head + author + root + b"\n\n"
 
 
+def test_not_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A directory, a missing file: one line naming it (not a bare "Is a directory")."""
+    rc, _, err = docteur(capsys, "verify", tmp_path)
+    assert rc == 1 and one_error_line(err) == f"docteur: error: {tmp_path}: is a directory, not an image"
+    rc, _, err = docteur(capsys, "verify", tmp_path / "nope.img")
+    assert rc == 1 and str(tmp_path / "nope.img") in one_error_line(err)
+    capsys.readouterr()
+    assert verify_main([str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("docteur.verify: error: ")
+
+
 def test_quiet(built: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
     assert docteur(capsys, "verify", "-q", built[1]) == (0, "", "")
     capsys.readouterr()
