@@ -290,3 +290,14 @@ async def test_paused_guest_fails_fast(repo_image: tuple[Path, Path]) -> None:
     assert time.monotonic() - t0 < 10
     await pauser
     assert process_gone(vm.proc.pid)  # type: ignore[union-attr]
+
+
+def test_cli_qemu_failure_says_why_in_one_line(repo_image: tuple[Path, Path]) -> None:
+    """QEMU refuses to start (here: no memory for the guest): its own reason on the line,
+    never the traceback of QMP's ConnectError (a race: tried a few times)."""
+    for _ in range(3):
+        proc = subprocess.run([*DOCTEUR, "run", str(repo_image[1]), "--memory", "100000000",
+                               "--filename", "/README.md"], capture_output=True, timeout=60)  # fmt: skip
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and err.count("\n") == 1, err
+        assert "QEMU exited with status 1: " in err and "qemu-system" not in err, err

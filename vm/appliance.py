@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from qemu.qmp import QMPClient
+from qemu.qmp import ConnectError, QMPClient
 
 from docteur.guest import protocol
 from docteur.vm import qemu
@@ -171,7 +171,12 @@ class Appliance:
             None: "", "guest-reset": " after a guest reset (kernel panic?)",
             "guest-shutdown": " after the guest powered off",
         }.get(self.shutdown_reason, f" ({self.shutdown_reason})")  # fmt: skip
-        return how + reason
+        said = ""  # QEMU's own last word, e.g. "cannot set up guest memory ..."
+        with contextlib.suppress(OSError, TypeError):
+            lines = (self.rundir / "qemu.err").read_text(errors="replace").split("\n")  # type: ignore[operator]
+            said = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
+            said = f": {said.removeprefix(f'{qemu.QEMU}: ')}" if rc else ""
+        return how + reason + said
 
     # ---- guest log -------------------------------------------------------
     @property
@@ -281,7 +286,8 @@ class Appliance:
             paused.cancel()
         if task in done:
             exc = task.exception()
-            if not isinstance(exc, (ConnectionError, EOFError, asyncio.IncompleteReadError)):
+            # (QMP's ConnectError: QEMU closed the QMP socket, i.e. it is exiting)
+            if not isinstance(exc, (ConnectionError, EOFError, asyncio.IncompleteReadError, ConnectError)):
                 return task.result()
             # The port closed under us: QEMU is exiting; say why once it has.
             with contextlib.suppress(asyncio.TimeoutError):

@@ -81,8 +81,9 @@ def describe(exc: BaseException) -> str:
     """The one-line error, plus the guest log tail when there is one (for stderr)."""
     msg = str(exc)
     tail = getattr(exc, "log_tail", "")
-    if isinstance(exc, GuestRefused):  # the guest said what is wrong: one line
-        log.info("guest log (tail)", tail=tail)
+    last = tail.strip().splitlines()[-1] if tail.strip() else ""
+    if isinstance(exc, GuestRefused) or (last and last.removeprefix(f"{qemu.QEMU}: ") in msg):
+        log.info("guest log (tail)", tail=tail)  # the message already says it all: one line
         return msg
     return f"{msg}\n--- guest log (tail) ---\n{tail}" if tail else msg
 
