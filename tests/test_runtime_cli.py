@@ -118,6 +118,7 @@ def test_socket_path_never_replaces_a_file_or_a_live_server(gen, tmp_path: Path)
                        "no directory")  # fmt: skip
         one_line_error(docteur("run", "--target", target, image, "--socket", "/tmp/" + "x" * 120),
                        "107")  # fmt: skip
+    one_line_error(docteur("query", "--socket", "/tmp/" + "x" * 120, "ls"), "107")
     where = tempfile.mkdtemp(prefix="dtl", dir="/tmp")
     try:
         live = so.socket(so.AF_UNIX, so.SOCK_STREAM)

@@ -192,6 +192,9 @@ def query_main(args: argparse.Namespace) -> int:
     argv = list(args.command)
     if argv and argv[0] == "--":
         argv = argv[1:]
+    size = len(os.fsencode(args.socket))
+    if size > SUN_PATH_MAX:  # connect() would say "No such file or directory"
+        return _fail(f"socket path is {size} bytes, unix sockets allow {SUN_PATH_MAX}: {args.socket}")
     runner = _runner()
     try:
         with runner:
