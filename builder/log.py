@@ -10,6 +10,7 @@ from typing import Any
 
 import structlog
 
+from . import progress
 from .progress import is_terminal
 from .redact import redact
 
@@ -65,6 +66,7 @@ def notice(text: str, event: str | None = None, **fields: Any) -> None:
 def configure(fmt: str = "console", verbose: int = 0) -> None:
     """`fmt`: 'console' or 'json'; `verbose`: 0 warnings, 1 info, 2+ debug."""
     _FORMAT[0] = fmt
+    progress.allow(fmt != "json")  # a progress line would break the JSON on a terminal
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     processors: list[Any] = [
         structlog.processors.add_log_level,

@@ -4,7 +4,7 @@
         p.update(done, total)       # redrawn at most 10 times a second
         p.message("remote: ...")    # free text (dulwich's sideband)
 
-`enabled=None` means "stderr is a terminal". Nothing is ever written when
+`enabled=None` means "stderr is a terminal" (and the logs are not JSON). Nothing is ever written when
 disabled, so callers need no checks of their own.
 """
 
@@ -23,6 +23,14 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+_ALLOWED = [True]  # False under --log-format json: stderr is for JSON lines only
+
+
+def allow(flag: bool) -> None:
+    """Progress displays on (a terminal) or off whatever stderr is (JSON logs)."""
+    _ALLOWED[0] = flag
 
 
 def is_terminal(stream: TextIO | None = None) -> bool:
@@ -49,7 +57,7 @@ class Progress:
         self.total = total
         self.done = 0
         self.stream = sys.stderr if stream is None else stream
-        self.enabled = is_terminal(self.stream) if enabled is None else enabled
+        self.enabled = _ALLOWED[0] and is_terminal(self.stream) if enabled is None else enabled
         self.interval = interval
         self._last = 0.0
         self._shown = False

@@ -17,7 +17,7 @@ def verify_image(path: str, out: BinaryIO | None, *, quiet: bool = False) -> Non
     """Raise DocteurError (one-line message) when the image is bad; else print the report."""
     if os.path.isdir(path):
         raise ImageError(f"{path}: is a directory, not an image")
-    with Image.open(path) as image, Progress("verifying") as bar:
+    with Image.open(path) as image, Progress("verifying", enabled=False if quiet else None) as bar:
         verify_full(image, progress=bar.update)
         bar.close()
         commit = image.commit_object()

@@ -42,6 +42,39 @@ def test_human_bytes() -> None:
     assert human_bytes(3 << 30) == "3.0 GiB"
 
 
+def _on_a_terminal(argv: list[str]) -> tuple[int, str]:
+    main, sub = pty.openpty()
+    try:
+        proc = subprocess.run(argv, stderr=sub, stdout=sub, check=False, timeout=60)
+        os.close(sub)
+        chunks = []
+        while True:
+            try:
+                data = os.read(main, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(main)
+    return proc.returncode, b"".join(chunks).decode()
+
+
+@needs_git
+def test_json_logs_on_a_terminal_have_no_progress(tmp_path: Path) -> None:
+    """--log-format json on a terminal: JSON lines only, no progress redraws among them."""
+    repo = make_repo(tmp_path / "r.git", bare=True, history=1)
+    cmd = [sys.executable, "-m", "docteur.builder.cli", "--log-format", "json"]
+    rc, err = _on_a_terminal([*cmd, "make", str(repo), str(tmp_path / "a.img")])
+    assert rc == 0 and "\x1b" not in err and "\r\n" in err  # (a pty turns \n into \r\n)
+    assert [json.loads(line)["event"] for line in err.split("\r\n") if line] == ["image written"]
+    rc, err = _on_a_terminal([*cmd, "verify", "-q", str(tmp_path / "a.img")])
+    assert (rc, err) == (0, "")
+    rc, err = _on_a_terminal([*cmd[:-2], "verify", "-q", str(tmp_path / "a.img")])
+    assert (rc, err) == (0, "")  # -q: not even a progress line that erases itself
+
+
 @needs_git
 def test_progress_on_a_terminal_only(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "r.git", bare=True, history=1)
