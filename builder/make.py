@@ -80,7 +80,12 @@ def write_atomically(image: str, files: PackFiles, block_size: int) -> int:
     parent, name = os.path.split(image)
     with open(files.idx, "rb") as f:
         idx = f.read()
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+    except OSError as e:  # (not the temp name: the user never asked for that file)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise BuildError(f"disk full while writing {image}") from None
+        raise BuildError(f"cannot write {image}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as out, open(files.pack, "rb") as pack:
             total = os.fstat(pack.fileno()).st_size + len(idx)

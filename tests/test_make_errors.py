@@ -156,6 +156,12 @@ def test_interrupted_or_disk_full_mid_write(bare: Path, tmp_path: Path, exc: Bas
     _only(tmp_path, "disk.img")
 
 
+def test_unwritable_destination_names_the_image(bare: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """/proc takes no new files: the line names the image asked for, not our temp file."""
+    line = _fails(capsys, "make", bare, "/proc/disk.img")
+    assert line.startswith("docteur: error: cannot write /proc/disk.img: ") and ".tmp" not in line, line
+
+
 def test_alias_entry_point(bare: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert make_main([str(bare), str(tmp_path / "a.img")]) == 0
     capsys.readouterr()
