@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 import struct
 from collections import namedtuple
-from typing import BinaryIO
 
 from .errors import ImageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing is dear to import in the VM
+    from typing import BinaryIO
 
 HEADER_SIZE = 28
 PACK_OFFSET = HEADER_SIZE

@@ -10,8 +10,30 @@ length) followed by the payload.
 from __future__ import annotations
 
 import struct
+from collections import namedtuple
 from collections.abc import Iterator
-from typing import NamedTuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NamedTuple
+else:
+    # typing costs ~0.1 s of imports in the VM (re, enum, functools...): the few
+    # lines of typing.NamedTuple these classes use, on collections.namedtuple.
+    class _NamedTupleMeta(type):
+        def __new__(mcls, name: str, bases: tuple, ns: dict) -> type:
+            if not bases:  # NamedTuple itself
+                return super().__new__(mcls, name, bases, ns)
+            fields = list(ns.get("__annotations__", {}))
+            defaults = [ns[f] for f in fields if f in ns]
+            cls = namedtuple(name, fields, defaults=defaults, module=ns["__module__"])
+            cls.__annotations__ = ns.get("__annotations__", {})
+            for key, value in ns.items():
+                if key not in fields and key not in ("__module__", "__qualname__", "__annotations__"):
+                    setattr(cls, key, value)
+            return cls
+
+    class NamedTuple(metaclass=_NamedTupleMeta):
+        pass
 
 VERSION = 1
 MAGIC = b"docteur\0"

@@ -94,7 +94,17 @@ def imported_names(sources: list[Path]) -> set[str]:
     """Every module an import statement in these files may load, dotted names included."""
     names: set[str] = set()
     for src in sources:
-        for node in ast.walk(ast.parse(src.read_bytes(), str(src))):
+        tree = ast.parse(src.read_bytes(), str(src))
+        # `if TYPE_CHECKING:` imports are for type checkers only: never in the guest.
+        typing_only = {
+            id(n) for node in ast.walk(tree)
+            if isinstance(node, ast.If) and isinstance(node.test, ast.Name)
+            and node.test.id == "TYPE_CHECKING"
+            for stmt in node.body for n in ast.walk(stmt)
+        }  # fmt: skip
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.Import):
                 names.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
