@@ -176,3 +176,21 @@ def test_console_output_is_clean(gen) -> None:
     assert lines[5] == "error: no disk named 'zz' (disks: docteur)"
     assert not any(ln.startswith("docteur:docteur>") for ln in lines)  # no prompts in a pipe
     assert "" not in lines and any(ln.startswith("verified.docteur: ") for ln in lines)
+
+
+def test_console_ends_when_the_server_goes_away(gen) -> None:
+    """The server stops under the console: one error, exit 1 (not an error per command)."""
+    from tests.runtime_images import serving, shutdown
+
+    with serving({"docteur": gen[1]}) as sock:
+        proc = subprocess.Popen([*DOCTEUR, "query", "--socket", sock], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"ping\n")
+        proc.stdin.flush()
+        proc.stdout.readline()  # the banner
+        assert proc.stdout.readline().startswith(b"pong in ")
+        shutdown(sock)
+        out, err = proc.communicate(b"ping\nls /\nstat /README.md\n", timeout=30)
+    assert proc.returncode == 1, (out, err)
+    assert out.decode().count("error: connection lost") == 1, out

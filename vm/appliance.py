@@ -175,7 +175,7 @@ class Appliance:
         with contextlib.suppress(OSError, TypeError):
             lines = (self.rundir / "qemu.err").read_text(errors="replace").split("\n")  # type: ignore[operator]
             said = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
-            said = f": {said.removeprefix(f'{qemu.QEMU}: ')}" if rc else ""
+            said = f": {said.removeprefix(f'{qemu.QEMU}: ')}" if rc and said else ""
         return how + reason + said
 
     # ---- guest log -------------------------------------------------------

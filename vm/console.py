@@ -14,7 +14,7 @@ import sys
 import time
 from typing import BinaryIO
 
-from docteur.vm.client import Client, ClientError
+from docteur.vm.client import Client, ClientError, ConnectionLost
 
 HELP = """\
 get PATH [OFFSET [LENGTH]]  print a file (a symlink prints its target)
@@ -189,8 +189,11 @@ def console(runner: asyncio.Runner, client: Client) -> int:
             sys.stdout.flush()  # text before the raw bytes of the answer
             out.last = b"\n"
             problem = None
+            lost = False
             try:
                 runner.run(execute(client, argv, out))
+            except ConnectionLost as exc:  # the server is gone: nothing more will work
+                problem, lost = f"error: {exc}", True
             except (ClientError, UsageError) as exc:
                 problem = f"error: {exc}"
             except KeyboardInterrupt:
@@ -200,5 +203,7 @@ def console(runner: asyncio.Runner, client: Client) -> int:
             out.flush()
             if problem:
                 print(problem, flush=True)
+            if lost:
+                return 1
     finally:
         _save_history()
