@@ -264,7 +264,7 @@ def test_cli_socket_reports_a_dead_guest(repo_image: tuple[Path, Path], tmp_path
         os.kill(int(children[0]), signal.SIGKILL)
         _, err = server.communicate(timeout=30)
         assert server.returncode == 1
-        assert b"the guest stopped: QEMU killed by signal 9" in err
+        assert b"the guest stopped: QEMU killed by signal 9\n" in err  # nothing dangling after it
         assert not sock.exists() and process_gone(int(children[0]))
     finally:
         if server.poll() is None:
