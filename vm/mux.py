@@ -56,11 +56,14 @@ class Mux:
         client = Client(self, writer)
         self.clients.add(client)
         try:
+            await client.send(self.hello)  # PROTOCOL.md: the server speaks first
             while True:
                 header = await reader.readexactly(p.HEADER_SIZE)
                 ftype, code, rid, length = p.HEADER.unpack(header)
-                if length > p.MAX_REQUEST:
-                    break  # the guest would refuse it too; this client is broken
+                if length > p.MAX_REQUEST:  # as the guest answers it: ERROR, then close
+                    why = f"frame of {length} bytes, the limit is {p.MAX_REQUEST}".encode()
+                    await client.send(p.frame(p.ERROR, p.ERROR_CODES["too_large"], rid, why))
+                    break
                 payload = await reader.readexactly(length) if length else b""
                 if ftype == p.GREET:
                     await client.send(self.hello)
@@ -74,7 +77,9 @@ class Mux:
                 elif ftype == p.CANCEL and rid in client.by_own:
                     self.up_writer.write(p.HEADER.pack(p.CANCEL, 0, client.by_own[rid], 0))
                     await self.up_writer.drain()
-                else:
+                elif ftype != p.CANCEL:  # a frame no client sends: ERROR protocol, then close
+                    why = f"unexpected frame type {ftype:#x} from a client".encode()
+                    await client.send(p.frame(p.ERROR, p.ERROR_CODES["protocol"], 0, why))
                     break
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
