@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Turn a Git repository into a verified disk image."
     )
     _add_globals(parser)
+    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_make(sub)
     _add_verify(sub)
@@ -130,10 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("docteur")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def _single(
     prog: str, add_args: Callable[[argparse.ArgumentParser], None], description: str
 ) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--version", action="version", version=f"{prog} {_version()}")
     add_args(parser)  # brings --log-format and -v with it
     return parser
 

@@ -200,3 +200,14 @@ def test_server_progress_shows_whole_lines_only() -> None:
         slow.message(f"remote: Counting objects: {n}%")
     slow.message("remote: Counting objects: 100%, done.")
     assert out.getvalue().count("\r") == 2  # the first one, then `done.`: not 51 redraws
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from docteur.builder.cli import main, verify_main
+
+    for entry in (main, verify_main):
+        with pytest.raises(SystemExit) as stop:
+            entry(["--version"])
+        assert stop.value.code == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("docteur 0.") and out[1].startswith("docteur.verify 0.")
