@@ -12,6 +12,7 @@ import errno
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from docteur.guest.errors import DocteurError
 from docteur.guest.layout import DEFAULT_BLOCK_SIZE
@@ -21,6 +22,24 @@ from .errors import Terminated
 from .redact import redact
 
 PROG = "docteur"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors are one JSON line too under --log-format json
+    (subcommand parsers are of the same class)."""
+
+    def error(self, message: str) -> NoReturn:
+        if log.is_json():
+            log.error_line(f"{message} (see {self.prog} --help)", self.prog)
+            sys.exit(2)
+        super().error(message)
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    for i, arg in enumerate(argv):
+        if arg == "--log-format=json" or (arg == "--log-format" and argv[i + 1 : i + 2] == ["json"]):
+            return True
+    return False
 
 
 def _add_globals(p: argparse.ArgumentParser, *, sub: bool = False) -> None:
@@ -114,7 +133,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, description="Turn a Git repository into a verified disk image."
     )
     _add_globals(parser)
@@ -143,7 +162,7 @@ def _version() -> str:
 def _single(
     prog: str, add_args: Callable[[argparse.ArgumentParser], None], description: str
 ) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = _Parser(prog=prog, description=description)
     parser.add_argument("--version", action="version", version=f"{prog} {_version()}")
     add_args(parser)  # brings --log-format and -v with it
     return parser
@@ -167,6 +186,7 @@ def _terminate(_signum: int, _frame: object) -> None:
 
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    log.configure("json" if _wants_json(sys.argv[1:] if argv is None else argv) else "console")
     args = parser.parse_args(argv)
     log.configure(getattr(args, "log_format", "console"), getattr(args, "verbose", 0))
     # SIGTERM (`timeout`, `kill`) cleans up like Ctrl-C: no temp file, scratch dir or VM left.

@@ -43,6 +43,10 @@ def _json_line(level: str, event: str, fields: dict[str, Any]) -> None:
     sys.stderr.flush()
 
 
+def is_json() -> bool:
+    return _FORMAT[0] == "json"
+
+
 def error_line(message: str, prog: str = "docteur") -> None:
     """The one line a failure prints on stderr: `docteur: error: ...`, or a JSON
     object ({"event": ..., "level": "error"}) under --log-format json."""
