@@ -17,6 +17,9 @@ from .pack import PackReader
 # undeltified blobs are inflated twice (hash, then serve) to keep memory flat.
 STREAM_THRESHOLD = 4 << 20
 _VERIFIED_MEMORY = 65536
+# Inflated pieces of the hashing pass: 256 KiB inflated ~1.5x faster than 1 MiB
+# under TCG (fresh 1 MiB buffers are page-faulted in at every piece).
+_HASH_CHUNK = 1 << 18
 
 
 class Image:
@@ -56,6 +59,7 @@ class Image:
             raise
 
     def close(self) -> None:
+        self.pack.close()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -127,7 +131,7 @@ class Image:
             raise IntegrityError(f"object {oid.hex()} is a {TYPE_NUMBERS[entry.type]}, not a blob")
         if not self.fully_verified and pack_offset not in self._verified:
             h = hashlib.sha1(object_header(BLOB, entry.size))
-            for piece in self.pack.inflate_chunks(entry, 1 << 20):
+            for piece in self.pack.inflate_chunks(entry, _HASH_CHUNK, direct=True):
                 h.update(piece)
             if h.digest() != oid:
                 raise IntegrityError(
@@ -136,7 +140,7 @@ class Image:
             self._remember_verified(pack_offset)
         stop = entry.size if length is None else min(entry.size, offset + length)
         pos = 0
-        for piece in self.pack.inflate_chunks(entry, chunk_size):
+        for piece in self.pack.inflate_chunks(entry, chunk_size, direct=True):
             end = pos + len(piece)
             if end > offset and pos < stop:
                 yield piece[max(0, offset - pos) : stop - pos]

@@ -8,6 +8,7 @@ does not grow with the size of the PACK.
 from __future__ import annotations
 
 import os
+import stat
 import zlib
 from collections import OrderedDict, namedtuple
 from collections.abc import Iterator
@@ -23,6 +24,10 @@ OFS_DELTA, REF_DELTA = 6, 7
 _HEADER_PEEK = 64
 _READ = 1 << 16
 _MAX_READ = 1 << 20
+# Direct I/O (block devices only): reads of whole aligned blocks into a buffer of
+# this size, DMA'd by the device, bypassing the page cache.
+_DIRECT_ALIGN = 4096
+_DIRECT_READ = 1 << 20
 
 
 class Entry(namedtuple("Entry", "offset type size data_offset base_offset base_id", defaults=(None, None))):
@@ -87,6 +92,12 @@ class PackReader:
         self._cache: OrderedDict[int, tuple[int, bytes]] = OrderedDict()
         self._cache_bytes = 0
         self._cache_limit = cache_bytes
+        self._direct_fd: int | None = None  # -1: no direct I/O here
+
+    def close(self) -> None:
+        if self._direct_fd is not None and self._direct_fd >= 0:
+            os.close(self._direct_fd)
+        self._direct_fd = None
 
     # -- raw access ---------------------------------------------------------
     def pread(self, n: int, offset: int) -> bytes:
@@ -99,38 +110,100 @@ class PackReader:
             raise IntegrityError(f"PACK offset {offset} is outside the PACK")
         return parse_entry(self.pread(_HEADER_PEEK, offset), offset)
 
-    def inflate_chunks(self, entry: Entry, chunk_size: int = _READ) -> Iterator[bytes]:
-        """The entry's inflated data in pieces, checked against its declared size."""
-        d = zlib.decompressobj()
+    def _direct(self) -> int:
+        """An O_DIRECT descriptor of the same block device, or -1.
+
+        Under TCG the page cache path (readahead, cache insertion, the copy to
+        user space) reads a virtio-blk disk at ~140 MB/s, direct reads at
+        ~1 GB/s. Only for block devices: an image file on the host keeps the
+        page cache, which caches it."""
+        if self._direct_fd is None:
+            self._direct_fd = -1
+            try:
+                if stat.S_ISBLK(os.fstat(self.fd).st_mode):
+                    self._direct_fd = os.open(
+                        f"/proc/self/fd/{self.fd}", os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC
+                    )
+            except (OSError, AttributeError):
+                pass
+        return self._direct_fd
+
+    def _compressed(self, entry: Entry, read_size: int, direct: bool) -> Iterator[bytes | memoryview]:
+        """The PACK bytes from the entry's data on, in pieces, up to the trailer.
+
+        A direct read yields views of one buffer, refilled at the next step: each
+        piece is used up before the next is asked for. The buffer is this
+        generator's own, never shared by two streams."""
         pos = entry.data_offset
-        produced = 0
+        fd = self._direct() if direct and entry.size > _DIRECT_READ else -1
+        if fd >= 0:
+            import mmap  # a shared library: loaded only when needed
+
+            # Page-aligned, as O_DIRECT wants; unmapped when the last view goes.
+            view = memoryview(mmap.mmap(-1, _DIRECT_READ))
+            limit = self.base + self.end - 20
+            at = self.base + pos
+            skip = at % _DIRECT_ALIGN
+            at -= skip
+            while at < limit:
+                n = os.preadv(fd, [view], at)
+                stop = min(n, limit - at)
+                if stop > skip:
+                    yield view[skip:stop]
+                if n < len(view):
+                    return
+                at += n
+                skip = 0
+            return
         # Compressed data is rarely much bigger than its output: read it in one go
         # when small. Big objects are read in pieces as large as the chunks asked
         # for, so that incompressible data comes out in few, big pieces (each
         # piece costs interpreter time, which is dear under TCG).
-        read_size = max(_READ, min(chunk_size, _MAX_READ))
         want = min(max(entry.size + 64, 256), read_size)
+        while True:
+            raw = self.pread(want, pos)
+            if not raw:
+                return
+            pos += len(raw)
+            want = read_size
+            yield raw
+
+    def inflate_chunks(
+        self, entry: Entry, chunk_size: int = _READ, direct: bool = False
+    ) -> Iterator[bytes]:
+        """The entry's inflated data in pieces, checked against its declared size.
+
+        `direct`: read a big entry with direct I/O when the image is a block device."""
+        d = zlib.decompressobj()
+        produced = 0
+        read_size = max(_READ, min(chunk_size, _MAX_READ))
+        pieces = self._compressed(entry, read_size, direct)
         try:
-            while not d.eof:
-                raw = self.pread(want, pos)
-                if not raw:
-                    raise IntegrityError(f"PACK entry at {entry.offset}: zlib data runs off the PACK")
-                pos += len(raw)
-                want = read_size
-                data = d.decompress(raw, chunk_size)
-                while True:
-                    if data:
-                        produced += len(data)
-                        if produced > entry.size:
+            for piece in pieces:
+                raw = memoryview(piece)
+                # At most chunk_size of input per call: when the output fills
+                # max_length, zlib copies the rest of its input (unconsumed_tail).
+                for at in range(0, len(raw), chunk_size):
+                    data = d.decompress(raw[at : at + chunk_size], chunk_size)
+                    while True:
+                        if data:
+                            produced += len(data)
+                            if produced > entry.size:
+                                break
+                            yield data
+                        if not d.unconsumed_tail:
                             break
-                        yield data
-                    if not d.unconsumed_tail:
+                        data = d.decompress(d.unconsumed_tail, chunk_size)
+                    if d.eof or produced > entry.size:
                         break
-                    data = d.decompress(d.unconsumed_tail, chunk_size)
-                if produced > entry.size:
+                if d.eof or produced > entry.size:
                     break
+            else:
+                raise IntegrityError(f"PACK entry at {entry.offset}: zlib data runs off the PACK")
         except zlib.error as exc:
             raise IntegrityError(f"PACK entry at {entry.offset}: bad zlib data ({exc})") from None
+        finally:
+            pieces.close()
         if produced != entry.size:
             raise IntegrityError(
                 f"PACK entry at {entry.offset}: inflates to {produced} bytes, header says {entry.size}"
