@@ -301,3 +301,30 @@ def test_cli_qemu_failure_says_why_in_one_line(repo_image: tuple[Path, Path]) ->
         err = proc.stderr.decode()
         assert proc.returncode == 1 and err.count("\n") == 1, err
         assert "QEMU exited with status 1: " in err and "qemu-system" not in err, err
+
+
+def test_cli_socket_interrupted_during_boot_stops_at_once(repo_image: tuple[Path, Path],
+                                                          tmp_path: Path) -> None:  # fmt: skip
+    """SIGTERM (or Ctrl-C) before the guest is ready: no full boot first, no "serving"
+    line, exit 143, QEMU reaped, no socket left."""
+    sock = tmp_path / "s.sock"
+    server = subprocess.Popen([*DOCTEUR, "run", str(repo_image[1]), "--socket", str(sock)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        children: list[str] = []
+        while not children and time.monotonic() < deadline:  # QEMU started: the boot is on
+            time.sleep(0.05)
+            children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+        time.sleep(0.3)
+        server.send_signal(signal.SIGTERM)
+        t0 = time.monotonic()
+        out, err = server.communicate(timeout=30)
+        assert time.monotonic() - t0 < 2.0, "waited for the boot to finish"
+        assert server.returncode == 143 and out == b"", (out, err)
+        assert err.decode().strip() == "docteur: error: terminated"
+        assert not sock.exists() and process_gone(int(children[0]))
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()

@@ -14,9 +14,11 @@ import contextlib
 import errno
 import importlib
 import os
+import signal
 import socket
 import stat
 import sys
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -94,6 +96,23 @@ def _target(name: str) -> ModuleType:
     module = _microvm_module()
     assert module is not None
     return module
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """While serving, SIGINT and SIGTERM set `stop` (a clean power-off follows); before
+    and after, they raise as usual, so an interrupted boot unwinds at once."""
+    loop = asyncio.get_running_loop()
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in saved:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            loop.remove_signal_handler(sig)
+            with contextlib.suppress(TypeError, ValueError):
+                signal.signal(sig, handler)
 
 
 SUN_PATH_MAX = 107  # sun_path is 108 bytes, the terminating NUL included

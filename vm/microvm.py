@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import structlog
 from docteur.builder.log import error_line, notice
 from docteur.vm import qemu
 from docteur.vm.appliance import Appliance, ApplianceError, GuestRefused
-from docteur.vm.cli import claim_socket_path
+from docteur.vm.cli import claim_socket_path, stop_on_signals
 from docteur.vm.mux import Mux
 
 DEFAULT_DISK = "docteur"
@@ -92,18 +91,17 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
     """Boot, listen on `path` for protocol clients, print one ready line, serve
     until SIGINT/SIGTERM or the guest goes away; then power off cleanly."""
     claim_socket_path(path)  # before a boot that would be wasted
+    # Ctrl-C/SIGTERM during the boot raise (the VM is reaped on the way out); once
+    # serving, they ask for a clean power-off.
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        async with appliance(args, make_client=None) as vm:
-            assert vm.reader is not None and vm.writer is not None
-            claim_socket_path(path)  # again: the boot took a while
-            mux = Mux(vm.reader, vm.writer, vm.hello)
-            pump = asyncio.create_task(mux.pump_upstream())
-            server = await asyncio.start_unix_server(mux.handle, path=path)
-            try:
+    async with appliance(args, make_client=None) as vm:
+        assert vm.reader is not None and vm.writer is not None
+        claim_socket_path(path)  # again: the boot took a while
+        mux = Mux(vm.reader, vm.writer, vm.hello)
+        pump = asyncio.create_task(mux.pump_upstream())
+        server = await asyncio.start_unix_server(mux.handle, path=path)
+        try:
+            with stop_on_signals(stop):
                 line = ready or f"docteur: serving {', '.join(vm.blocks)} on {path}"
                 print(line, flush=True)
                 closed = asyncio.create_task(mux.closed.wait())
@@ -111,21 +109,18 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
                 await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)
                 closed.cancel()
                 stopped.cancel()
-                if mux.closed.is_set():
-                    with contextlib.suppress(Exception, asyncio.TimeoutError):
-                        await vm.wait(2.0)
-                    if vm.clean_shutdown:  # a client asked for `shutdown`
-                        notice("docteur: the guest powered off", "guest powered off")
-                        return 0
-                    error = ApplianceError(f"the guest stopped: {vm.exit_description()}", vm.log_tail())
-                    error_line(describe(error))
-                    return 1
-                return 0
-            finally:
-                server.close()
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-                pump.cancel()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+            if mux.closed.is_set():
+                with contextlib.suppress(Exception, asyncio.TimeoutError):
+                    await vm.wait(2.0)
+                if vm.clean_shutdown:  # a client asked for `shutdown`
+                    notice("docteur: the guest powered off", "guest powered off")
+                    return 0
+                error = ApplianceError(f"the guest stopped: {vm.exit_description()}", vm.log_tail())
+                error_line(describe(error))
+                return 1
+            return 0
+        finally:
+            server.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            pump.cancel()

@@ -153,7 +153,7 @@ async def _reap(proc: asyncio.subprocess.Process) -> None:
 async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -> int:
     """Serve the images on the unix socket `path` until SIGINT/SIGTERM."""
     blocks_of(args)  # fail early, before anything starts
-    from docteur.vm.cli import claim_socket_path
+    from docteur.vm.cli import claim_socket_path, stop_on_signals
 
     claim_socket_path(path)  # a stale socket would look ready; anything else is kept
     proc = await asyncio.create_subprocess_exec(
@@ -163,20 +163,20 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
     log.info("guest server started", pid=proc.pid, mode="listen", socket=path)
     tail = _Tail(proc.stderr)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         hello = await _await_ready(proc, path, _timeout(args), tail)
         if not hello.ok:
             error_line(hello.fields.get("error", "boot failed"))
             return 1
         disks = ", ".join(hello.disks)
-        print(ready or f"docteur: serving {disks} on {path}", flush=True)
-        waiter = asyncio.create_task(proc.wait())
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
+        # Ctrl-C/SIGTERM before this raise (the server is stopped on the way out);
+        # from now on they stop serving cleanly.
+        with stop_on_signals(stop):
+            print(ready or f"docteur: serving {disks} on {path}", flush=True)
+            waiter = asyncio.create_task(proc.wait())
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
         if waiter.done():
             last = tail.lines[-1] if tail.lines else f"exit status {proc.returncode}"
             error_line(f"the guest server stopped: {last}")
@@ -184,8 +184,6 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
         waiter.cancel()
         return 0
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
         if proc.returncode is None:
             proc.terminate()
             try:
