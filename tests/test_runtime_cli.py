@@ -174,6 +174,9 @@ def test_console_output_is_clean(gen) -> None:
     assert lines[1:5] == ["generated", "error: '/nope': no such file or directory in disk 'docteur'",
                           "# ", "error: '/nope': no such file or directory in disk 'docteur'"]  # fmt: skip
     assert lines[5] == "error: no disk named 'zz' (disks: docteur)"
+    with serving({"docteur": gen[1]}) as sock:
+        for args in (["99999999999999999999999"], ["0", str(1 << 64)]):  # over a u64
+            one_line_error(docteur("query", "--socket", sock, "get", "/README.md", *args), "2^64")
     assert not any(ln.startswith("docteur:docteur>") for ln in lines)  # no prompts in a pipe
     assert "" not in lines and any(ln.startswith("verified.docteur: ") for ln in lines)
 

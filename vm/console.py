@@ -48,6 +48,8 @@ def _int(text: str, what: str) -> int:
         raise UsageError(f"{what} must be a number, not {text!r}") from None
     if value < 0:
         raise UsageError(f"{what} must not be negative")
+    if value >= 1 << 64:  # the protocol's u64
+        raise UsageError(f"{what} must be below 2^64")
     return value
 
 
