@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -324,6 +326,48 @@ def test_cli_socket_interrupted_during_boot_stops_at_once(repo_image: tuple[Path
         assert server.returncode == 143 and out == b"", (out, err)
         assert err.decode().strip() == "docteur: error: terminated"
         assert not sock.exists() and process_gone(int(children[0]))
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def test_kill9_of_docteur_run_leaves_a_run_directory_the_next_start_removes(
+    repo_image: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """kill -9 of `docteur run`: QEMU dies with it (PDEATHSIG); its run directory, locked
+    by the dead process, is removed by the next appliance start (qemu.make_rundir)."""
+    from docteur.vm import qemu
+
+    server = subprocess.Popen([*DOCTEUR, "run", str(repo_image[1]), "--socket", str(tmp_path / "s")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        rundir = None
+        while rundir is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            for lock in Path(qemu.RUNDIR_BASE).glob(f"{qemu.RUNDIR_PREFIX}*/{qemu.OWNER_LOCK}"):
+                with contextlib.suppress(OSError):
+                    if lock.read_text().strip() == str(server.pid):
+                        rundir = lock.parent
+        assert rundir is not None, "no run directory owned by docteur run"
+        children: list[str] = []
+        while not children and time.monotonic() < deadline:  # QEMU started
+            children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
+            time.sleep(0.02)
+        assert children
+        assert str(rundir) not in qemu.clean_stale_rundirs()  # its owner runs: kept
+        server.kill()
+        server.wait(10)
+        deadline = time.monotonic() + 10
+        while not process_gone(int(children[0])) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process_gone(int(children[0]))  # QEMU died with its parent
+        assert rundir.is_dir()  # nobody could remove it...
+        path, fd = qemu.make_rundir()  # ...until the next appliance starts
+        os.close(fd)
+        shutil.rmtree(path)
+        assert not rundir.exists()
     finally:
         if server.poll() is None:
             server.kill()
