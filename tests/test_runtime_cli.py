@@ -100,6 +100,14 @@ def test_run_socket_then_query(gen) -> None:
     one_line_error(docteur("query", "--socket", sock, "info"), "cannot connect")
 
 
+def test_output_disk_full_is_one_plain_line(gen) -> None:
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([*DOCTEUR, "run", "--target", "unix", str(gen[1]), "--filename",
+                               "/README.md"], stdout=full, stderr=subprocess.PIPE, timeout=60)  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.decode() == "docteur: error: writing the output: No space left on device\n"
+
+
 def test_socket_path_never_replaces_a_file_or_a_live_server(gen, tmp_path: Path) -> None:
     """--socket on an existing file must not delete it; a live server is not taken over;
     a stale socket is replaced; too long or in a missing directory: one line, no boot."""

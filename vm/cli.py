@@ -171,6 +171,10 @@ def _fail(message: str) -> int:
 
 
 def _describe(target: ModuleType, exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror and not str(exc).startswith("[Errno"):
+        return str(exc)  # asyncio's own wording names the address
+    if isinstance(exc, OSError) and exc.strerror:  # not "[Errno 28] ..."
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
     describe = getattr(target, "describe", None)
     return describe(exc) if callable(describe) else str(exc)
 
@@ -199,9 +203,14 @@ def run_main(args: argparse.Namespace) -> int:
 async def _print_file(target: ModuleType, args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     async with target.session(args) as client:
-        async for chunk in client.stream(args.filename, disk=args.disk):
-            out.write(chunk)
-        out.flush()
+        try:
+            async for chunk in client.stream(args.filename, disk=args.disk):
+                out.write(chunk)
+            out.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:  # stdout on a full disk, ...
+            raise ClientError(f"writing the output: {exc.strerror or exc}") from None
     return 0
 
 
