@@ -206,3 +206,22 @@ def test_console_ends_when_the_server_goes_away(gen) -> None:
     assert proc.returncode == 1, (out, err)
     errors = [ln for ln in out.decode().splitlines() if ln.startswith("error: ")]
     assert len(errors) == 1 and ("connection lost" in errors[0] or "closed" in errors[0]), out
+
+
+def test_console_history_command(gen) -> None:
+    """`history` lists what was typed (readline's history); as a one-shot command it says
+    where it belongs."""
+    import readline
+
+    from docteur.vm import console
+
+    readline.clear_history()
+    for line in ("ls /", "get /README.md"):
+        readline.add_history(line)
+    assert console._history() == ["ls /", "get /README.md"]
+    readline.clear_history()
+    assert "history" in console.HELP
+    from tests.runtime_images import serving
+
+    with serving({"docteur": gen[1]}) as sock:
+        one_line_error(docteur("query", "--socket", sock, "history"), "only in the console")

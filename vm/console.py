@@ -25,10 +25,11 @@ size PATH | digest PATH | mtime PATH
 info                        the commit and the image
 disk [NAME]                 show or choose the disk (default docteur)
 ping                        round trip time
+history                     the commands typed so far (up/down arrows recall them)
 help | quit"""
 
 COMMANDS = ("get", "cat", "ls", "list", "stat", "exists", "size", "digest", "mtime",
-            "last_modified", "info", "ping", "help", "disk", "quit", "exit")  # fmt: skip
+            "last_modified", "info", "ping", "help", "history", "disk", "quit", "exit")  # fmt: skip
 
 
 class UsageError(Exception):
@@ -110,6 +111,8 @@ async def execute(client: Client, argv: list[str], out: BinaryIO) -> None:
                 raise UsageError(f"no disk named {argv[1]!r} (disks: {', '.join(known)})")
             client.disk = argv[1]
         line(f"disk {client.disk} (disks: {', '.join(client.hello.disks) if client.hello else '?'})")
+    elif cmd == "history":
+        raise UsageError("history: only in the console (docteur query with no command)")
     else:
         raise UsageError(f"unknown command {cmd!r} (try help)")
     out.flush()
@@ -132,6 +135,14 @@ def _setup_readline() -> None:
     readline.set_completer(
         lambda text, state: ([w for w in words if w.startswith(text)] + [None])[state]
     )
+
+
+def _history() -> list[str]:
+    try:
+        import readline
+    except ImportError:
+        return []
+    return [readline.get_history_item(i) for i in range(1, readline.get_current_history_length() + 1)]
 
 
 def _save_history() -> None:
@@ -188,6 +199,10 @@ def console(runner: asyncio.Runner, client: Client) -> int:
                 continue
             if argv[0] in ("quit", "exit"):
                 return 0
+            if argv[0] == "history":
+                for number, line in enumerate(_history(), 1):
+                    print(f"{number:5d}  {line}")
+                continue
             sys.stdout.flush()  # text before the raw bytes of the answer
             out.last = b"\n"
             problem = None
