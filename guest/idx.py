@@ -7,11 +7,11 @@ with no I/O.
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections.abc import Iterable, Iterator
 
 from .errors import ImageError
+from .objects import sha1
 
 MAGIC = b"\377tOc\0\0\0\2"
 _FANOUT = 8
@@ -53,7 +53,7 @@ class Index:
         return self._data[-20:]
 
     def compute_checksum(self) -> bytes:
-        return hashlib.sha1(memoryview(self._data)[:-20]).digest()
+        return sha1(memoryview(self._data)[:-20]).digest()
 
     def oid(self, i: int) -> bytes:
         at = _NAMES + 20 * i
@@ -133,4 +133,4 @@ def build_idx(entries: Iterable[tuple[bytes, int, int]], pack_checksum: bytes) -
         pack_checksum,
     ]
     body = b"".join(parts)
-    return body + hashlib.sha1(body).digest()
+    return body + sha1(body).digest()

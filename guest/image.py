@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -10,7 +9,7 @@ from collections.abc import Iterator
 from .errors import ImageError, IntegrityError
 from .idx import Index
 from .layout import PACK_OFFSET, Layout, read_layout
-from .objects import BLOB, COMMIT, TYPE_NUMBERS, Commit, object_header
+from .objects import BLOB, COMMIT, TYPE_NUMBERS, Commit, object_header, sha1
 from .pack import PackReader
 
 # Objects up to this size are rebuilt in memory and hashed once; bigger
@@ -81,7 +80,7 @@ class Image:
         if offset in self._verified:
             self._verified.move_to_end(offset)
             return
-        h = hashlib.sha1(object_header(kind, len(body)))
+        h = sha1(object_header(kind, len(body)), len(body))
         h.update(body)
         if h.digest() != oid:
             raise IntegrityError(
@@ -130,7 +129,7 @@ class Image:
         if TYPE_NUMBERS[entry.type] != BLOB:
             raise IntegrityError(f"object {oid.hex()} is a {TYPE_NUMBERS[entry.type]}, not a blob")
         if not self.fully_verified and pack_offset not in self._verified:
-            h = hashlib.sha1(object_header(BLOB, entry.size))
+            h = sha1(object_header(BLOB, entry.size), entry.size)
             for piece in self.pack.inflate_chunks(entry, _HASH_CHUNK, direct=True):
                 h.update(piece)
             if h.digest() != oid:

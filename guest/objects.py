@@ -6,10 +6,14 @@ byte for byte (`as_raw`); `object_id` hashes a body the way git does.
 
 from __future__ import annotations
 
-import hashlib
 from collections import namedtuple
 
 from .errors import IntegrityError
+
+try:
+    from _sha1 import sha1 as _builtin_sha1
+except ImportError:  # a Python built without it
+    from hashlib import sha1 as _builtin_sha1
 
 COMMIT, TREE, BLOB, TAG = "commit", "tree", "blob", "tag"
 # Type numbers as they appear in a PACK entry header.
@@ -23,13 +27,37 @@ MODE_LINK = 0o120000
 MODE_GITLINK = 0o160000
 
 
+# Inputs from this size on are hashed by OpenSSL when the guest has it: ~115 MB/s
+# under TCG against ~50 MB/s for Python's builtin SHA-1, but loading libcrypto
+# costs ~40 ms in the VM, which only big inputs repay (a small image boots
+# without it).
+BIG_HASH = 4 << 20
+_openssl_sha1: object = None  # None: not looked for yet; False: absent
+
+
+def sha1(data: bytes | memoryview = b"", size: int = 0):  # type: ignore[no-untyped-def]
+    """A SHA-1 object (hashlib's interface) for `data` and `size` bytes in all."""
+    global _openssl_sha1
+    if max(size, len(data)) >= BIG_HASH:
+        if _openssl_sha1 is None:
+            try:
+                from _hashlib import openssl_sha1
+
+                _openssl_sha1 = openssl_sha1
+            except ImportError:
+                _openssl_sha1 = False
+        if _openssl_sha1:
+            return _openssl_sha1(data)  # type: ignore[operator]
+    return _builtin_sha1(data)
+
+
 def object_header(kind: str, size: int) -> bytes:
     return b"%s %d\0" % (kind.encode(), size)
 
 
 def object_id(kind: str, body: bytes) -> bytes:
     """Raw SHA-1 of a Git object (header + body)."""
-    h = hashlib.sha1(object_header(kind, len(body)))
+    h = sha1(object_header(kind, len(body)), len(body))
     h.update(body)
     return h.digest()
 

@@ -12,7 +12,6 @@ Each failure raises an error whose message names what and where.
 
 from __future__ import annotations
 
-import hashlib
 import mmap
 import os
 import struct
@@ -26,7 +25,7 @@ from .errors import ImageError, IntegrityError, NotFound
 from .idx import build_idx
 from .image import Image
 from .layout import PACK_OFFSET
-from .objects import MODE_GITLINK, TREE, TYPE_NUMBERS, iter_tree, object_header
+from .objects import MODE_GITLINK, TREE, TYPE_NUMBERS, iter_tree, object_header, sha1
 from .pack import parse_entry
 
 Progress = Callable[[int, int], None]
@@ -46,9 +45,9 @@ def verify_pack(image: Image, progress: Progress | None = None) -> None:
     if count != index.count:
         raise IntegrityError(f"the PACK holds {count} objects but the IDX lists {index.count}")
     end = layout.pack_end - 20
-    h = hashlib.sha1()
     pos = PACK_OFFSET
     total = layout.pack_end - PACK_OFFSET
+    h = sha1(b"", total)
     while pos < end:
         chunk = os.pread(fd, min(_CHUNK, end - pos), pos)
         if not chunk:
@@ -193,7 +192,7 @@ class _Walker:
     def _stream_hash(self, rank: int, kind: str) -> bytes:
         src, size, length = self._span(rank)
         d = zlib.decompressobj()
-        h = hashlib.sha1(object_header(kind, size))
+        h = sha1(object_header(kind, size), size)
         produced = 0
         try:
             for at in range(0, len(src), _CHUNK):
@@ -244,7 +243,7 @@ class _Walker:
 
 
 def _hash(kind: str, body: bytes) -> bytes:
-    h = hashlib.sha1(object_header(kind, len(body)))
+    h = sha1(object_header(kind, len(body)), len(body))
     h.update(body)
     return h.digest()
 

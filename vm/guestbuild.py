@@ -29,7 +29,7 @@ from docteur.vm.elf import modinfo
 
 PY_PACKAGES = (
     "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
-    "libc6", "zlib1g", "libexpat1", "libffi8",
+    "libc6", "zlib1g", "libexpat1", "libffi8", "libssl3",
 )  # fmt: skip
 MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console")
 GUEST_SRC = Path(__file__).resolve().parent.parent / "guest"
