@@ -41,8 +41,8 @@ from docteur.guest.objects import (
 )
 
 from .errors import BuildError
-from .fetch import PackFiles
-from .gittools import git_path, run_git
+from .fetch import PackFiles, pack_objects
+from .gittools import git_path
 from .log import get_logger
 from .progress import Progress
 
@@ -234,15 +234,7 @@ def pack_directory(top: str, date: str | None, workdir: str, image: str | None =
     order = [store.order[-1], *store.order[:-1]]
     out = os.path.join(workdir, "dir")
     if git_path():
-        sha = (
-            run_git(
-                ["--git-dir", store.repo, "pack-objects", "-q", "--threads=1", out],
-                input=b"".join(_line(h, p) for h, p in order),
-                what="git pack-objects",
-            )
-            .strip()
-            .decode()
-        )
+        sha = pack_objects(store.repo, out, b"".join(_line(h, p) for h, p in order))
         return PackFiles(f"{out}-{sha}.pack", f"{out}-{sha}.idx", commit, len(order))
     log.warning("git is not installed: writing an undeltified pack (larger image)")
     objstore = DiskObjectStore(store.objects)

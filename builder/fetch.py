@@ -141,8 +141,9 @@ class Sideband:
     """The server's progress text (git redraws its lines with \\r), shown on the bar
     one whole line at a time: a message may end in the middle of a line."""
 
-    def __init__(self, bar: Progress) -> None:
+    def __init__(self, bar: Progress, prefix: str = "remote: ") -> None:
         self.bar = bar
+        self.prefix = prefix
         self.pending = ""
 
     def __call__(self, msg: bytes) -> None:
@@ -150,7 +151,7 @@ class Sideband:
         *complete, self.pending = re.split(r"[\r\n]", text)
         lines = [p.strip() for p in complete if p.strip()]
         if lines:
-            self.bar.message("remote: " + lines[-1])
+            self.bar.message(self.prefix + lines[-1])
 
 
 class _Sink:
@@ -323,15 +324,7 @@ def _rebuild(pack: Pack, base: str, wanted: list[bytes], commit_hex: bytes, work
         pack_sha = pack.data.get_stored_checksum().hex()
         shutil.copyfile(base + ".pack", os.path.join(packdir, f"pack-{pack_sha}.pack"))
         shutil.copyfile(base + ".idx", os.path.join(packdir, f"pack-{pack_sha}.idx"))
-        sha = (
-            run_git(
-                ["--git-dir", repo, "pack-objects", "-q", "--threads=1", out],
-                input=b"".join(s + b"\n" for s in wanted),
-                what="git pack-objects",
-            )
-            .strip()
-            .decode()
-        )
+        sha = pack_objects(repo, out, b"".join(s + b"\n" for s in wanted))
         return PackFiles(f"{out}-{sha}.pack", f"{out}-{sha}.idx", commit, len(wanted))
     log.warning("git is not installed: writing an undeltified pack (larger image)")
     objects = [pack[s] for s in wanted]
@@ -340,6 +333,17 @@ def _rebuild(pack: Pack, base: str, wanted: list[bytes], commit_hex: bytes, work
     with open(out + ".idx", "wb") as f:
         write_pack_index_v2(f, sorted((k, off, crc) for k, (off, crc) in entries.items()), checksum)
     return PackFiles(out + ".pack", out + ".idx", commit, len(wanted))
+
+
+def pack_objects(repo: str, out: str, wanted: bytes) -> str:
+    """`git pack-objects` of the listed ids into `out-<sha>.pack/.idx`; returns the sha.
+    On a terminal, git's own progress (counting, compressing, writing) shows."""
+    with Progress("packing") as bar:
+        verbosity = "--progress" if bar.enabled else "-q"
+        side = Sideband(bar, prefix="") if bar.enabled else None
+        result = run_git(["--git-dir", repo, "pack-objects", verbosity, "--threads=1", out],
+                         input=wanted, what="git pack-objects", on_stderr=side)  # fmt: skip
+    return result.strip().decode()
 
 
 def _chain(e: BaseException) -> list[BaseException]:

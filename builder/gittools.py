@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 from .errors import BuildError
 
@@ -45,7 +47,12 @@ def run_git(
     input: bytes | None = None,
     cwd: str | None = None,
     what: str = "git",
+    on_stderr: Callable[[bytes], None] | None = None,
 ) -> bytes:
+    """git's stdout; a failure is a BuildError. `on_stderr` receives git's stderr as
+    it comes (its --progress lines), else it is collected for the error message."""
+    if on_stderr is not None:
+        return _run_streaming(args, input, cwd, what, on_stderr)
     proc = subprocess.run(
         git_argv(args),
         input=input,
@@ -66,3 +73,40 @@ def git_failure(what: str, stderr: bytes, status: int) -> BuildError:
     if any("No space left on device" in line or "Disk quota exceeded" in line for line in err):
         return BuildError(f"disk full: {what} failed: {last}")
     return BuildError(f"{what} failed: {last}")
+
+
+def _run_streaming(
+    args: Sequence[str], input: bytes | None, cwd: str | None, what: str,
+    on_stderr: Callable[[bytes], None],
+) -> bytes:  # fmt: skip
+    proc = subprocess.Popen(git_argv(args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=cwd, env=git_env())  # fmt: skip
+    out = bytearray()
+    err = bytearray()
+
+    def feed() -> None:
+        with contextlib.suppress(BrokenPipeError), proc.stdin:  # type: ignore[union-attr]
+            proc.stdin.write(input or b"")  # type: ignore[union-attr]
+
+    def collect() -> None:
+        out.extend(proc.stdout.read())  # type: ignore[union-attr]
+
+    threads = [threading.Thread(target=feed, daemon=True), threading.Thread(target=collect, daemon=True)]
+    try:
+        for t in threads:
+            t.start()
+        while chunk := proc.stderr.read1(65536):  # type: ignore[union-attr]
+            err.extend(chunk)
+            on_stderr(chunk)
+        status = proc.wait()
+        for t in threads:
+            t.join()
+    finally:
+        if proc.poll() is None:  # interrupted: git goes too
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()  # type: ignore[union-attr]
+        proc.stdout.close()  # type: ignore[union-attr]
+    if status != 0:
+        raise git_failure(what, bytes(err), status)
+    return bytes(out)

@@ -26,6 +26,7 @@ class _StderrLogger:
         pass
 
     def msg(self, message: str) -> None:
+        progress.clear_line()  # a log line never lands in the middle of a progress line
         sys.stderr.write(message + "\n")
         sys.stderr.flush()
 
@@ -39,6 +40,7 @@ def _json_line(level: str, event: str, fields: dict[str, Any]) -> None:
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # as structlog's TimeStamper
     record = {k: redact(v) if isinstance(v, str) else v for k, v in fields.items()}
     record.update(event=redact(event), level=level, timestamp=stamp)
+    progress.clear_line()
     sys.stderr.write(json.dumps(record) + "\n")
     sys.stderr.flush()
 
@@ -53,6 +55,7 @@ def error_line(message: str, prog: str = "docteur") -> None:
     if _FORMAT[0] == "json":
         _json_line("error", message, {})
         return
+    progress.clear_line()
     sys.stderr.write(f"{prog}: error: {redact(message)}\n")
     sys.stderr.flush()
 
@@ -63,6 +66,7 @@ def notice(text: str, event: str | None = None, **fields: Any) -> None:
     if _FORMAT[0] == "json":
         _json_line("info", event or text, fields)
         return
+    progress.clear_line()
     sys.stderr.write(redact(text) + "\n")
     sys.stderr.flush()
 

@@ -28,6 +28,16 @@ def human_bytes(n: float) -> str:
 _ALLOWED = [True]  # False under --log-format json: stderr is for JSON lines only
 
 
+_SHOWN: list[Progress] = []  # bars with a line on screen now
+
+
+def clear_line() -> None:
+    """Erase a progress line before something else is written to the terminal (a log
+    line): the bar draws itself again at its next update."""
+    for bar in list(_SHOWN):
+        bar.close()
+
+
 def allow(flag: bool) -> None:
     """Progress displays on (a terminal) or off whatever stderr is (JSON logs)."""
     _ALLOWED[0] = flag
@@ -106,6 +116,8 @@ class Progress:
         self.stream.write("\r\x1b[K" + text)
         self.stream.flush()
         self._shown = True
+        if self not in _SHOWN:
+            _SHOWN.append(self)
 
     def close(self) -> None:
         """Erase the line so that what follows starts clean."""
@@ -113,3 +125,5 @@ class Progress:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
             self._shown = False
+        if self in _SHOWN:
+            _SHOWN.remove(self)

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pty
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -215,3 +216,20 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         assert stop.value.code == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("docteur 0.") and out[1].startswith("docteur.verify 0.")
+
+
+@needs_git
+def test_packing_progress_and_log_lines_on_a_terminal(tmp_path: Path) -> None:
+    """A directory on a terminal: git's packing progress shows ("objects packed"), and a
+    warning is printed on a line of its own, never glued to a progress line."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("a\n")
+    (src / "sub" / ".git").mkdir()  # a nested .git: a warning while "reading" shows
+    (src / "sub" / "b.txt").write_text("b\n")
+    rc, err = _on_a_terminal([sys.executable, "-m", "docteur.builder.cli", "make", str(src),
+                              str(tmp_path / "a.img")])  # fmt: skip
+    assert rc == 0, err
+    assert re.search(r"(Enumerating|Counting|Compressing|Writing) objects|Total \d", err), err  # git's
+    warning = next(part for part in err.split("\r\n") if "nested .git" in part)
+    assert "reading:" not in warning.split("\x1b[K")[-1], repr(warning)
