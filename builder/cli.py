@@ -181,24 +181,30 @@ def _describe(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def _terminate(_signum: int, _frame: object) -> None:
-    raise Terminated()
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise Terminated(signum)
 
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     log.configure("json" if _wants_json(sys.argv[1:] if argv is None else argv) else "console")
     args = parser.parse_args(argv)
     log.configure(getattr(args, "log_format", "console"), getattr(args, "verbose", 0))
-    # SIGTERM (`timeout`, `kill`) cleans up like Ctrl-C: no temp file, scratch dir or VM left.
-    previous = None
+    # SIGTERM (`timeout`, `kill`) and SIGHUP (the terminal closed) clean up like Ctrl-C:
+    # no temp file, scratch dir or VM left.
+    previous = {}
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-        previous = signal.signal(signal.SIGTERM, _terminate)
+        previous = {sig: signal.signal(sig, _terminate) for sig in STOP_SIGNALS}
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as e:
-        terminated = isinstance(e, Terminated)
-        _error("terminated" if terminated else "interrupted", parser.prog)
-        return 143 if terminated else 130
+        if isinstance(e, Terminated):
+            _error("terminated", parser.prog)
+            return e.status
+        _error("interrupted", parser.prog)
+        return 130
     except BrokenPipeError:
         return 1
     except (DocteurError, OSError) as e:
@@ -210,8 +216,8 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         _error(_describe(e), parser.prog)
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _is_expected(e: Exception) -> bool:

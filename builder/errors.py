@@ -8,4 +8,9 @@ class BuildError(DocteurError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that every cleanup runs (temp files, QEMU)."""
+    """SIGTERM (or SIGHUP: the terminal went away), raised like Ctrl-C so that every
+    cleanup runs (temp files, QEMU); `status` is the shell's 128 + signal number."""
+
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(signum)
+        self.status = 128 + signum

@@ -246,12 +246,16 @@ def test_scratch_disk_full_is_not_a_read_error(tmp_path: Path, capsys: pytest.Ca
     assert str(git_failure("git init", b"fatal: other\n", 128)) == "git init failed: fatal: other"
 
 
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
 def test_sigterm_cleans_up_like_ctrl_c(bare: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """`timeout` and `kill` send SIGTERM: no temp image, no scratch directory, the old
-    image untouched, one line, exit 143; the previous SIGTERM handler is restored."""
+                                       monkeypatch: pytest.MonkeyPatch, signame: str) -> None:
+    """`timeout` and `kill` send SIGTERM, a closed terminal SIGHUP: no temp image, no
+    scratch directory, the old image untouched, one line, exit 128+N; the previous
+    handler is restored."""
     import signal
     import tempfile
+
+    signum = getattr(signal, signame)
 
     img = tmp_path / "disk.img"
     img.write_bytes(b"old image")
@@ -262,13 +266,13 @@ def test_sigterm_cleans_up_like_ctrl_c(bare: Path, tmp_path: Path, capsys: pytes
 
     def killed(out, *args, **kwargs):  # type: ignore[no-untyped-def]
         real(out, *args, **kwargs)
-        os.kill(os.getpid(), signal.SIGTERM)  # delivered before the next bytecode
+        os.kill(os.getpid(), signum)  # delivered before the next bytecode
 
     monkeypatch.setattr(make_mod, "write_image", killed)
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(signum)
     rc, _, err = docteur(capsys, "make", bare, img)
-    assert rc == 143 and "terminated" in one_error_line(err)
+    assert rc == 128 + signum and "terminated" in one_error_line(err)
     assert img.read_bytes() == b"old image"
     _only(tmp_path, "disk.img", "scratch")
     assert list(scratch.iterdir()) == []
-    assert signal.getsignal(signal.SIGTERM) == before
+    assert signal.getsignal(signum) == before

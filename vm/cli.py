@@ -100,10 +100,10 @@ def _target(name: str) -> ModuleType:
 
 @contextlib.contextmanager
 def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
-    """While serving, SIGINT and SIGTERM set `stop` (a clean power-off follows); before
-    and after, they raise as usual, so an interrupted boot unwinds at once."""
+    """While serving, SIGINT, SIGTERM and SIGHUP set `stop` (a clean power-off follows);
+    before and after, they raise as usual, so an interrupted boot unwinds at once."""
     loop = asyncio.get_running_loop()
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     for sig in saved:
         loop.add_signal_handler(sig, stop.set)
     try:
@@ -156,9 +156,9 @@ def claim_socket_path(path: str) -> None:
 def _interrupted(exc: KeyboardInterrupt) -> int:
     from docteur.builder.errors import Terminated
 
-    if isinstance(exc, Terminated):  # SIGTERM, once everything is cleaned up
+    if isinstance(exc, Terminated):  # SIGTERM/SIGHUP, once everything is cleaned up
         _fail("terminated")
-        return 143
+        return exc.status
     _fail("interrupted")
     return 130
 
