@@ -128,14 +128,17 @@ class PackReader:
                 pass
         return self._direct_fd
 
-    def _compressed(self, entry: Entry, read_size: int, direct: bool) -> Iterator[bytes | memoryview]:
-        """The PACK bytes from the entry's data on, in pieces, up to the trailer.
+    def pieces(
+        self, pos: int, read_size: int = _MAX_READ, first: int = 0, direct: bool = False
+    ) -> Iterator[bytes | memoryview]:
+        """The PACK bytes from PACK-relative `pos` up to the trailer, in pieces of
+        `read_size` (the first one `first` when given). `direct`: with direct I/O
+        when the image is a block device.
 
         A direct read yields views of one buffer, refilled at the next step: each
         piece is used up before the next is asked for. The buffer is this
         generator's own, never shared by two streams."""
-        pos = entry.data_offset
-        fd = self._direct() if direct and entry.size > _DIRECT_READ else -1
+        fd = self._direct() if direct else -1
         if fd >= 0:
             import mmap  # a shared library: loaded only when needed
 
@@ -155,11 +158,7 @@ class PackReader:
                 at += n
                 skip = 0
             return
-        # Compressed data is rarely much bigger than its output: read it in one go
-        # when small. Big objects are read in pieces as large as the chunks asked
-        # for, so that incompressible data comes out in few, big pieces (each
-        # piece costs interpreter time, which is dear under TCG).
-        want = min(max(entry.size + 64, 256), read_size)
+        want = first or read_size
         while True:
             raw = self.pread(want, pos)
             if not raw:
@@ -177,7 +176,13 @@ class PackReader:
         d = zlib.decompressobj()
         produced = 0
         read_size = max(_READ, min(chunk_size, _MAX_READ))
-        pieces = self._compressed(entry, read_size, direct)
+        # Compressed data is rarely much bigger than its output: read it in one go
+        # when small. Big objects are read in pieces as large as the chunks asked
+        # for, so that incompressible data comes out in few, big pieces (each
+        # piece costs interpreter time, which is dear under TCG).
+        first = min(max(entry.size + 64, 256), read_size)
+        direct = direct and entry.size > _DIRECT_READ
+        pieces = self.pieces(entry.data_offset, read_size, first, direct)
         try:
             for piece in pieces:
                 raw = memoryview(piece)

@@ -48,14 +48,15 @@ def verify_pack(image: Image, progress: Progress | None = None) -> None:
     pos = PACK_OFFSET
     total = layout.pack_end - PACK_OFFSET
     h = sha1(b"", total)
-    while pos < end:
-        chunk = os.pread(fd, min(_CHUNK, end - pos), pos)
-        if not chunk:
-            raise ImageError(f"image truncated at byte {pos}")
+    # Direct I/O on a block device: ~1 GB/s under TCG against ~140 MB/s through
+    # the page cache, which the PACK would fill for nothing.
+    for chunk in image.pack.pieces(0, _CHUNK, direct=total > _CHUNK):
         h.update(chunk)
         pos += len(chunk)
         if progress:
             progress(pos - PACK_OFFSET, total)
+    if pos < end:
+        raise ImageError(f"image truncated at byte {pos}")
     trailer = os.pread(fd, 20, end)
     if h.digest() != trailer:
         raise IntegrityError(
