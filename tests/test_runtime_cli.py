@@ -225,3 +225,21 @@ def test_console_history_command(gen) -> None:
 
     with serving({"docteur": gen[1]}) as sock:
         one_line_error(docteur("query", "--socket", sock, "history"), "only in the console")
+
+
+def test_console_ends_on_sigterm(gen) -> None:
+    """Ctrl-C at the prompt is a fresh prompt; SIGTERM ends the console (exit 143)."""
+    from tests.runtime_images import serving
+
+    with serving({"docteur": gen[1]}) as sock:
+        proc = subprocess.Popen([*DOCTEUR, "query", "--socket", sock], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        assert proc.stdout is not None
+        proc.stdout.readline()  # the banner: the console waits for a command
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 143 and err == b"docteur: error: terminated\n", err

@@ -14,6 +14,7 @@ import sys
 import time
 from typing import BinaryIO
 
+from docteur.builder.errors import Terminated
 from docteur.vm.client import Client, ClientError, ConnectionLost
 
 HELP = """\
@@ -187,6 +188,8 @@ def console(runner: asyncio.Runner, client: Client) -> int:
                 if interactive:
                     print()
                 return 0
+            except Terminated:
+                raise  # SIGTERM/SIGHUP end the console; only Ctrl-C is a fresh prompt
             except KeyboardInterrupt:
                 print()
                 continue
@@ -213,6 +216,8 @@ def console(runner: asyncio.Runner, client: Client) -> int:
                 problem, lost = f"error: {exc}", True
             except (ClientError, UsageError) as exc:
                 problem = f"error: {exc}"
+            except Terminated:
+                raise
             except KeyboardInterrupt:
                 problem = "interrupted"
             if out.last != b"\n":
