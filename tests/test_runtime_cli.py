@@ -243,3 +243,25 @@ def test_console_ends_on_sigterm(gen) -> None:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 143 and err == b"docteur: error: terminated\n", err
+
+
+def test_unix_serve_ends_on_a_client_shutdown_like_the_microvm(gen) -> None:
+    """A client's `shutdown`: exit 0 and a plain line (as the microVM's power-off), not
+    "error: the guest server stopped: <its last log line>"."""
+    from tests.runtime_images import shutdown
+
+    where = tempfile.mkdtemp(prefix="dtu", dir="/tmp")
+    sock = os.path.join(where, "s")
+    proc = subprocess.Popen([*DOCTEUR, "run", "--target", "unix", str(gen[1]), "--socket", sock],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        assert proc.stdout is not None and sock in proc.stdout.readline().decode()
+        shutdown(sock)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0 and err == b"docteur: the guest server stopped\n", err
+        assert not os.path.exists(sock)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(where, ignore_errors=True)

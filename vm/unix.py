@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 
 import structlog
 
-from docteur.builder.log import error_line
+from docteur.builder.log import error_line, notice
 from docteur.guest.protocol import Hello
 from docteur.vm.client import Client, ClientError
 
@@ -178,8 +178,11 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
             await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
             stopper.cancel()
         if waiter.done():
+            if proc.returncode == 0:  # a client asked for `shutdown`, as the microVM powers off
+                notice("docteur: the guest server stopped", "guest server stopped")
+                return 0
             last = tail.lines[-1] if tail.lines else f"exit status {proc.returncode}"
-            error_line(f"the guest server stopped: {last}")
+            error_line(f"the guest server stopped (exit status {proc.returncode}): {last}")
             return 1
         waiter.cancel()
         return 0
