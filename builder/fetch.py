@@ -403,4 +403,10 @@ def _fetch_error(e: Exception, source: Source) -> BuildError:
     for x in chain:
         if isinstance(x, OSError) and x.errno in (errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH):
             return BuildError(f"cannot reach {where}: {x.strerror}")
+    for x in chain:
+        if isinstance(x, FileNotFoundError) and x.filename:  # the ssh command itself
+            return BuildError(f"fetching {where} failed: cannot run {x.filename}: {x.strerror}")
+        if isinstance(x, OSError) and x.strerror:  # not "[Errno N] ..."
+            detail = f"{x.filename}: {x.strerror}" if x.filename else x.strerror
+            return BuildError(f"fetching {where} failed: {redact(detail)}")
     return BuildError(f"fetching {where} failed: {redact(str(e)) or type(e).__name__}")

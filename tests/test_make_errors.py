@@ -206,6 +206,14 @@ def test_ssh_failures(ssh_says: str, expect: str, tmp_path: Path,
     assert not (tmp_path / "x.img").exists()
 
 
+def test_missing_ssh_command(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GIT_SSH", raising=False)
+    monkeypatch.setenv("GIT_SSH_COMMAND", str(tmp_path / "no-ssh"))
+    line = _fails(capsys, "make", "ssh://git@nohost/x.git", tmp_path / "x.img")
+    assert line.endswith(f"cannot run {tmp_path / 'no-ssh'}: No such file or directory"), line
+
+
 def test_index_pack_rejects_garbage(tmp_path: Path) -> None:
     from docteur.builder.errors import BuildError
     from docteur.builder.fetch import _IndexPackSink
