@@ -207,9 +207,14 @@ class Server:
 
     def listen(self, path: str) -> None:
         import socket  # only here: the VM serves a device
+        import stat
 
-        if os.path.exists(path):
-            os.unlink(path)
+        # Replace only a leftover socket: never delete a file that is not one.
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(path)
         sock.listen(64)

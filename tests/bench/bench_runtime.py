@@ -47,6 +47,7 @@ class Served:
         deadline = time.monotonic() + 120
         while not os.path.exists(self.sock):
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
                 raise RuntimeError("the guest server did not start")
             time.sleep(0.01)
 
