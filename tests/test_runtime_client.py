@@ -153,3 +153,24 @@ def _service(image: Path):
     if image not in _SERVICES:
         _SERVICES[image] = boot([("docteur", str(image))], "none")
     return _SERVICES[image]
+
+
+async def test_a_socket_that_is_not_a_docteur_server(short_dir: str) -> None:
+    """Whatever answers first, if it is not a greeting, the error says so in one line."""
+    path = os.path.join(short_dir, "http.sock")
+
+    async def http_like(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        await writer.drain()
+        await reader.read()  # until the client hangs up
+        writer.close()
+
+    server = await asyncio.start_unix_server(http_like, path)
+    try:
+        with pytest.raises(ConnectionLost, match=r"^not a docteur server \(no greeting\)") as info:
+            async with await Client.open_unix(path, timeout=5) as client:
+                await client.list("/")
+        assert "\n" not in str(info.value)
+    finally:
+        server.close()
+        await server.wait_closed()

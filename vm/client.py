@@ -217,11 +217,16 @@ class Client:
                 for event in self.codec.receive(data):
                     await self._route(event)
         except ProtocolError as exc:
-            self._fail(ConnectionLost(f"protocol error from the server: {exc}", "protocol"))
+            if self.hello is None:  # the first bytes were not a greeting at all
+                self._fail(ConnectionLost(f"not a docteur server (no greeting): {exc}", "protocol"))
+            else:
+                self._fail(ConnectionLost(f"protocol error from the server: {exc}", "protocol"))
         except ClientError as exc:
             self._fail(exc)
         except (OSError, EOFError) as exc:
-            self._fail(ConnectionLost(f"connection lost: {exc}"))
+            reason = str(exc) or type(exc).__name__
+            lost = reason if reason.lower().startswith("connection lost") else f"connection lost: {reason}"
+            self._fail(ConnectionLost(lost))
         except asyncio.CancelledError:
             raise
 
