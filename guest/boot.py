@@ -54,13 +54,15 @@ def boot(blocks: list[tuple[str, str]], mode: str) -> Service:
             continue
         started = time.monotonic()
         image = None
+        stage = "cannot open the image"
         try:
             image = Image.open(path)
             fields[f"disk.{name}"] = image.commit.hex()
+            stage = f"verify {mode} failed"
             verify(image, mode)
             disks[name] = Disk(name, image)
         except (DocteurError, OSError, ValueError) as exc:
-            error = f"disk {name!r} ({path}): verify {mode} failed: {exc}"
+            error = f"disk {name!r} ({path}): {stage}: {exc}"
             if image is not None:
                 image.close()
             continue
