@@ -12,7 +12,6 @@ Each failure raises an error whose message names what and where.
 
 from __future__ import annotations
 
-import mmap
 import os
 import struct
 import zlib
@@ -98,6 +97,8 @@ class _Walker:
         self.checked = 0
 
     def run(self) -> None:
+        import mmap  # a shared library: `pack` boots need not load it
+
         with mmap.mmap(self.image.fd, self.image.layout.pack_end, access=mmap.ACCESS_READ) as mm:
             self.mv = memoryview(mm)
             try:
