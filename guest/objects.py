@@ -6,6 +6,7 @@ byte for byte (`as_raw`); `object_id` hashes a body the way git does.
 
 from __future__ import annotations
 
+import sys
 from collections import namedtuple
 
 from .errors import IntegrityError
@@ -36,9 +37,13 @@ _openssl_sha1: object = None  # None: not looked for yet; False: absent
 
 
 def sha1(data: bytes | memoryview = b"", size: int = 0):  # type: ignore[no-untyped-def]
-    """A SHA-1 object (hashlib's interface) for `data` and `size` bytes in all."""
+    """A SHA-1 object (hashlib's interface) for `data` and `size` bytes in all.
+
+    OpenSSL's whenever it is loaded already (always on the host, where it is
+    ~8x faster than the builtin one), else only for big inputs.
+    """
     global _openssl_sha1
-    if max(size, len(data)) >= BIG_HASH:
+    if _openssl_sha1 or max(size, len(data)) >= BIG_HASH or "_hashlib" in sys.modules:
         if _openssl_sha1 is None:
             try:
                 from _hashlib import openssl_sha1
