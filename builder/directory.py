@@ -221,9 +221,13 @@ def directory_commit(store: LooseStore, top: str, timestamp: int, skip: str | No
         tree = _read_tree(store, os.fsencode(top), b"", bar, skip_b)
     if tree is None:
         raise BuildError(f"{top}: empty directory, nothing to put in an image")
+    return store.add(COMMIT, snapshot_commit(tree, timestamp).as_raw(), b"")
+
+
+def snapshot_commit(tree: bytes, timestamp: int) -> Commit:
+    """The commit the original docteur makes for a directory: no parent, no message."""
     who = Signature.make(AUTHOR_NAME, AUTHOR_EMAIL, timestamp, "+0000")
-    commit = Commit(tree=tree, parents=(), author=who, committer=who, message=None)
-    return store.add(COMMIT, commit.as_raw(), b"")
+    return Commit(tree=tree, parents=(), author=who, committer=who, message=None)
 
 
 def pack_directory(top: str, date: str | None, workdir: str, image: str | None = None) -> PackFiles:

@@ -245,3 +245,15 @@ def test_big_file_streamed(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     oracle = repo_from_image(img, tmp_path)
     commit = _expected_commit(tree_id, TS)
     check_image(img, oracle, commit, tmp_path)
+
+
+def test_directory_commit_is_the_originals() -> None:
+    """The original docteur's own test (test/simple.t) publishes, for its `store`
+    directory made with `-d 2020-10-10T08:00:00+00:00`, root 7d8a9e38… and commit
+    ca71a852…: the same tree and date must give the same commit id here."""
+    from docteur.builder.directory import parse_date, snapshot_commit
+    from docteur.guest.objects import object_id
+
+    tree = bytes.fromhex("7d8a9e386b602e1bd8cd8f226a461a87ccf372e3")
+    commit = snapshot_commit(tree, parse_date("2020-10-10T08:00:00+00:00"))
+    assert object_id("commit", commit.as_raw()).hex() == "ca71a852f6c2d16bf04691f13b8a7edeadb15b80"
