@@ -151,3 +151,36 @@ def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     rc, _, err = docteur(capsys, "verify", tmp_path / "none.img")
     assert rc == 1
     assert "no such file" in one_error_line(err)
+
+
+def test_the_originals_git_cram_test(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The original docteur's test/git-simple.t, replayed: same repository, same ids, same report."""
+    from tests.gitfixtures import git, git_env
+
+    store = tmp_path / "git-store"
+    store.mkdir()
+    env = git_env(
+        GIT_AUTHOR_NAME="Romain Calascibetta",
+        GIT_AUTHOR_EMAIL="romain@mirage.io",
+        GIT_COMMITTER_NAME="Romain Calascibetta",
+        GIT_COMMITTER_EMAIL="romain@mirage.io",
+        GIT_AUTHOR_DATE="2016-08-21 17:18:43 +0200",
+        GIT_COMMITTER_DATE="2016-08-21 17:18:43 +0200",
+    )
+    git("init", "-q", "-b", "master", cwd=store, env=env)
+    (store / "README.md").write_text("Hello Git!\n")
+    git("add", "README.md", cwd=store, env=env)
+    git("commit", "-q", "-m", "My name is Dr. Greenthumb", cwd=store, env=env)
+    img = tmp_path / "disk.img"
+    rc, _, err = docteur(capsys, "make", "--branch", "refs/heads/master", f"file://{store}", img)
+    assert rc == 0, err
+    rc, out, err = docteur(capsys, "verify", img)
+    assert rc == 0, err
+    assert out == (
+        "commit\t: 7f76ddedf89aaca1a566a5cb3fb2f1b5cc96f716\n"
+        'author\t: "Romain Calascibetta" <romain@mirage.io>\n'
+        "root\t: 73c44169dbb57613737326b902934762298208d4\n"
+        "\n"
+        "My name is Dr. Greenthumb\n"
+        "\n"
+    )
