@@ -71,7 +71,7 @@ def test_built_guest_has_what_init_needs() -> None:
     assert manifest["modules"] == list(guestbuild.MODULES)  # already in dependency order
     assert "linux-image-cloud-amd64" not in manifest["packages"]  # the versioned one
     assert any(p.startswith("linux-image-") for p in manifest["packages"])
-    entries = parse_newc(gzip.decompress((GUEST / "initrd.gz").read_bytes()))
+    entries = parse_newc((GUEST / "initrd").read_bytes())
     for path in ("init", "usr/bin/python3.11", "lib64/ld-linux-x86-64.so.2", "dev/console",
                  "dev/urandom", "lib/modules/docteur.order", "usr/lib/python3.11/os.pyc",
                  "usr/lib/python3.11/docteur/guest/server.pyc",
@@ -107,7 +107,7 @@ def test_accel_auto_needs_vmx_or_svm(monkeypatch: pytest.MonkeyPatch) -> None:
     assert qemu.choose_accel("auto") == "kvm"
 
 
-@pytest.mark.skipif(not (GUEST / "initrd.gz").exists(), reason="guest not built")
+@pytest.mark.skipif(not (GUEST / "initrd").exists(), reason="guest not built")
 def test_qemu_missing_is_one_line(tmp_path: Path) -> None:
     import subprocess
     import sys

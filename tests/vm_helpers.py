@@ -21,7 +21,7 @@ from docteur.vm.appliance import DEFAULT_BUILD, Appliance
 
 GUEST = DEFAULT_BUILD / "guest"
 needs_vm = pytest.mark.skipif(
-    shutil.which("qemu-system-x86_64") is None or not (GUEST / "initrd.gz").exists(),
+    shutil.which("qemu-system-x86_64") is None or not (GUEST / "initrd").exists(),
     reason="needs qemu-system-x86_64 and the guest (make guest)",
 )
 DOCTEUR = [sys.executable, "-c", "import sys; from docteur.builder.cli import main; sys.exit(main())"]

@@ -86,7 +86,7 @@ async def _default_client(reader: asyncio.StreamReader, writer: asyncio.StreamWr
 
 def guest_artifacts(build_dir: Path | None = None) -> tuple[Path, Path]:
     base = Path(build_dir or os.environ.get(BUILD_ENV) or DEFAULT_BUILD) / "guest"
-    kernel, initrd = base / "vmlinuz", base / "initrd.gz"
+    kernel, initrd = base / "vmlinuz", base / "initrd"
     if not (kernel.exists() and initrd.exists()):
         raise ApplianceError(f"guest not built in {base}: run `make guest`")
     return kernel, initrd

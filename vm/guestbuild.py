@@ -1,8 +1,8 @@
 """`python -m docteur.vm.guestbuild --build-dir build`: the guest kernel and initramfs.
 
-Output in BUILD/guest/: vmlinuz (Debian's cloud kernel), initrd.gz (Debian's
-python3.11 + the stdlib modules the guest imports + docteur.guest + /init +
-the virtio modules), bare-initrd.gz (an /init that writes one byte and powers
+Output in BUILD/guest/: vmlinuz (Debian's cloud kernel), initrd (an
+uncompressed cpio: Debian's python3.11 + the stdlib modules the guest imports +
+docteur.guest + /init + the virtio modules), bare-initrd.gz (an /init that writes one byte and powers
 off: the benchmark's baseline) and manifest.json (Debian versions used, inputs
 hash). Downloads are cached in BUILD/debs/. Nothing is rebuilt while the
 inputs hash (package versions, guest/ sources, this builder) is unchanged.
@@ -208,12 +208,14 @@ def _build(build_dir: Path, out: Path, force: bool) -> dict[str, object]:
             debian.unpack(deb, root)
         kver = kernel.name.removeprefix("linux-image-")
         archive, info = guest_archive(root, kver, scratch / "pyc")
-        initrd = archive.gzip(MTIME)
+        # Uncompressed: under TCG the kernel gunzips the 11.5 MB archive in
+        # ~0.25 s (level 6) and copies it raw in ~0.1 s; QEMU loads either at once.
+        initrd = archive.cpio(MTIME)
         bare = base_archive()
         bare.file("init", bare_init(), 0o755)
         outputs = {
             "vmlinuz": (root / "boot" / f"vmlinuz-{kver}").read_bytes(),
-            "initrd.gz": initrd,
+            "initrd": initrd,
             "bare-initrd.gz": bare.gzip(MTIME),
         }
     finally:
@@ -230,7 +232,7 @@ def _build(build_dir: Path, out: Path, force: bool) -> dict[str, object]:
     }
     _write(manifest_path, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     say(
-        f"built {out}/initrd.gz ({len(initrd) / 1e6:.1f} MB, {info['files']} entries, "
+        f"built {out}/initrd ({len(initrd) / 1e6:.1f} MB, {info['files']} entries, "
         f"{len(info['python_modules'])} stdlib modules) in {time.monotonic() - t0:.1f} s",  # type: ignore[arg-type]
         always=True,
     )
