@@ -80,24 +80,8 @@ def test_json_logs_on_a_terminal_have_no_progress(tmp_path: Path) -> None:
 def test_progress_on_a_terminal_only(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "r.git", bare=True, history=1)
     cmd = [sys.executable, "-m", "docteur.builder.cli", "make", str(repo)]
-    main, sub = pty.openpty()
-    try:
-        proc = subprocess.run([*cmd, str(tmp_path / "a.img")], stderr=sub, stdout=sub,
-                              check=False, timeout=60)
-        os.close(sub)
-        chunks = []
-        while True:
-            try:
-                data = os.read(main, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        os.close(main)
-    assert proc.returncode == 0
-    tty_err = b"".join(chunks).decode()
+    rc, tty_err = _on_a_terminal([*cmd, str(tmp_path / "a.img")])
+    assert rc == 0
     assert "writing:" in tty_err and "\x1b[K" in tty_err
     piped = subprocess.run([*cmd, str(tmp_path / "b.img")], capture_output=True, check=False)
     assert piped.returncode == 0
