@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from .errors import ImageError, IntegrityError
 from .idx import Index
 from .layout import PACK_OFFSET, Layout, read_layout
-from .objects import BLOB, COMMIT, TYPE_NUMBERS, Commit, object_header, sha1
+from .objects import BLOB, COMMIT, TYPE_NUMBERS, Commit, object_header, object_id, sha1
 from .pack import PackReader
 
 # Objects up to this size are rebuilt in memory and hashed once; bigger
@@ -74,24 +74,25 @@ class Image:
         return self.layout.commit
 
     # -- objects ------------------------------------------------------------
-    def _checked(self, oid: bytes, offset: int, kind: str, body: bytes) -> None:
+    def _already_checked(self, offset: int) -> bool:
         if self.fully_verified:
-            return
+            return True
         if offset in self._verified:
             self._verified.move_to_end(offset)
-            return
-        h = sha1(object_header(kind, len(body)), len(body))
-        h.update(body)
-        if h.digest() != oid:
-            raise IntegrityError(
-                f"object {oid.hex()} at PACK offset {offset} hashes to {h.hexdigest()}"
-            )
-        self._remember_verified(offset)
+            return True
+        return False
 
-    def _remember_verified(self, offset: int) -> None:
+    def _check_digest(self, oid: bytes, offset: int, digest: bytes) -> None:
+        """Raise unless `digest` is `oid`; remember the object as checked."""
+        if digest != oid:
+            raise IntegrityError(f"object {oid.hex()} at PACK offset {offset} hashes to {digest.hex()}")
         self._verified[offset] = None
         if len(self._verified) > _VERIFIED_MEMORY:
             self._verified.popitem(last=False)
+
+    def _checked(self, oid: bytes, offset: int, kind: str, body: bytes) -> None:
+        if not self._already_checked(offset):
+            self._check_digest(oid, offset, object_id(kind, body))
 
     def read_object(self, oid: bytes, check: bool = True) -> tuple[str, bytes]:
         """(kind, body) of object `oid`; raises NotFound or IntegrityError."""
@@ -128,15 +129,11 @@ class Image:
             return
         if TYPE_NUMBERS[entry.type] != BLOB:
             raise IntegrityError(f"object {oid.hex()} is a {TYPE_NUMBERS[entry.type]}, not a blob")
-        if not self.fully_verified and pack_offset not in self._verified:
+        if not self._already_checked(pack_offset):
             h = sha1(object_header(BLOB, entry.size), entry.size)
             for piece in self.pack.inflate_chunks(entry, _HASH_CHUNK, direct=True):
                 h.update(piece)
-            if h.digest() != oid:
-                raise IntegrityError(
-                    f"object {oid.hex()} at PACK offset {pack_offset} hashes to {h.hexdigest()}"
-                )
-            self._remember_verified(pack_offset)
+            self._check_digest(oid, pack_offset, h.digest())
         stop = entry.size if length is None else min(entry.size, offset + length)
         pos = 0
         for piece in self.pack.inflate_chunks(entry, chunk_size, direct=True):

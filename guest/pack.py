@@ -28,6 +28,8 @@ _MAX_READ = 1 << 20
 # this size, DMA'd by the device, bypassing the page cache.
 _DIRECT_ALIGN = 4096
 _DIRECT_READ = 1 << 20
+# Longer delta chains are taken for a cycle (git's default depth is 50).
+MAX_CHAIN = 10_000
 
 
 class Entry(namedtuple("Entry", "offset type size data_offset base_offset base_id", defaults=(None, None))):
@@ -238,7 +240,7 @@ class PackReader:
             )
         return off
 
-    def resolve(self, offset: int, _depth: int = 0) -> tuple[int, bytes]:
+    def resolve(self, offset: int) -> tuple[int, bytes]:
         """(type number, body) of the object at `offset`, deltas applied."""
         hit = self._cache.get(offset)
         if hit is not None:
@@ -249,7 +251,7 @@ class PackReader:
         entry = self.entry(offset)
         while entry.is_delta:
             chain.append(entry)
-            if len(chain) > 10_000:
+            if len(chain) > MAX_CHAIN:
                 raise IntegrityError(f"PACK entry at {offset}: delta chain too deep or cyclic")
             base = self.base_of(entry)
             hit = self._cache.get(base)
@@ -287,7 +289,7 @@ class PackReader:
         depth = 0
         while entry.is_delta:
             depth += 1
-            if depth > 10_000:
+            if depth > MAX_CHAIN:
                 raise IntegrityError(f"PACK entry at {offset}: delta chain too deep or cyclic")
             entry = self.entry(self.base_of(entry))
         return entry.type, size

@@ -24,7 +24,7 @@ from .errors import ImageError, IntegrityError, NotFound
 from .idx import build_idx
 from .image import Image
 from .layout import PACK_OFFSET
-from .objects import MODE_GITLINK, TREE, TYPE_NUMBERS, iter_tree, object_header, sha1
+from .objects import TREE, TYPE_NUMBERS, iter_tree, object_header, object_id, sha1
 from .pack import parse_entry
 
 Progress = Callable[[int, int], None]
@@ -230,7 +230,7 @@ class _Walker:
             self._record(root, self._stream_hash(root, kind))
             return
         data = self._inflate(root)
-        self._record(root, _hash(kind, data))
+        self._record(root, object_id(kind, data))
         # Depth-first, one child at a time: memory is the chain's depth, not the fan-out.
         stack = [(data, iter(self.children.pop(root, ())))]
         while stack:
@@ -240,14 +240,8 @@ class _Walker:
                 stack.pop()
                 continue
             body = apply_delta(base, self._inflate(child))
-            self._record(child, _hash(kind, body))
+            self._record(child, object_id(kind, body))
             stack.append((body, iter(self.children.pop(child, ()))))
-
-
-def _hash(kind: str, body: bytes) -> bytes:
-    h = sha1(object_header(kind, len(body)), len(body))
-    h.update(body)
-    return h.digest()
 
 
 def _check_tree(image: Image, root: bytes) -> None:
@@ -267,9 +261,9 @@ def _check_tree(image: Image, root: bytes) -> None:
             raise IntegrityError(f"{path} should be a tree but {oid.hex()} is a {kind}")
         for entry in iter_tree(body):
             name = entry.name.decode("utf-8", "surrogateescape")
-            if entry.mode == MODE_GITLINK:
+            if entry.kind == "submodule":
                 continue  # a submodule's commit lives in another repository
-            if entry.mode & 0o170000 == 0o040000:
+            if entry.kind == "directory":
                 pending.append((entry.id, f"{path}{name}/"))
             elif entry.id not in image.index:
                 raise IntegrityError(f"blob {entry.id.hex()} ({path}{name}) is missing from the PACK")
