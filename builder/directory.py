@@ -20,9 +20,7 @@ import stat
 import zlib
 from datetime import UTC, datetime
 
-from dulwich.object_format import SHA1
 from dulwich.object_store import DiskObjectStore
-from dulwich.pack import write_pack_index_v2, write_pack_objects
 
 from docteur.guest.objects import (
     BLOB,
@@ -41,7 +39,7 @@ from docteur.guest.objects import (
 )
 
 from .errors import BuildError
-from .fetch import PackFiles, pack_objects
+from .fetch import PackFiles, pack_objects, write_plain_pack
 from .gittools import git_path
 from .log import get_logger
 from .progress import Progress
@@ -238,16 +236,9 @@ def pack_directory(top: str, date: str | None, workdir: str, image: str | None =
     order = [store.order[-1], *store.order[:-1]]
     out = os.path.join(workdir, "dir")
     if git_path():
-        sha = pack_objects(store.repo, out, b"".join(_line(h, p) for h, p in order))
-        return PackFiles(f"{out}-{sha}.pack", f"{out}-{sha}.idx", commit, len(order))
-    log.warning("git is not installed: writing an undeltified pack (larger image)")
+        return pack_objects(store.repo, out, b"".join(_line(h, p) for h, p in order), commit, len(order))
     objstore = DiskObjectStore(store.objects)
-    objects = [objstore[h] for h, _ in order]
-    with open(out + ".pack", "wb") as f:
-        entries, checksum = write_pack_objects(f.write, objects, object_format=SHA1, deltify=False)
-    with open(out + ".idx", "wb") as f:
-        write_pack_index_v2(f, sorted((k, o, c) for k, (o, c) in entries.items()), checksum)
-    return PackFiles(out + ".pack", out + ".idx", commit, len(order))
+    return write_plain_pack([objstore[h] for h, _ in order], out, commit)
 
 
 def _line(hexid: bytes, path: bytes) -> bytes:

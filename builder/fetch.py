@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from dulwich import client as dclient
 from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
 from dulwich.object_format import SHA1
-from dulwich.objects import Commit, Tag, Tree
+from dulwich.objects import Commit, ShaFile, Tag, Tree
 from dulwich.pack import Pack, PackData, write_pack_index_v2, write_pack_objects
 
 from .errors import BuildError
@@ -305,17 +305,17 @@ def _finish(base: str, chosen: tuple[bytes, bytes], source: Source, workdir: str
                 f"{source.display} sent an incomplete pack: {len(missing)} objects missing, "
                 f"e.g. {missing[0].decode()}"
             )
+        commit = bytes.fromhex(commit_hex.decode())
         if len(have) == len(wanted):
-            return PackFiles(base + ".pack", base + ".idx", bytes.fromhex(commit_hex.decode()), len(wanted))
+            return PackFiles(base + ".pack", base + ".idx", commit, len(wanted))
         log.info("rebuilding pack", fetched=len(have), kept=len(wanted))
-        return _rebuild(pack, base, wanted, commit_hex, workdir)
+        return _rebuild(pack, base, wanted, commit, workdir)
     finally:
         pack.close()
 
 
-def _rebuild(pack: Pack, base: str, wanted: list[bytes], commit_hex: bytes, workdir: str) -> PackFiles:
+def _rebuild(pack: Pack, base: str, wanted: list[bytes], commit: bytes, workdir: str) -> PackFiles:
     """A new pack with only `wanted`, deltas reused from the fetched one."""
-    commit = bytes.fromhex(commit_hex.decode())
     out = os.path.join(workdir, "final")
     if git_path():
         repo = os.path.join(workdir, "repo.git")
@@ -324,26 +324,30 @@ def _rebuild(pack: Pack, base: str, wanted: list[bytes], commit_hex: bytes, work
         pack_sha = pack.data.get_stored_checksum().hex()
         shutil.copyfile(base + ".pack", os.path.join(packdir, f"pack-{pack_sha}.pack"))
         shutil.copyfile(base + ".idx", os.path.join(packdir, f"pack-{pack_sha}.idx"))
-        sha = pack_objects(repo, out, b"".join(s + b"\n" for s in wanted))
-        return PackFiles(f"{out}-{sha}.pack", f"{out}-{sha}.idx", commit, len(wanted))
-    log.warning("git is not installed: writing an undeltified pack (larger image)")
-    objects = [pack[s] for s in wanted]
-    with open(out + ".pack", "wb") as f:
-        entries, checksum = write_pack_objects(f.write, objects, object_format=SHA1, deltify=False)
-    with open(out + ".idx", "wb") as f:
-        write_pack_index_v2(f, sorted((k, off, crc) for k, (off, crc) in entries.items()), checksum)
-    return PackFiles(out + ".pack", out + ".idx", commit, len(wanted))
+        return pack_objects(repo, out, b"".join(s + b"\n" for s in wanted), commit, len(wanted))
+    return write_plain_pack([pack[s] for s in wanted], out, commit)
 
 
-def pack_objects(repo: str, out: str, wanted: bytes) -> str:
-    """`git pack-objects` of the listed ids into `out-<sha>.pack/.idx`; returns the sha.
+def pack_objects(repo: str, out: str, wanted: bytes, commit: bytes, count: int) -> PackFiles:
+    """`git pack-objects` of the `count` listed ids into `out-<sha>.pack/.idx`.
     On a terminal, git's own progress (counting, compressing, writing) shows."""
     with Progress("packing") as bar:
         verbosity = "--progress" if bar.enabled else "-q"
         side = Sideband(bar, prefix="") if bar.enabled else None
         result = run_git(["--git-dir", repo, "pack-objects", verbosity, "--threads=1", out],
                          input=wanted, what="git pack-objects", on_stderr=side)  # fmt: skip
-    return result.strip().decode()
+    sha = result.strip().decode()
+    return PackFiles(f"{out}-{sha}.pack", f"{out}-{sha}.idx", commit, count)
+
+
+def write_plain_pack(objects: list[ShaFile], out: str, commit: bytes) -> PackFiles:
+    """No git: `objects` in an undeltified pack `out.pack` and its `out.idx`, with dulwich."""
+    log.warning("git is not installed: writing an undeltified pack (larger image)")
+    with open(out + ".pack", "wb") as f:
+        entries, checksum = write_pack_objects(f.write, objects, object_format=SHA1, deltify=False)
+    with open(out + ".idx", "wb") as f:
+        write_pack_index_v2(f, sorted((k, off, crc) for k, (off, crc) in entries.items()), checksum)
+    return PackFiles(out + ".pack", out + ".idx", commit, len(objects))
 
 
 def _chain(e: BaseException) -> list[BaseException]:
