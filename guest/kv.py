@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 from .errors import DocteurError, IntegrityError, NotFound
 from .image import Image
-from .objects import BLOB, MODE_TREE, TREE, Commit, kind_of_mode
+from .objects import BLOB, MODE_TREE, TREE, Commit, TreeEntry, kind_of_mode, tree_entry_at
 from .protocol import MAX_PATH, Entry, GetEnd, Stat
 
 ROOT_MODE = MODE_TREE
@@ -98,16 +98,14 @@ class Tree:
     def __len__(self) -> int:
         return len(self.offsets)
 
-    def entry(self, i: int) -> tuple[int, bytes, bytes]:
+    def entry(self, i: int) -> TreeEntry:
         """(mode, name, oid) of entry `i`."""
-        body, pos = self.body, self.offsets[i]
-        space = body.find(b" ", pos)
-        nul = body.find(b"\0", space + 1)
-        try:
-            mode = int(body[pos:space], 8)
-        except ValueError:
-            raise IntegrityError(f"malformed tree mode at byte {pos}") from None
-        return mode, body[space + 1 : nul], body[nul + 1 : nul + 21]
+        return tree_entry_at(self.body, self.offsets[i])[0]
+
+    @property
+    def cost(self) -> int:
+        """Bytes it holds, roughly, for the cache's bound."""
+        return len(self.body) + 4 * len(self.offsets) + 100
 
     def _name_at(self, i: int) -> bytes:
         body, pos = self.body, self.offsets[i]
@@ -141,7 +139,7 @@ class Tree:
                 break
         return None
 
-    def __iter__(self) -> Iterator[tuple[int, bytes, bytes]]:
+    def __iter__(self) -> Iterator[TreeEntry]:
         for i in range(len(self)):
             yield self.entry(i)
 
@@ -169,13 +167,12 @@ class Disk:
         if kind != TREE:
             raise IntegrityError(f"object {oid.hex()} is a {kind}, a tree was expected")
         tree = Tree(body)
-        cost = len(body) + 4 * len(tree) + 100
-        if cost <= self._tree_limit // 2:
+        if tree.cost <= self._tree_limit // 2:
             self._trees[oid] = tree
-            self._tree_bytes += cost
+            self._tree_bytes += tree.cost
             while self._tree_bytes > self._tree_limit:
                 _, old = self._trees.popitem(last=False)
-                self._tree_bytes -= len(old.body) + 4 * len(old) + 100
+                self._tree_bytes -= old.cost
         return tree
 
     def resolve(self, path: bytes) -> tuple[int, bytes] | None:

@@ -157,20 +157,25 @@ class Tree(namedtuple("Tree", "entries")):
         return None
 
 
+def tree_entry_at(body: bytes, pos: int) -> tuple[TreeEntry, int]:
+    """The tree entry that starts at byte `pos` of a tree body, and where the next one starts."""
+    space = body.find(b" ", pos)
+    nul = body.find(b"\0", space + 1)
+    if space < 0 or nul < 0 or nul + 21 > len(body):
+        raise IntegrityError(f"malformed tree entry at byte {pos}")
+    try:
+        mode = int(body[pos:space], 8)
+    except ValueError:
+        raise IntegrityError(f"malformed tree mode at byte {pos}") from None
+    return TreeEntry(mode, bytes(body[space + 1 : nul]), bytes(body[nul + 1 : nul + 21])), nul + 21
+
+
 def iter_tree(body: bytes):
     """Yield the entries of a tree body without building the whole list."""
     pos, end = 0, len(body)
     while pos < end:
-        space = body.find(b" ", pos)
-        nul = body.find(b"\0", space + 1)
-        if space < 0 or nul < 0 or nul + 21 > end:
-            raise IntegrityError(f"malformed tree entry at byte {pos}")
-        try:
-            mode = int(body[pos:space], 8)
-        except ValueError:
-            raise IntegrityError(f"malformed tree mode at byte {pos}") from None
-        yield TreeEntry(mode, bytes(body[space + 1 : nul]), bytes(body[nul + 1 : nul + 21]))
-        pos = nul + 21
+        entry, pos = tree_entry_at(body, pos)
+        yield entry
 
 
 def _split_headers(body: bytes, what: str) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
