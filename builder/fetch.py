@@ -25,6 +25,8 @@ from dulwich.object_format import SHA1
 from dulwich.objects import Commit, ShaFile, Tag, Tree
 from dulwich.pack import Pack, PackData, write_pack_index_v2, write_pack_objects
 
+from docteur.guest.objects import MODE_GITLINK, MODE_TREE
+
 from .errors import BuildError
 from .gittools import git_argv, git_env, git_failure, git_path, run_git
 from .log import get_logger
@@ -33,7 +35,6 @@ from .redact import redact
 from .source import Source
 
 log = get_logger("docteur.fetch")
-GITLINK = 0o160000
 
 
 @dataclass(frozen=True)
@@ -267,9 +268,9 @@ def closure(pack: Pack, commit_id: bytes) -> list[bytes]:
             raise BuildError(f"object {tid.decode()} should be a tree")
         subtrees = []
         for entry in tree.iteritems():
-            if entry.mode == GITLINK:
+            if entry.mode == MODE_GITLINK:
                 continue  # a submodule's commit lives in another repository
-            if entry.mode & 0o170000 == 0o040000:
+            if entry.mode & 0o170000 == MODE_TREE:
                 subtrees.append(entry.sha)
             elif entry.sha not in seen:
                 seen.add(entry.sha)
