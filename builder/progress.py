@@ -92,7 +92,7 @@ class Progress:
             return
         self._last = now
         if self.total:
-            pct = 100 * done // self.total if self.total else 100
+            pct = 100 * done // self.total
             text = f"{self.label}: {pct:3d}% ({self._fmt(done)} / {self._fmt(self.total)})"
         else:
             text = f"{self.label}: {self._fmt(done)}"
