@@ -82,10 +82,8 @@ def write_atomically(image: str, files: PackFiles, block_size: int) -> int:
         idx = f.read()
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
-    except OSError as e:  # (not the temp name: the user never asked for that file)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise BuildError(f"disk full while writing {image}") from None
-        raise BuildError(f"cannot write {image}: {e.strerror or e}") from None
+    except OSError as e:
+        raise _write_error(e, image) from None
     try:
         with os.fdopen(fd, "wb") as out, open(files.pack, "rb") as pack:
             total = os.fstat(pack.fileno()).st_size + len(idx)
@@ -102,10 +100,8 @@ def write_atomically(image: str, files: PackFiles, block_size: int) -> int:
     except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise BuildError(f"disk full while writing {image}") from None
         if isinstance(e, OSError):
-            raise BuildError(f"cannot write {image}: {e.strerror or e}") from None
+            raise _write_error(e, image) from None
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable
         dfd = os.open(parent, os.O_RDONLY)
@@ -114,3 +110,11 @@ def write_atomically(image: str, files: PackFiles, block_size: int) -> int:
         finally:
             os.close(dfd)
     return size
+
+
+def _write_error(e: OSError, image: str) -> BuildError:
+    """Writing the image failed: the line names IMAGE, never the temporary file
+    (the user never asked for that one)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return BuildError(f"disk full while writing {image}")
+    return BuildError(f"cannot write {image}: {e.strerror or e}")
