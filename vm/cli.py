@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
+from docteur.guest.protocol import DEFAULT_DISK
 from docteur.vm.client import Client, ClientError, run
 
 TARGETS = ("unix", "microvm")
@@ -49,7 +50,7 @@ def _add_run(subparsers: Any) -> argparse.ArgumentParser:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--filename", metavar="PATH", help="print this file and exit")
     what.add_argument("--socket", metavar="PATH", help="serve on this unix socket until Ctrl-C")
-    p.add_argument("--disk", default="docteur", help="the disk --filename reads (docteur)")
+    p.add_argument("--disk", default=DEFAULT_DISK, help="the disk --filename reads (docteur)")
     p.add_argument("--verify", choices=("full", "pack", "none"), default="pack",
                    help="boot verification (default pack)")  # fmt: skip
     microvm = _microvm_module(quiet=True)
@@ -72,7 +73,7 @@ def _add_query(subparsers: Any) -> argparse.ArgumentParser:
         "size PATH, digest PATH, mtime PATH, info, ping. Without one: a console.",
     )
     p.add_argument("--socket", required=True, metavar="PATH", help="the socket `docteur run` serves")
-    p.add_argument("--disk", default="docteur", help="the disk to ask (docteur)")
+    p.add_argument("--disk", default=DEFAULT_DISK, help="the disk to ask (docteur)")
     p.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND ...")
     p.set_defaults(func=query_main)
@@ -113,6 +114,27 @@ def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
             loop.remove_signal_handler(sig)
             with contextlib.suppress(TypeError, ValueError):
                 signal.signal(sig, handler)
+
+
+def block_specs(args: argparse.Namespace, error: type[Exception]) -> dict[str, str]:
+    """--block NAME=IMAGE (repeatable) and a bare IMAGE (= --block docteur=IMAGE);
+    a bad combination raises `error` (the target's own error class)."""
+    blocks: dict[str, str] = {}
+    for spec in getattr(args, "block", None) or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise error(f"--block {spec}: expected NAME=IMAGE")
+        if name in blocks:
+            raise error(f"--block {name} given twice")
+        blocks[name] = path
+    image = getattr(args, "image", None)
+    if image:
+        if DEFAULT_DISK in blocks:
+            raise error(f"IMAGE and --block {DEFAULT_DISK}=... both given")
+        blocks = {DEFAULT_DISK: image, **blocks}
+    if not blocks:
+        raise error("no image: give IMAGE or --block NAME=IMAGE")
+    return blocks
 
 
 SUN_PATH_MAX = 107  # sun_path is 108 bytes, the terminating NUL included

@@ -21,10 +21,9 @@ import structlog
 from docteur.builder.log import error_line, notice
 from docteur.vm import qemu
 from docteur.vm.appliance import Appliance, ApplianceError, GuestRefused
-from docteur.vm.cli import claim_socket_path, stop_on_signals
+from docteur.vm.cli import block_specs, claim_socket_path, stop_on_signals
 from docteur.vm.mux import Mux
 
-DEFAULT_DISK = "docteur"
 log = structlog.get_logger("docteur.vm")
 
 
@@ -40,27 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def blocks_of(args: argparse.Namespace) -> dict[str, Path]:
     """--block NAME=IMAGE (repeatable) and a bare IMAGE (= --block docteur=IMAGE)."""
-    blocks: dict[str, Path] = {}
-    for spec in getattr(args, "block", None) or []:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise ApplianceError(f"--block {spec}: expected NAME=IMAGE")
-        if name in blocks:
-            raise ApplianceError(f"--block {name} given twice")
-        blocks[name] = Path(path)
-    image = getattr(args, "image", None)
-    if image:
-        if DEFAULT_DISK in blocks:
-            raise ApplianceError(f"IMAGE and --block {DEFAULT_DISK}=... both given")
-        blocks = {DEFAULT_DISK: Path(image), **blocks}
-    if not blocks:
-        raise ApplianceError("no image: give IMAGE or --block NAME=IMAGE")
-    return blocks
+    return {name: Path(path) for name, path in block_specs(args, ApplianceError).items()}
 
 
 def appliance(args: argparse.Namespace, **kw: Any) -> Appliance:
     return Appliance(
-        blocks=dict(blocks_of(args)),
+        blocks=blocks_of(args),
         verify=getattr(args, "verify", None) or "pack",
         memory=getattr(args, "memory", 128),
         accel=getattr(args, "accel", "auto"),

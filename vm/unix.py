@@ -21,9 +21,9 @@ import structlog
 
 from docteur.builder.log import error_line, notice
 from docteur.guest.protocol import Hello
+from docteur.vm.cli import block_specs, claim_socket_path, stop_on_signals
 from docteur.vm.client import Client, ClientError
 
-DEFAULT_DISK = "docteur"
 log = structlog.get_logger("docteur.vm.unix")
 
 
@@ -32,22 +32,8 @@ class TargetError(ClientError):
 
 
 def blocks_of(args: argparse.Namespace) -> dict[str, str]:
-    """--block NAME=IMAGE (repeatable) and a bare IMAGE (= --block docteur=IMAGE)."""
-    blocks: dict[str, str] = {}
-    for spec in getattr(args, "block", None) or []:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise TargetError(f"--block {spec}: expected NAME=IMAGE")
-        if name in blocks:
-            raise TargetError(f"--block {name} given twice")
-        blocks[name] = path
-    image = getattr(args, "image", None)
-    if image:
-        if DEFAULT_DISK in blocks:
-            raise TargetError(f"IMAGE and --block {DEFAULT_DISK}=... both given")
-        blocks = {DEFAULT_DISK: image, **blocks}
-    if not blocks:
-        raise TargetError("no image: give IMAGE or --block NAME=IMAGE")
+    """--block NAME=IMAGE (repeatable) and a bare IMAGE, each an image file we can open."""
+    blocks = block_specs(args, TargetError)
     for name, path in blocks.items():
         if not os.path.exists(path):
             raise TargetError(f"disk {name}: {path}: no such file")
@@ -153,8 +139,6 @@ async def _reap(proc: asyncio.subprocess.Process) -> None:
 async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -> int:
     """Serve the images on the unix socket `path` until SIGINT/SIGTERM."""
     blocks_of(args)  # fail early, before anything starts
-    from docteur.vm.cli import claim_socket_path, stop_on_signals
-
     claim_socket_path(path)  # a stale socket would look ready; anything else is kept
     proc = await asyncio.create_subprocess_exec(
         *guest_argv(args, "--listen", path), stderr=asyncio.subprocess.PIPE,
