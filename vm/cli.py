@@ -18,7 +18,7 @@ import signal
 import socket
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -135,6 +135,22 @@ def block_specs(args: argparse.Namespace, error: type[Exception]) -> dict[str, s
     if not blocks:
         raise error("no image: give IMAGE or --block NAME=IMAGE")
     return blocks
+
+
+async def serve_until_stopped(ready_line: str, done: Awaitable[Any]) -> bool:
+    """Print the ready line and serve until `done` completes or SIGINT/SIGTERM/SIGHUP
+    arrives (see stop_on_signals); True when `done` came first."""
+    stop = asyncio.Event()
+    finished = asyncio.ensure_future(done)
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        with stop_on_signals(stop):
+            print(ready_line, flush=True)
+            await asyncio.wait({finished, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        finished.cancel()
+        stopped.cancel()
+    return finished.done()
 
 
 SUN_PATH_MAX = 107  # sun_path is 108 bytes, the terminating NUL included

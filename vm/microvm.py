@@ -21,7 +21,7 @@ import structlog
 from docteur.builder.log import error_line, notice
 from docteur.vm import qemu
 from docteur.vm.appliance import Appliance, ApplianceError, GuestRefused
-from docteur.vm.cli import block_specs, claim_socket_path, stop_on_signals
+from docteur.vm.cli import block_specs, claim_socket_path, serve_until_stopped
 from docteur.vm.mux import Mux
 
 log = structlog.get_logger("docteur.vm")
@@ -77,7 +77,6 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
     claim_socket_path(path)  # before a boot that would be wasted
     # Ctrl-C/SIGTERM during the boot raise (the VM is reaped on the way out); once
     # serving, they ask for a clean power-off.
-    stop = asyncio.Event()
     async with appliance(args, make_client=None) as vm:
         assert vm.reader is not None and vm.writer is not None
         claim_socket_path(path)  # again: the boot took a while
@@ -85,14 +84,8 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
         pump = asyncio.create_task(mux.pump_upstream())
         server = await asyncio.start_unix_server(mux.handle, path=path)
         try:
-            with stop_on_signals(stop):
-                line = ready or f"docteur: serving {', '.join(vm.blocks)} on {path}"
-                print(line, flush=True)
-                closed = asyncio.create_task(mux.closed.wait())
-                stopped = asyncio.create_task(stop.wait())
-                await asyncio.wait({closed, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                closed.cancel()
-                stopped.cancel()
+            line = ready or f"docteur: serving {', '.join(vm.blocks)} on {path}"
+            await serve_until_stopped(line, mux.closed.wait())
             if mux.closed.is_set():
                 with contextlib.suppress(Exception, asyncio.TimeoutError):
                     await vm.wait(2.0)

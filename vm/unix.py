@@ -21,7 +21,7 @@ import structlog
 
 from docteur.builder.log import error_line, notice
 from docteur.guest.protocol import Hello
-from docteur.vm.cli import block_specs, claim_socket_path, stop_on_signals
+from docteur.vm.cli import block_specs, claim_socket_path, serve_until_stopped
 from docteur.vm.client import Client, ClientError
 
 log = structlog.get_logger("docteur.vm.unix")
@@ -146,7 +146,6 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
     )
     log.info("guest server started", pid=proc.pid, mode="listen", socket=path)
     tail = _Tail(proc.stderr)
-    stop = asyncio.Event()
     try:
         hello = await _await_ready(proc, path, _timeout(args), tail)
         if not hello.ok:
@@ -155,20 +154,13 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
         disks = ", ".join(hello.disks)
         # Ctrl-C/SIGTERM before this raise (the server is stopped on the way out);
         # from now on they stop serving cleanly.
-        with stop_on_signals(stop):
-            print(ready or f"docteur: serving {disks} on {path}", flush=True)
-            waiter = asyncio.create_task(proc.wait())
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-        if waiter.done():
+        if await serve_until_stopped(ready or f"docteur: serving {disks} on {path}", proc.wait()):
             if proc.returncode == 0:  # a client asked for `shutdown`, as the microVM powers off
                 notice("docteur: the guest server stopped", "guest server stopped")
                 return 0
             last = tail.lines[-1] if tail.lines else f"exit status {proc.returncode}"
             error_line(f"the guest server stopped (exit status {proc.returncode}): {last}")
             return 1
-        waiter.cancel()
         return 0
     finally:
         if proc.returncode is None:
