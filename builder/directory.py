@@ -94,22 +94,17 @@ class LooseStore:
     def add(self, kind: str, body: bytes, path: bytes) -> bytes:
         oid = object_id(kind, body)
         hexid = oid.hex().encode()
-        if hexid in self._seen:
+        if not self._is_new(hexid, path):
             return oid
-        self._seen.add(hexid)
-        self.order.append((hexid, path))
-        d = os.path.join(self.objects, hexid[:2].decode())
         c = zlib.compressobj(1)
         try:
-            os.makedirs(d, exist_ok=True)
-            with open(os.path.join(d, hexid[2:].decode()), "wb") as f:
+            with open(self._path(hexid), "wb") as f:
                 f.write(c.compress(object_header(kind, len(body))))
                 f.write(c.compress(body))
                 f.write(c.flush())
         except OSError as e:
             raise _scratch_error(e, self.repo) from None
         return oid
-
 
     def add_file(self, path: bytes, size: int, rel: bytes) -> bytes:
         """Store a big file as a blob in chunks: memory stays flat whatever its size."""
@@ -141,15 +136,25 @@ class LooseStore:
             raise BuildError(f"{_display(path)}: changed size while being read")
         oid = h.digest()
         hexid = oid.hex().encode()
-        if hexid in self._seen:
+        if not self._is_new(hexid, rel):
             os.unlink(tmp)
             return oid
+        os.replace(tmp, self._path(hexid))
+        return oid
+
+    def _is_new(self, hexid: bytes, path: bytes) -> bool:
+        """Note an object in walk order; False when it is stored already."""
+        if hexid in self._seen:
+            return False
         self._seen.add(hexid)
-        self.order.append((hexid, rel))
+        self.order.append((hexid, path))
+        return True
+
+    def _path(self, hexid: bytes) -> str:
+        """The object's loose file; its fan-out directory is made."""
         d = os.path.join(self.objects, hexid[:2].decode())
         os.makedirs(d, exist_ok=True)
-        os.replace(tmp, os.path.join(d, hexid[2:].decode()))
-        return oid
+        return os.path.join(d, hexid[2:].decode())
 
 
 def _display(path: bytes) -> str:
