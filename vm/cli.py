@@ -23,7 +23,7 @@ from types import ModuleType
 from typing import Any
 
 from docteur.guest.protocol import DEFAULT_DISK
-from docteur.vm.client import Client, ClientError, run
+from docteur.vm.client import Client, ClientError, new_runner, run
 
 TARGETS = ("unix", "microvm")
 
@@ -261,7 +261,7 @@ def query_main(args: argparse.Namespace) -> int:
     size = len(os.fsencode(args.socket))
     if size > SUN_PATH_MAX:  # connect() would say "No such file or directory"
         return _fail(f"socket path is {size} bytes, unix sockets allow {SUN_PATH_MAX}: {args.socket}")
-    runner = _runner()
+    runner = new_runner()
     try:
         with runner:
             client = runner.run(Client.open_unix(args.socket, timeout=args.timeout, disk=args.disk))
@@ -279,11 +279,3 @@ def query_main(args: argparse.Namespace) -> int:
         return 0
     except (ClientError, UsageError) as exc:
         return _fail(str(exc))
-
-
-def _runner() -> asyncio.Runner:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.Runner()
-    return asyncio.Runner(loop_factory=uvloop.new_event_loop)

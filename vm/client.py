@@ -396,11 +396,16 @@ def _drain(queue: asyncio.Queue) -> None:
         queue.get_nowait()
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """asyncio.run with uvloop when it is installed."""
+def new_runner() -> asyncio.Runner:
+    """An asyncio.Runner on uvloop when it is installed."""
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return asyncio.Runner()
+    return asyncio.Runner(loop_factory=uvloop.new_event_loop)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run with uvloop when it is installed."""
+    with new_runner() as runner:
         return runner.run(coro)
