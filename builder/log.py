@@ -15,8 +15,18 @@ from .progress import is_terminal
 from .redact import redact
 
 
+def _redacted(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: redact(v) if isinstance(v, str) else v for k, v in fields.items()}
+
+
 def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-    return {k: redact(v) if isinstance(v, str) else v for k, v in event.items()}
+    return _redacted(event)
+
+
+def _write_line(text: str) -> None:
+    progress.clear_line()  # a line never lands in the middle of a progress line
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 class _StderrLogger:
@@ -26,9 +36,7 @@ class _StderrLogger:
         pass
 
     def msg(self, message: str) -> None:
-        progress.clear_line()  # a log line never lands in the middle of a progress line
-        sys.stderr.write(message + "\n")
-        sys.stderr.flush()
+        _write_line(message)
 
     log = debug = info = warning = warn = error = critical = exception = fatal = msg
 
@@ -38,11 +46,9 @@ _FORMAT = ["console"]  # what configure() chose, for the lines below
 
 def _json_line(level: str, event: str, fields: dict[str, Any]) -> None:
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # as structlog's TimeStamper
-    record = {k: redact(v) if isinstance(v, str) else v for k, v in fields.items()}
+    record = _redacted(fields)
     record.update(event=redact(event), level=level, timestamp=stamp)
-    progress.clear_line()
-    sys.stderr.write(json.dumps(record) + "\n")
-    sys.stderr.flush()
+    _write_line(json.dumps(record))
 
 
 def is_json() -> bool:
@@ -55,9 +61,7 @@ def error_line(message: str, prog: str = "docteur") -> None:
     if _FORMAT[0] == "json":
         _json_line("error", message, {})
         return
-    progress.clear_line()
-    sys.stderr.write(f"{prog}: error: {redact(message)}\n")
-    sys.stderr.flush()
+    _write_line(f"{prog}: error: {redact(message)}")
 
 
 def notice(text: str, event: str | None = None, **fields: Any) -> None:
@@ -66,9 +70,7 @@ def notice(text: str, event: str | None = None, **fields: Any) -> None:
     if _FORMAT[0] == "json":
         _json_line("info", event or text, fields)
         return
-    progress.clear_line()
-    sys.stderr.write(redact(text) + "\n")
-    sys.stderr.flush()
+    _write_line(redact(text))
 
 
 def configure(fmt: str = "console", verbose: int = 0) -> None:
