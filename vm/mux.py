@@ -114,8 +114,3 @@ class Client:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
-
-
-async def serve(mux: Mux, path: str) -> asyncio.AbstractServer:
-    server = await asyncio.start_unix_server(mux.handle, path=path)
-    return server
