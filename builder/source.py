@@ -84,9 +84,7 @@ def local_source(path: str) -> Source:
         raise BuildError(f"{path}: no such file or directory")
     if not os.path.isdir(path):
         raise BuildError(f"{path}: not a directory (nor a Git repository)")
-    if os.path.lexists(os.path.join(path, ".git")):
-        return Source("local-git", path, path)
-    if is_bare_repository(path):
+    if os.path.lexists(os.path.join(path, ".git")) or is_bare_repository(path):
         return Source("local-git", path, path)
     return Source("directory", path, path)
 
