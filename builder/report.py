@@ -19,7 +19,6 @@ def verify_image(path: str, out: BinaryIO | None, *, quiet: bool = False) -> Non
         raise ImageError(f"{path}: is a directory, not an image")
     with Image.open(path) as image, Progress("verifying", enabled=False if quiet else None) as bar:
         verify_full(image, progress=bar.update)
-        bar.close()
         commit = image.commit_object()
         commit_hex = image.commit.hex()
     if quiet or out is None:
