@@ -156,14 +156,18 @@ async def serve_until_stopped(ready_line: str, done: Awaitable[Any]) -> bool:
 SUN_PATH_MAX = 107  # sun_path is 108 bytes, the terminating NUL included
 
 
+def _check_path_length(path: str) -> None:
+    size = len(os.fsencode(path))
+    if size > SUN_PATH_MAX:
+        raise ClientError(f"socket path is {size} bytes, unix sockets allow {SUN_PATH_MAX}: {path}")
+
+
 def claim_socket_path(path: str) -> None:
     """Make `path` ready for a unix server to bind, or raise ClientError.
 
     Only a stale socket (nobody accepts on it) is removed: an existing file of
     another kind is never deleted, and a live server is never taken over."""
-    size = len(os.fsencode(path))
-    if size > SUN_PATH_MAX:
-        raise ClientError(f"socket path is {size} bytes, unix sockets allow {SUN_PATH_MAX}: {path}")
+    _check_path_length(path)
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise ClientError(f"cannot serve on {path}: no directory {parent}")
@@ -258,11 +262,9 @@ def query_main(args: argparse.Namespace) -> int:
     argv = list(args.command)
     if argv and argv[0] == "--":
         argv = argv[1:]
-    size = len(os.fsencode(args.socket))
-    if size > SUN_PATH_MAX:  # connect() would say "No such file or directory"
-        return _fail(f"socket path is {size} bytes, unix sockets allow {SUN_PATH_MAX}: {args.socket}")
     runner = new_runner()
     try:
+        _check_path_length(args.socket)  # connect() would say "No such file or directory"
         with runner:
             client = runner.run(Client.open_unix(args.socket, timeout=args.timeout, disk=args.disk))
             try:
