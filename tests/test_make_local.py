@@ -18,6 +18,7 @@ from tests.gitfixtures import (
     populate,
     repo_from_image,
     rev,
+    tree_entries,
 )
 
 pytestmark = needs_git
@@ -125,16 +126,12 @@ def test_directory(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert rev(oracle, f"{commit}^{{tree}}") == tree_id
     check_image(img, oracle, commit, tmp_path)
     # What the tree holds, from the files themselves.
-    listing = git("ls-tree", "-r", "-z", commit, cwd=oracle).split(b"\0")
-    modes = {}
-    for rec in filter(None, listing):
-        meta, path = rec.split(b"\t", 1)
-        modes[path] = meta.split()[0]
-    assert modes[b"bin/run.sh"] == b"100755"
-    assert modes[b"link-to-readme"] == b"120000"
-    assert modes[b"bin/outside"] == b"120000"
-    assert modes[b".hidden"] == b"100644" and b".config/settings.ini" in modes
-    assert modes[b"empty"] == b"100644"
+    modes = {path: mode for mode, _kind, _oid, path in tree_entries(oracle, commit)}
+    assert modes[b"bin/run.sh"] == "100755"
+    assert modes[b"link-to-readme"] == "120000"
+    assert modes[b"bin/outside"] == "120000"
+    assert modes[b".hidden"] == "100644" and b".config/settings.ini" in modes
+    assert modes[b"empty"] == "100644"
     assert any(p.endswith(b"d29/deep.txt") for p in modes)
     assert git("cat-file", "blob", f"{commit}:bin/outside", cwd=oracle) == b"/etc/passwd"
     rc, out, _ = docteur(capsys, "verify", img)
