@@ -207,9 +207,6 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         return 130
     except BrokenPipeError:
         return 1
-    except (DocteurError, OSError) as e:
-        _error(_describe(e), parser.prog)
-        return 1
     except Exception as e:
         if not _is_expected(e):
             raise
@@ -221,7 +218,9 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
 
 
 def _is_expected(e: Exception) -> bool:
-    """dulwich's and urllib3's own errors: a user's problem, not a bug of ours."""
+    """Ours, the system's, dulwich's and urllib3's errors: a user's problem, not a bug of ours."""
+    if isinstance(e, DocteurError | OSError):
+        return True
     mod = type(e).__module__ or ""
     return mod.startswith(("dulwich", "urllib3"))
 
