@@ -404,6 +404,13 @@ def docteur(capsys: pytest.CaptureFixture[str], *args: str | os.PathLike[str]) -
     return rc, out, err
 
 
+def fails(capsys: pytest.CaptureFixture[str], *args: str | os.PathLike[str]) -> str:
+    """Run `docteur ARGS`; it must exit 1 with one error line, which is returned."""
+    rc, _out, err = docteur(capsys, *args)
+    assert rc == 1, err
+    return one_error_line(err)
+
+
 def one_error_line(err: str) -> str:
     """The single `docteur: error: ...` line a failure must print, without traceback."""
     lines = [ln for ln in err.splitlines() if ln.strip()]

@@ -12,7 +12,7 @@ from docteur.builder import make as make_mod
 from docteur.builder.cli import make_main
 from docteur.builder.redact import redact, register_secret
 from docteur.builder.source import parse_source
-from tests.gitfixtures import docteur, free_port, make_repo, needs_git, one_error_line, populate
+from tests.gitfixtures import docteur, fails, free_port, make_repo, needs_git, one_error_line, populate
 
 pytestmark = needs_git
 
@@ -22,21 +22,15 @@ def bare(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_repo(tmp_path_factory.mktemp("err") / "r.git", bare=True, history=1)
 
 
-def _fails(capsys: pytest.CaptureFixture[str], *args: str | os.PathLike[str]) -> str:
-    rc, _out, err = docteur(capsys, *args)
-    assert rc == 1, err
-    return one_error_line(err)
-
-
 def test_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    line = _fails(capsys, "make", tmp_path / "nope", tmp_path / "x.img")
+    line = fails(capsys, "make", tmp_path / "nope", tmp_path / "x.img")
     assert "no such file or directory" in line and "nope" in line
-    assert "no such" in _fails(capsys, "make", f"file://{tmp_path}/nope", tmp_path / "x.img")
+    assert "no such" in fails(capsys, "make", f"file://{tmp_path}/nope", tmp_path / "x.img")
 
 
 def test_empty_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "empty" / "sub").mkdir(parents=True)  # only empty directories: nothing to store
-    assert "empty directory" in _fails(capsys, "make", tmp_path / "empty", tmp_path / "x.img")
+    assert "empty directory" in fails(capsys, "make", tmp_path / "empty", tmp_path / "x.img")
 
 
 def test_special_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -44,7 +38,7 @@ def test_special_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     d.mkdir()
     (d / "ok.txt").write_text("ok\n")
     os.mkfifo(d / "pipe")
-    line = _fails(capsys, "make", d, tmp_path / "x.img")
+    line = fails(capsys, "make", d, tmp_path / "x.img")
     assert "fifo" in line and str(d / "pipe") in line
 
 
@@ -54,7 +48,7 @@ def test_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     d.mkdir()
     (d / "secret").write_text("x")
     (d / "secret").chmod(0)
-    assert str(d / "secret") in _fails(capsys, "make", d, tmp_path / "x.img")
+    assert str(d / "secret") in fails(capsys, "make", d, tmp_path / "x.img")
 
 
 @pytest.mark.parametrize(
@@ -70,29 +64,29 @@ def test_unreadable_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 )
 def test_bad_urls(source: str, expect: str, tmp_path: Path,
                   capsys: pytest.CaptureFixture[str]) -> None:
-    assert expect in _fails(capsys, "make", source, tmp_path / "x.img")
+    assert expect in fails(capsys, "make", source, tmp_path / "x.img")
 
 
 def test_unknown_host_and_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert "unknown host" in _fails(capsys, "make", "git://no-such-host.invalid/x.git",
+    assert "unknown host" in fails(capsys, "make", "git://no-such-host.invalid/x.git",
                                     tmp_path / "x.img")
     port = free_port()
-    assert "connection refused" in _fails(capsys, "make", f"git://127.0.0.1:{port}/x.git",
+    assert "connection refused" in fails(capsys, "make", f"git://127.0.0.1:{port}/x.git",
                                           tmp_path / "x.img")
-    assert "connection refused" in _fails(capsys, "make", f"http://127.0.0.1:{port}/x.git",
+    assert "connection refused" in fails(capsys, "make", f"http://127.0.0.1:{port}/x.git",
                                           tmp_path / "x.img")
     assert not list(tmp_path.iterdir())
 
 
 def test_missing_ref(bare: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    line = _fails(capsys, "make", "-b", "nope", bare, tmp_path / "x.img")
+    line = fails(capsys, "make", "-b", "nope", bare, tmp_path / "x.img")
     assert "no ref 'nope'" in line and "main" in line
 
 
 def test_not_a_git_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     broken = tmp_path / "broken"
     (broken / ".git").mkdir(parents=True)  # a .git that is no repository
-    line = _fails(capsys, "make", broken, tmp_path / "x.img")
+    line = fails(capsys, "make", broken, tmp_path / "x.img")
     assert "not a git repository" in line or "git" in line
 
 
@@ -100,21 +94,21 @@ def test_empty_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     from tests.gitfixtures import git
 
     git("init", "-q", "--bare", tmp_path / "e.git")
-    line = _fails(capsys, "make", tmp_path / "e.git", tmp_path / "x.img")
+    line = fails(capsys, "make", tmp_path / "e.git", tmp_path / "x.img")
     assert "HEAD" in line or "empty" in line
 
 
 def test_bad_date_and_block_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     populate(tmp_path / "t")
-    assert "bad date" in _fails(capsys, "make", "-d", "yesterday", tmp_path / "t",
+    assert "bad date" in fails(capsys, "make", "-d", "yesterday", tmp_path / "t",
                                 tmp_path / "x.img")
-    assert "block size" in _fails(capsys, "make", "--bs", "0", tmp_path / "t", tmp_path / "x.img")
+    assert "block size" in fails(capsys, "make", "--bs", "0", tmp_path / "t", tmp_path / "x.img")
 
 
 def test_destination_problems(bare: Path, tmp_path: Path,
                               capsys: pytest.CaptureFixture[str]) -> None:
-    assert "no such directory" in _fails(capsys, "make", bare, tmp_path / "no" / "x.img")
-    assert "is a directory" in _fails(capsys, "make", bare, tmp_path)
+    assert "no such directory" in fails(capsys, "make", bare, tmp_path / "no" / "x.img")
+    assert "is a directory" in fails(capsys, "make", bare, tmp_path)
 
 
 # -- atomicity -------------------------------------------------------------------------
@@ -128,7 +122,7 @@ def test_failure_keeps_existing_image(bare: Path, tmp_path: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     img = tmp_path / "disk.img"
     img.write_bytes(b"old image")
-    _fails(capsys, "make", "-b", "nope", bare, img)
+    fails(capsys, "make", "-b", "nope", bare, img)
     assert img.read_bytes() == b"old image"
     _only(tmp_path, "disk.img")
 
@@ -158,7 +152,7 @@ def test_interrupted_or_disk_full_mid_write(bare: Path, tmp_path: Path, exc: Bas
 
 def test_unwritable_destination_names_the_image(bare: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """/proc takes no new files: the line names the image asked for, not our temp file."""
-    line = _fails(capsys, "make", bare, "/proc/disk.img")
+    line = fails(capsys, "make", bare, "/proc/disk.img")
     assert line.startswith("docteur: error: cannot write /proc/disk.img: ") and ".tmp" not in line, line
 
 
@@ -201,7 +195,7 @@ def test_ssh_failures(ssh_says: str, expect: str, tmp_path: Path,
     fake.chmod(0o755)
     monkeypatch.delenv("GIT_SSH_COMMAND", raising=False)
     monkeypatch.setenv("GIT_SSH", str(fake))
-    line = _fails(capsys, "make", "git@nohost:x.git", tmp_path / "x.img")
+    line = fails(capsys, "make", "git@nohost:x.git", tmp_path / "x.img")
     assert expect in line
     assert not (tmp_path / "x.img").exists()
 
@@ -210,7 +204,7 @@ def test_missing_ssh_command(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GIT_SSH", raising=False)
     monkeypatch.setenv("GIT_SSH_COMMAND", str(tmp_path / "no-ssh"))
-    line = _fails(capsys, "make", "ssh://git@nohost/x.git", tmp_path / "x.img")
+    line = fails(capsys, "make", "ssh://git@nohost/x.git", tmp_path / "x.img")
     assert line.endswith(f"cannot run {tmp_path / 'no-ssh'}: No such file or directory"), line
 
 
@@ -246,7 +240,7 @@ def test_scratch_disk_full_is_not_a_read_error(tmp_path: Path, capsys: pytest.Ca
         return builtins.open(path, mode, *args, **kwargs)
 
     monkeypatch.setattr(directory, "open", full, raising=False)
-    line = _fails(capsys, "make", src, tmp_path / "out.img")
+    line = fails(capsys, "make", src, tmp_path / "out.img")
     assert "disk full" in line and "scratch" in line and "cannot read" not in line, line
     assert not (tmp_path / "out.img").exists()
     err = b"fatal: cannot copy 'x' to '/t/y': No space left on device\n"

@@ -8,7 +8,7 @@ import pytest
 
 from docteur.builder.cli import verify_main
 from docteur.guest.layout import read_layout
-from tests.gitfixtures import docteur, make_repo, needs_git, one_error_line, rev
+from tests.gitfixtures import docteur, fails, make_repo, needs_git, one_error_line, rev
 
 pytestmark = needs_git
 
@@ -60,10 +60,8 @@ def test_report_is_the_originals_byte_for_byte() -> None:
 
 def test_not_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A directory, a missing file: one line naming it (not a bare "Is a directory")."""
-    rc, _, err = docteur(capsys, "verify", tmp_path)
-    assert rc == 1 and one_error_line(err) == f"docteur: error: {tmp_path}: is a directory, not an image"
-    rc, _, err = docteur(capsys, "verify", tmp_path / "nope.img")
-    assert rc == 1 and str(tmp_path / "nope.img") in one_error_line(err)
+    assert fails(capsys, "verify", tmp_path) == f"docteur: error: {tmp_path}: is a directory, not an image"
+    assert str(tmp_path / "nope.img") in fails(capsys, "verify", tmp_path / "nope.img")
     capsys.readouterr()
     assert verify_main([str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith("docteur.verify: error: ")
@@ -122,18 +120,14 @@ def test_wrong_commit_in_header(built: tuple[Path, Path], tmp_path: Path,
     repo, good = built
     tree = bytes.fromhex(rev(repo, "HEAD^{tree}"))
     bad = _corrupt(good, tmp_path / "bad.img", 0, tree)
-    rc, _, err = docteur(capsys, "verify", bad)
-    assert rc == 1
-    assert "commit" in one_error_line(err)
+    assert "commit" in fails(capsys, "verify", bad)
 
 
 @pytest.mark.parametrize("content", [b"", b"short", b"\0" * 4096, b"PACK" * 2000])
 def test_not_an_image(tmp_path: Path, content: bytes, capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "x.img"
     f.write_bytes(content)
-    rc, _, err = docteur(capsys, "verify", f)
-    assert rc == 1
-    assert "image" in one_error_line(err)
+    assert "image" in fails(capsys, "verify", f)
 
 
 def test_truncated(built: tuple[Path, Path], tmp_path: Path,
@@ -142,15 +136,11 @@ def test_truncated(built: tuple[Path, Path], tmp_path: Path,
     for cut in (len(data) // 2, len(data) - 600):
         f = tmp_path / "cut.img"
         f.write_bytes(data[:cut])
-        rc, _, err = docteur(capsys, "verify", f)
-        assert rc == 1
-        one_error_line(err)
+        fails(capsys, "verify", f)
 
 
 def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, _, err = docteur(capsys, "verify", tmp_path / "none.img")
-    assert rc == 1
-    assert "no such file" in one_error_line(err)
+    assert "no such file" in fails(capsys, "verify", tmp_path / "none.img")
 
 
 def test_the_originals_git_cram_test(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
