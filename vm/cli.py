@@ -24,6 +24,7 @@ from typing import Any
 
 from docteur.guest.protocol import DEFAULT_DISK
 from docteur.vm.client import Client, ClientError, new_runner, run
+from docteur.vm.qemu import ACCELS, VERIFY_MODES
 
 TARGETS = ("unix", "microvm")
 
@@ -51,16 +52,14 @@ def _add_run(subparsers: Any) -> argparse.ArgumentParser:
     what.add_argument("--filename", metavar="PATH", help="print this file and exit")
     what.add_argument("--socket", metavar="PATH", help="serve on this unix socket until Ctrl-C")
     p.add_argument("--disk", default=DEFAULT_DISK, help="the disk --filename reads (docteur)")
-    p.add_argument("--verify", choices=("full", "pack", "none"), default="pack",
+    p.add_argument("--verify", choices=VERIFY_MODES, default="pack",
                    help="boot verification (default pack)")  # fmt: skip
-    microvm = _microvm_module(quiet=True)
-    if microvm is not None and hasattr(microvm, "add_arguments"):
-        microvm.add_arguments(p)
-    else:
-        g = p.add_argument_group("microvm target")
-        g.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-        g.add_argument("--memory", type=int, default=128, metavar="MiB")
-        g.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS")
+    g = p.add_argument_group("microvm target")
+    g.add_argument("--accel", choices=ACCELS, default="auto",
+                   help="kvm only where the CPU has vmx/svm; tcg otherwise (default: auto)")  # fmt: skip
+    g.add_argument("--memory", type=int, default=128, metavar="MiB", help="guest memory (128)")
+    g.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="boot timeout, verification included (60)")  # fmt: skip
     p.set_defaults(func=run_main)
     return p
 
@@ -80,23 +79,13 @@ def _add_query(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
-def _microvm_module(quiet: bool = False) -> ModuleType | None:
-    try:
-        return importlib.import_module("docteur.vm.microvm")
-    except ImportError as exc:
-        if not quiet:
-            raise ClientError(
-                f"the microvm target is not available ({exc}); use --target unix"
-            ) from None
-        return None
-
-
 def _target(name: str) -> ModuleType:
     if name == "unix":
         return importlib.import_module("docteur.vm.unix")
-    module = _microvm_module()
-    assert module is not None
-    return module
+    try:
+        return importlib.import_module("docteur.vm.microvm")
+    except ImportError as exc:
+        raise ClientError(f"the microvm target is not available ({exc}); use --target unix") from None
 
 
 @contextlib.contextmanager

@@ -27,16 +27,6 @@ from docteur.vm.mux import Mux
 log = structlog.get_logger("docteur.vm")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The microvm-only options of `docteur run`."""
-    g = parser.add_argument_group("microvm target")
-    g.add_argument("--accel", choices=qemu.ACCELS, default="auto",
-                   help="kvm only where the CPU has vmx/svm; tcg otherwise (default: auto)")  # fmt: skip
-    g.add_argument("--memory", type=int, default=128, metavar="MiB", help="guest memory (128)")
-    g.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
-                   help="boot timeout, verification included (60)")  # fmt: skip
-
-
 def blocks_of(args: argparse.Namespace) -> dict[str, Path]:
     """--block NAME=IMAGE (repeatable) and a bare IMAGE (= --block docteur=IMAGE)."""
     return {name: Path(path) for name, path in block_specs(args, ApplianceError).items()}
