@@ -127,13 +127,18 @@ async def _reap(proc: asyncio.subprocess.Process) -> None:
         try:
             await asyncio.wait_for(proc.wait(), 2.0)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 2.0)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+            await _terminate(proc, 2.0)
+
+
+async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM, then SIGKILL if it still runs after `grace` seconds; reaped either way."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), grace)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
 
 
 async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -> int:
@@ -164,12 +169,7 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
         return 0
     finally:
         if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 3.0)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+            await _terminate(proc, 3.0)
         with contextlib.suppress(FileNotFoundError):
             if proc.returncode is not None and os.path.exists(path):
                 os.unlink(path)
