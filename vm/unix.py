@@ -77,6 +77,9 @@ class _Tail:
         self.lines: deque[str] = deque(maxlen=20)
         self.task = asyncio.create_task(self._read(stream)) if stream else None
 
+    def last(self, default: str) -> str:
+        return self.lines[-1] if self.lines else default
+
     async def _read(self, stream: asyncio.StreamReader) -> None:
         async for raw in stream:
             line = raw.decode("utf-8", "replace").rstrip()
@@ -107,7 +110,7 @@ async def session(args: argparse.Namespace) -> AsyncIterator[Client]:
             client = await Client.connect(proc.stdout, proc.stdin, timeout=_timeout(args))
         except ClientError as exc:
             await _reap(proc)
-            last = tail.lines[-1] if tail.lines else "no output"
+            last = tail.last("no output")
             raise TargetError(f"the guest server did not start: {exc} ({last})") from None
         try:
             yield client
@@ -163,7 +166,7 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
             if proc.returncode == 0:  # a client asked for `shutdown`, as the microVM powers off
                 notice("docteur: the guest server stopped", "guest server stopped")
                 return 0
-            last = tail.lines[-1] if tail.lines else f"exit status {proc.returncode}"
+            last = tail.last(f"exit status {proc.returncode}")
             error_line(f"the guest server stopped (exit status {proc.returncode}): {last}")
             return 1
         return 0
@@ -184,7 +187,7 @@ async def _await_ready(
     deadline = loop_time() + timeout
     while loop_time() < deadline:
         if proc.returncode is not None:
-            last = tail.lines[-1] if tail.lines else f"exit status {proc.returncode}"
+            last = tail.last(f"exit status {proc.returncode}")
             raise TargetError(f"the guest server stopped: {last}")
         if os.path.exists(path):
             client = await Client.open_unix(path, timeout=max(1.0, deadline - loop_time()))
