@@ -32,6 +32,14 @@ LANDMARKS = ("os.py",)
 # the builtin one under TCG; the guest loads it only for big hashes.
 EXCLUDE = ("asyncio", "_asyncio", "_ssl")
 
+# What the guest's interpreter has imported, as NAME\tFILE lines: the end of both scripts.
+_REPORT = r"""for name, mod in sorted(sys.modules.items()):
+    spec = getattr(mod, "__spec__", None)
+    origin = getattr(spec, "origin", None) if spec else None
+    if origin and origin.startswith("/"):
+        sys.stdout.write(f"{name}\t{origin}\n")
+"""
+
 _TRACE = r"""
 import sys, importlib
 for name in sys.argv[1:]:
@@ -41,12 +49,8 @@ for name in sys.argv[1:]:
     except BaseException as exc:  # SystemExit too: a module may run code on import
         if not quiet:
             sys.stderr.write(f"trace: cannot import {name}: {type(exc).__name__}: {exc}\n")
-for name, mod in sorted(sys.modules.items()):
-    spec = getattr(mod, "__spec__", None)
-    origin = getattr(spec, "origin", None) if spec else None
-    if origin and origin.startswith("/"):
-        sys.stdout.write(f"{name}\t{origin}\n")
 """
+_TRACE += _REPORT
 
 # Serve a short session on stdin/stdout against a disk that is not an image, so
 # that what the serving and error paths import lazily is seen too.
@@ -76,12 +80,8 @@ finally:
     signal.alarm(0)
     for fd, old in enumerate(saved):
         os.dup2(old, fd)
-for name, mod in sorted(sys.modules.items()):
-    spec = getattr(mod, "__spec__", None)
-    origin = getattr(spec, "origin", None) if spec else None
-    if origin and origin.startswith("/"):
-        sys.stdout.write(f"{name}\t{origin}\n")
 """
+_EXERCISE += _REPORT
 
 _COMPILE = r"""
 import sys, py_compile
