@@ -44,7 +44,7 @@ class Mux:
                     del self.routes[rid]
                     client.pending.discard(rid)
                     client.by_own.pop(client_rid, None)
-                await client.send(p.HEADER.pack(ftype, code, client_rid, length) + payload)
+                await client.send(p.frame(ftype, code, client_rid, payload))
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
             pass
         finally:
@@ -72,10 +72,10 @@ class Mux:
                     self.routes[up] = (client, rid)
                     client.pending.add(up)
                     client.by_own[rid] = up
-                    self.up_writer.write(p.HEADER.pack(ftype, code, up, length) + payload)
+                    self.up_writer.write(p.frame(ftype, code, up, payload))
                     await self.up_writer.drain()
                 elif ftype == p.CANCEL and rid in client.by_own:
-                    self.up_writer.write(p.HEADER.pack(p.CANCEL, 0, client.by_own[rid], 0))
+                    self.up_writer.write(p.frame(p.CANCEL, 0, client.by_own[rid]))
                     await self.up_writer.drain()
                 elif ftype != p.CANCEL:  # a frame no client sends: ERROR protocol, then close
                     why = f"unexpected frame type {ftype:#x} from a client".encode()
@@ -92,7 +92,7 @@ class Mux:
         for up in client.pending:
             self.routes.pop(up, None)
             with contextlib.suppress(ConnectionError, OSError):
-                self.up_writer.write(p.HEADER.pack(p.CANCEL, 0, up, 0))
+                self.up_writer.write(p.frame(p.CANCEL, 0, up))
         client.close()
 
 
