@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -14,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.runtime_images import cat_blobs, generated_image, ls_tree
-
-DOCTEUR = [sys.executable, "-c", "import sys; from docteur.builder.cli import main; sys.exit(main())"]
+from tests.vm_helpers import DOCTEUR
 
 
 def docteur(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:

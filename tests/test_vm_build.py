@@ -12,8 +12,7 @@ import pytest
 from docteur.vm import guestbuild, guestpy, qemu
 from docteur.vm.cpio import Archive
 from docteur.vm.elf import needed
-
-GUEST = guestbuild.GUEST_SRC.parent / "build" / "guest"
+from tests.vm_helpers import DOCTEUR, GUEST
 
 
 def parse_newc(data: bytes) -> dict[str, tuple[int, bytes, tuple[int, int]]]:
@@ -110,13 +109,11 @@ def test_accel_auto_needs_vmx_or_svm(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.skipif(not (GUEST / "initrd").exists(), reason="guest not built")
 def test_qemu_missing_is_one_line(tmp_path: Path) -> None:
     import subprocess
-    import sys
 
     image = tmp_path / "x.img"
     image.write_bytes(b"\0" * 4096)
-    cli = "import sys; from docteur.builder.cli import main; sys.exit(main())"
     proc = subprocess.run(
-        [sys.executable, "-c", cli, "run", str(image), "--filename", "/README.md"],
+        [*DOCTEUR, "run", str(image), "--filename", "/README.md"],
         env={"PATH": str(tmp_path)}, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert proc.returncode != 0 and proc.stdout == ""

@@ -7,7 +7,6 @@ host's asyncio client.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import subprocess
@@ -76,7 +75,3 @@ def process_gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
-
-
-async def wait_for(aw: object, timeout: float) -> object:
-    return await asyncio.wait_for(aw, timeout)  # type: ignore[arg-type]
