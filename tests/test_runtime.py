@@ -18,24 +18,12 @@ from docteur.vm.client import (
     NotAFileError,
     NotFoundError,
 )
-from tests.runtime_images import cat_blobs, generated_image, git, ls_tree, self_image, serving
+from tests.runtime_images import cat_blobs, git, ls_tree, self_image, serving
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.getbasetemp() / "runtime"
-    path.mkdir(exist_ok=True)
-    return path
-
-
-@pytest.fixture(scope="module")
-def gen(base: Path) -> tuple[Path, Path]:
-    return generated_image(base)
-
-
-@pytest.fixture(scope="module")
-def mine(base: Path) -> tuple[Path, Path]:
-    return self_image(base)
+def mine(runtime_base: Path) -> tuple[Path, Path]:
+    return self_image(runtime_base)
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +145,8 @@ async def test_stream_can_be_abandoned(socket_path) -> None:
         assert await client.size("/big.bin") == 6 << 20
 
 
-async def test_boot_failure_is_the_only_answer(base: Path, gen) -> None:
-    bad = base / "corrupt-pack.img"
+async def test_boot_failure_is_the_only_answer(runtime_base: Path, gen) -> None:
+    bad = runtime_base / "corrupt-pack.img"
     data = bytearray(gen[1].read_bytes())
     data[1000] ^= 0xFF
     bad.write_bytes(data)

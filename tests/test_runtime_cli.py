@@ -12,19 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.runtime_images import cat_blobs, generated_image, ls_tree
+from tests.runtime_images import cat_blobs, ls_tree
 from tests.vm_helpers import DOCTEUR
 
 
 def docteur(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([*DOCTEUR, *args], input=input, capture_output=True, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def gen(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    base = tmp_path_factory.getbasetemp() / "runtime"
-    base.mkdir(exist_ok=True)
-    return generated_image(base)
 
 
 def one_line_error(proc: subprocess.CompletedProcess[bytes], *needles: str) -> None:

@@ -21,14 +21,6 @@ from docteur.guest.boot import boot
 from docteur.guest.protocol import OP_CODES, ClientCodec, End, Error, ServerCodec
 from docteur.vm import unix
 from docteur.vm.client import Client, ConnectionLost, NotFoundError, Timeout
-from tests.runtime_images import generated_image
-
-
-@pytest.fixture(scope="module")
-def gen(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    base = tmp_path_factory.getbasetemp() / "runtime"
-    base.mkdir(exist_ok=True)
-    return generated_image(base)
 
 
 @pytest.fixture

@@ -16,14 +16,7 @@ from hypothesis import strategies as st
 from docteur.guest import protocol as p
 from docteur.guest.protocol import ClientCodec, Data, End, Error, Hello
 from docteur.vm.client import Client
-from tests.runtime_images import generated_image, serving
-
-
-@pytest.fixture(scope="module")
-def gen(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    base = tmp_path_factory.getbasetemp() / "runtime"
-    base.mkdir(exist_ok=True)
-    return generated_image(base)
+from tests.runtime_images import serving
 
 
 @pytest.fixture(scope="module")
