@@ -15,8 +15,6 @@ from .kv import Disk
 from .protocol import DEFAULT_DISK, VERSION
 from .service import Service
 
-VERIFY_MODES = ("full", "pack", "none")
-
 
 def log(message: str) -> None:
     print(f"docteur-guest: {message}", file=sys.stderr, flush=True)

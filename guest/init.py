@@ -22,7 +22,8 @@ import os
 import sys
 import time
 
-PORT_NAME = "org.docteur.0"
+from .defaults import DEFAULT_VERIFY, PORT_NAME
+
 MODULE_ORDER = "/lib/modules/docteur.order"  # written by the guest build
 DEVICE_TIMEOUT = 10.0  # seconds to wait for the disks and the port to appear
 _SYS_FINIT_MODULE = 313  # x86_64
@@ -136,7 +137,7 @@ def server_argv(params: dict[str, str]) -> list[str]:
     argv: list[str] = []
     for name, path in disks.items():
         argv += ["--block", f"{name}={path}"]
-    return [*argv, "--verify", params.get("verify", "pack"), "--device", port]
+    return [*argv, "--verify", params.get("verify", DEFAULT_VERIFY), "--device", port]
 
 
 def blast(port: str, total: int) -> int:

@@ -23,7 +23,8 @@ from _signal import SIGTERM, getsignal, signal
 from collections import deque
 from collections.abc import Iterator
 
-from .boot import VERIFY_MODES, boot, log, parse_block
+from .boot import boot, log, parse_block
+from .defaults import DEFAULT_VERIFY, VERIFY_MODES
 from .protocol import (
     BadRequest,
     Cancel,
@@ -345,7 +346,7 @@ class Args:
 
     def __init__(self, argv: list[str]):
         self.block: list[str] = []
-        self.verify = "pack"
+        self.verify = DEFAULT_VERIFY
         self.stdio = False
         self.listen: str | None = None
         self.device: str | None = None

@@ -27,6 +27,7 @@ import structlog
 from qemu.qmp import ConnectError, QMPClient
 
 from docteur.guest import protocol
+from docteur.guest.defaults import DEFAULT_VERIFY
 from docteur.vm import qemu
 
 log = structlog.get_logger("docteur.vm")
@@ -112,7 +113,7 @@ class Appliance:
     def __init__(
         self,
         blocks: dict[str, str | Path],
-        verify: str = "pack",
+        verify: str = DEFAULT_VERIFY,
         memory: int = 128,
         accel: str = "auto",
         timeout: float = 60.0,

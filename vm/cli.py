@@ -22,9 +22,10 @@ from collections.abc import Awaitable, Iterator
 from types import ModuleType
 from typing import Any
 
+from docteur.guest.defaults import DEFAULT_VERIFY, VERIFY_MODES
 from docteur.guest.protocol import DEFAULT_DISK
 from docteur.vm.client import Client, ClientError, new_runner, run
-from docteur.vm.qemu import ACCELS, VERIFY_MODES
+from docteur.vm.qemu import ACCELS
 
 TARGETS = ("unix", "microvm")
 
@@ -52,7 +53,7 @@ def _add_run(subparsers: Any) -> argparse.ArgumentParser:
     what.add_argument("--filename", metavar="PATH", help="print this file and exit")
     what.add_argument("--socket", metavar="PATH", help="serve on this unix socket until Ctrl-C")
     p.add_argument("--disk", default=DEFAULT_DISK, help="the disk --filename reads (docteur)")
-    p.add_argument("--verify", choices=VERIFY_MODES, default="pack",
+    p.add_argument("--verify", choices=VERIFY_MODES, default=DEFAULT_VERIFY,
                    help="boot verification (default pack)")  # fmt: skip
     g = p.add_argument_group("microvm target")
     g.add_argument("--accel", choices=ACCELS, default="auto",

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from docteur.builder.log import error_line, notice
+from docteur.guest.defaults import DEFAULT_VERIFY
 from docteur.vm import qemu
 from docteur.vm.appliance import Appliance, ApplianceError, GuestRefused
 from docteur.vm.cli import block_specs, claim_socket_path, serve_until_stopped
@@ -35,7 +36,7 @@ def blocks_of(args: argparse.Namespace) -> dict[str, Path]:
 def appliance(args: argparse.Namespace, **kw: Any) -> Appliance:
     return Appliance(
         blocks=blocks_of(args),
-        verify=getattr(args, "verify", None) or "pack",
+        verify=getattr(args, "verify", None) or DEFAULT_VERIFY,
         memory=getattr(args, "memory", 128),
         accel=getattr(args, "accel", "auto"),
         timeout=getattr(args, "timeout", 60.0),

@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from docteur.guest.defaults import DEFAULT_VERIFY, PORT_NAME, VERIFY_MODES
+
 QEMU = "qemu-system-x86_64"
-PORT_NAME = "org.docteur.0"
 ACCELS = ("auto", "kvm", "tcg")
-VERIFY_MODES = ("full", "pack", "none")
 # virtio-blk serials are at most 20 bytes; the name also goes on the kernel command line.
 BLOCK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,20}")
 # TCG's AVX emulation (new in QEMU 7.2) makes glibc pick slower SHA-1/zlib paths.
@@ -101,7 +101,7 @@ class Launch:
     console_log: Path
     qmp_fd: int
     port_fd: int | None = None  # None: no protocol port (the bare benchmark boot)
-    verify: str = "pack"
+    verify: str = DEFAULT_VERIFY
     memory: int = 128
     accel: str = "tcg"  # already chosen: kvm or tcg
     extra_args: list[str] = field(default_factory=list)  # kernel command line

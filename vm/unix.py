@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 import structlog
 
 from docteur.builder.log import error_line, notice
+from docteur.guest.defaults import DEFAULT_VERIFY
 from docteur.guest.protocol import Hello
 from docteur.vm.cli import block_specs, claim_socket_path, serve_until_stopped
 from docteur.vm.client import Client, ClientError
@@ -67,7 +68,7 @@ def guest_argv(args: argparse.Namespace, *where: str) -> list[str]:
     argv = [sys.executable, "-m", "docteur.guest"]
     for name, path in blocks_of(args).items():
         argv += ["--block", f"{name}={path}"]
-    return [*argv, "--verify", getattr(args, "verify", None) or "pack", *where]
+    return [*argv, "--verify", getattr(args, "verify", None) or DEFAULT_VERIFY, *where]
 
 
 class _Tail:

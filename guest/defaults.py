@@ -1,0 +1,6 @@
+"""Facts the guest and the host must agree on, written once."""
+
+VERIFY_MODES = ("full", "pack", "none")
+DEFAULT_VERIFY = "pack"
+# The virtio-serial port the guest serves on (its name in /sys/class/virtio-ports).
+PORT_NAME = "org.docteur.0"
