@@ -11,9 +11,9 @@ import time
 
 from .errors import DocteurError
 from .image import Image
-from .kv import Disk
 from .protocol import DEFAULT_DISK, VERSION
 from .service import Service
+from .treeview import Disk
 
 
 def log(message: str) -> None:
@@ -30,7 +30,8 @@ def parse_block(spec: str) -> tuple[str, str]:
     return name, path
 
 
-def verify(image: Image, mode: str) -> None:
+def check(image: Image, mode: str) -> None:
+    """The boot check of `mode` (see defaults.VERIFY_MODES); raises on a bad image."""
     if mode == "none":
         return
     from . import verify as checks  # only when asked: keeps `none` boots lean
@@ -57,7 +58,7 @@ def boot(blocks: list[tuple[str, str]], mode: str) -> Service:
             image = Image.open(path)
             fields[f"disk.{name}"] = image.commit.hex()
             stage = f"verify {mode} failed"
-            verify(image, mode)
+            check(image, mode)
             disks[name] = Disk(name, image)
         except (DocteurError, OSError, ValueError) as exc:
             error = f"disk {name!r} ({path}): {stage}: {exc}"

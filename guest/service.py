@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .errors import DocteurError, ImageError, IntegrityError, NotFound
-from .kv import Disk, InvalidPath, NotADirectory, NotAFile
 from .protocol import CHUNK, BadRequest, GetEnd, Request, ServerCodec, data_header, encode_entries
+from .treeview import Disk, InvalidPath, NotADirectory, NotAFile
 
 LIST_BATCH = 1 << 16
 

@@ -74,7 +74,7 @@ def test_built_guest_has_what_init_needs() -> None:
     for path in ("init", "usr/bin/python3.11", "lib64/ld-linux-x86-64.so.2", "dev/console",
                  "dev/urandom", "lib/modules/docteur.order", "usr/lib/python3.11/os.pyc",
                  "usr/lib/python3.11/docteur/guest/server.pyc",
-                 "usr/lib/python3.11/docteur/guest/init.pyc"):  # fmt: skip
+                 "usr/lib/python3.11/docteur/guest/pid1.pyc"):  # fmt: skip
         assert path in entries, path
     assert not any("asyncio" in p or p.endswith(".py") for p in entries)
 

@@ -37,7 +37,7 @@ GUEST_SRC = Path(__file__).resolve().parent.parent / "guest"
 BUILDER_SRC = [Path(__file__).resolve().parent / f for f in
                ("guestbuild.py", "guestpy.py", "cpio.py", "elf.py", "debian.py")]  # fmt: skip
 GUEST_PKG = f"{guestpy.STDLIB}/docteur"  # on the default sys.path: no site, no PYTHONPATH
-INIT = "#!/usr/bin/python3.11 -IS\nfrom docteur.guest.init import main\nmain()\n"
+INIT = "#!/usr/bin/python3.11 -IS\nfrom docteur.guest.pid1 import main\nmain()\n"
 MTIME = 0
 
 

@@ -1,4 +1,4 @@
-"""The key-value view of an image: paths of the commit's tree -> files.
+"""The disk's tree view: paths of the commit's tree -> files (the key-value store clients see).
 
 Paths are resolved by walking trees lazily from the commit's root, with a
 cache of recent trees bounded in bytes. A cached tree is its raw body plus
