@@ -13,5 +13,9 @@ class IntegrityError(DocteurError):
     """The image is an image, but a byte of it is not what its hashes say."""
 
 
+class ImageChanged(IntegrityError):
+    """The image file was written while open: what was checked no longer holds."""
+
+
 class NotFound(DocteurError):
     """An object or a path that the image does not hold."""

@@ -96,6 +96,11 @@ class PackReader:
         self._cache_limit = cache_bytes
         self._direct_fd: int | None = None  # -1: no direct I/O here
 
+    def forget(self) -> None:
+        """Drop the cached delta bases (the file under them changed)."""
+        self._cache.clear()
+        self._cache_bytes = 0
+
     def close(self) -> None:
         if self._direct_fd is not None and self._direct_fd >= 0:
             os.close(self._direct_fd)

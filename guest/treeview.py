@@ -18,7 +18,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
 
-from .errors import DocteurError, IntegrityError, NotFound
+from .errors import DocteurError, ImageChanged, IntegrityError, NotFound
 from .image import Image
 from .objects import BLOB, MODE_TREE, TREE, Commit, TreeEntry, kind_of_mode, tree_entry_at
 from .protocol import MAX_PATH, Entry, GetEnd, Stat
@@ -177,6 +177,13 @@ class Disk:
 
     def resolve(self, path: bytes) -> tuple[int, bytes] | None:
         """(mode, oid) of `path`, None when absent."""
+        try:
+            self.image.check_unchanged()  # the cached trees are of the file opened
+        except ImageChanged:
+            self._trees.clear()
+            self._dirs.clear()
+            self._tree_bytes = 0
+            raise
         segs = split_path(path)
         if not segs:
             return ROOT_MODE, self.commit.tree
@@ -252,14 +259,14 @@ class Disk:
         is its target path, as git stores it (not followed).
         """
         _, oid = self._need_blob(path)
+        # The id is checked here, before anything is answered: the range is then
+        # clamped to the checked size, never to an unchecked entry header.
+        blob = self.image.open_blob(oid)
         if offset == 0 and length is None:
-            return None, self.image.stream_blob(oid, 0, None, chunk)
-        size = self._blob_size(oid)
-        start = min(offset, size)
-        count = size - start if length is None else min(length, size - start)
-        if count == 0:
-            return GetEnd(size, start, 0), iter(())
-        return GetEnd(size, start, count), self.image.stream_blob(oid, start, count, chunk)
+            return None, blob.chunks(0, None, chunk)
+        start = min(offset, blob.size)
+        count = blob.size - start if length is None else min(length, blob.size - start)
+        return GetEnd(blob.size, start, count), blob.chunks(start, count, chunk)
 
     def list(self, path: bytes) -> Iterator[Entry]:
         """Direct children of a directory, with full keys (`/dir/name`)."""
