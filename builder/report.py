@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from typing import BinaryIO
 
-from docteur.guest.errors import ImageError
 from docteur.guest.image import Image
 from docteur.guest.objects import Commit
 from docteur.guest.verify import verify_full
@@ -15,8 +13,6 @@ from .progress import Progress
 
 def verify_image(path: str, out: BinaryIO | None, *, quiet: bool = False) -> None:
     """Raise DocteurError (one-line message) when the image is bad; else print the report."""
-    if os.path.isdir(path):
-        raise ImageError(f"{path}: is a directory, not an image")
     with Image.open(path) as image, Progress("verifying", enabled=False if quiet else None) as bar:
         verify_full(image, progress=bar.update)
         commit = image.commit_object()

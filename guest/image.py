@@ -41,8 +41,9 @@ def _not_an_image(path: str, mode: int) -> ImageError | None:
     """The error for a file that is neither a regular file nor a block device."""
     if stat.S_ISREG(mode) or stat.S_ISBLK(mode):
         return None
+    # Only a regular file or a block device can be an image.
     kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
-    return ImageError(f"{path}: is {kind}, not an image (a regular file or a block device)")
+    return ImageError(f"{path}: is {kind}, not an image")
 
 
 def open_image_fd(path: str) -> int:

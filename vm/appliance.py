@@ -28,6 +28,8 @@ from qemu.qmp import ConnectError, QMPClient
 
 from docteur.guest import protocol
 from docteur.guest.defaults import DEFAULT_VERIFY
+from docteur.guest.errors import ImageError
+from docteur.guest.image import open_image_fd
 from docteur.vm import qemu
 
 log = structlog.get_logger("docteur.vm")
@@ -94,11 +96,10 @@ def guest_artifacts(build_dir: Path | None = None) -> tuple[Path, Path]:
 
 
 def _check_image(name: str, path: Path) -> Path:
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise ApplianceError(f"block {name}: cannot open {path}: {exc.strerror}") from None
+    try:  # the core's own check: refuses a FIFO or a device at once, never waits on it
+        os.close(open_image_fd(str(path)))
+    except ImageError as exc:
+        raise ApplianceError(f"block {name}: {exc}") from None
     return path.resolve()
 
 

@@ -21,6 +21,8 @@ import structlog
 
 from docteur.builder.log import error_line, notice
 from docteur.guest.defaults import DEFAULT_VERIFY
+from docteur.guest.errors import ImageError
+from docteur.guest.image import open_image_fd
 from docteur.guest.protocol import Hello
 from docteur.vm.cli import block_specs, claim_socket_path, serve_until_stopped
 from docteur.vm.client import Client, ClientError
@@ -36,15 +38,10 @@ def blocks_of(args: argparse.Namespace) -> dict[str, str]:
     """--block NAME=IMAGE (repeatable) and a bare IMAGE, each an image file we can open."""
     blocks = block_specs(args, TargetError)
     for name, path in blocks.items():
-        if not os.path.exists(path):
-            raise TargetError(f"disk {name}: {path}: no such file")
-        if os.path.isdir(path):
-            raise TargetError(f"disk {name}: {path}: is a directory, not an image")
-        try:
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            raise TargetError(f"disk {name}: cannot open {path}: {exc.strerror}") from None
+        try:  # the core's own check: refuses a FIFO or a device at once, never waits on it
+            os.close(open_image_fd(path))
+        except ImageError as exc:
+            raise TargetError(f"disk {name}: {exc}") from None
     return blocks
 
 
