@@ -155,9 +155,26 @@ def _find_pack_end(fd: int, idx_offset: int, pack_sha: bytes) -> int:
             for end in range(last, min(last + 20, idx_offset) + 1):
                 if end - 20 >= PACK_OFFSET + 12 and os.pread(fd, 20, end - 20) == pack_sha:
                     return end
+            _check_padding(fd, last, idx_offset, pack_sha)
             break
         pos = start
     raise ImageError("the PACK's trailer does not match the checksum the IDX records")
+
+
+def _check_padding(fd: int, last: int, idx_offset: int, pack_sha: bytes) -> None:
+    """Raise when the trailer sits a little before `last`: the PACK is whole and
+    a non-zero byte lies in the padding after it (a padding is under a block)."""
+    start = max(PACK_OFFSET + 12, last - (1 << 16))
+    found = os.pread(fd, last - start, start).rfind(pack_sha)
+    if found < 0:
+        return
+    end = start + found + 20
+    tail = os.pread(fd, idx_offset - end, end)
+    at = end + len(tail) - len(tail.lstrip(b"\0"))
+    raise ImageError(
+        f"non-zero byte {at} in the zero padding between the PACK (ends at byte {end}) "
+        f"and the IDX (at byte {idx_offset})"
+    )
 
 
 def device_size(fd: int) -> int:

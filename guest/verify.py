@@ -20,7 +20,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 
 from .delta import apply_delta
-from .errors import ImageError, IntegrityError, NotFound
+from .errors import DocteurError, ImageError, IntegrityError, NotFound
 from .idx import build_idx
 from .image import Image
 from .layout import PACK_OFFSET
@@ -36,6 +36,25 @@ _STREAM = 4 << 20
 
 def verify_pack(image: Image, progress: Progress | None = None) -> None:
     """Cheap boot check: PACK checksum, IDX checksum, counts, commit present."""
+    try:
+        _verify_pack(image, progress)
+    except DocteurError as exc:
+        raise image.named(exc) from None
+
+
+def verify_full(image: Image, progress: Progress | None = None) -> None:
+    """Every check there is; see the module's docstring."""
+    try:
+        _verify_pack(image, None)
+        _Walker(image, progress).run()
+        commit = image.commit_object()  # raises when the header's object is not a commit
+        _check_tree(image, commit.tree)
+    except DocteurError as exc:
+        raise image.named(exc) from None
+    image.fully_verified = True
+
+
+def _verify_pack(image: Image, progress: Progress | None) -> None:
     fd, layout, index = image.fd, image.layout, image.index
     head = os.pread(fd, 12, PACK_OFFSET)
     magic, version, count = struct.unpack(">4sII", head)
@@ -67,18 +86,9 @@ def verify_pack(image: Image, progress: Progress | None = None) -> None:
     tail = os.pread(fd, min(layout.image_size - layout.idx_end, 1 << 16), layout.idx_end)
     if tail.strip(b"\0"):
         at = layout.idx_end + len(tail) - len(tail.lstrip(b"\0"))
-        raise ImageError(f"unexpected data after the IDX at byte {at}")
+        raise ImageError(f"non-zero byte {at} in the zero padding after the IDX")
     if image.commit not in index:
         raise IntegrityError(f"the header's commit {image.commit.hex()} is not in the PACK")
-
-
-def verify_full(image: Image, progress: Progress | None = None) -> None:
-    """Every check there is; see the module's docstring."""
-    verify_pack(image)
-    _Walker(image, progress).run()
-    commit = image.commit_object()  # raises when the header's object is not a commit
-    _check_tree(image, commit.tree)
-    image.fully_verified = True
 
 
 class _Walker:

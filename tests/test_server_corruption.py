@@ -68,6 +68,8 @@ def test_every_answer_is_exact_or_an_error(small: tuple[Path, Path], tmp_path: P
                     exact += 1
                 else:
                     assert body == b"", (pos, path)  # checked before the first byte
+                    if last.code in ("integrity", "image"):
+                        assert str(corrupt) in last.message, (pos, path, last.message)
                     errors += 1
                 body, last = ask(service, "digest", path)
                 assert isinstance(last, Error) or last.result == oid.hex(), (pos, path)

@@ -112,6 +112,21 @@ def test_corruption(built: tuple[Path, Path], tmp_path: Path, where: str,
     assert out == ""
     line = one_error_line(err)
     assert len(line) > len("docteur: error: ") + 10
+    assert str(bad) in line  # every error line names the image
+
+
+@pytest.mark.parametrize("where", ["after the PACK", "before the IDX", "after the IDX"])
+def test_a_flip_in_the_padding_says_padding(built: tuple[Path, Path], tmp_path: Path, where: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Not "trailer mismatch": the PACK and the IDX are whole, a zero byte is not."""
+    _repo, good = built
+    with open(good, "rb") as f:
+        layout = read_layout(f.fileno())
+    at = {"after the PACK": layout.pack_end + 3, "before the IDX": layout.idx_offset - 1,
+          "after the IDX": layout.idx_end + 7}[where]  # fmt: skip
+    bad = _corrupt(good, tmp_path / "bad.img", at, b"\x01")
+    line = fails(capsys, "verify", bad)
+    assert "padding" in line and str(bad) in line and str(at) in line, line
 
 
 def test_wrong_commit_in_header(built: tuple[Path, Path], tmp_path: Path,
