@@ -47,9 +47,7 @@ def report(commit_hex: str, commit: Commit) -> bytes:
         <a blank line>
         <the message, then a newline: only when the commit has one>
     """
-    raw = commit.author.raw
-    name, _, rest = raw.partition(b" <")
-    email = rest.partition(b">")[0]
+    name, email = commit.author.name_raw, commit.author.email_raw
     lines = [
         f"commit\t: {commit_hex}\n".encode(),
         b"author\t: " + ocaml_quoted(name) + b" <" + email + b">\n",

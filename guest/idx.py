@@ -16,6 +16,19 @@ from .objects import sha1
 MAGIC = b"\377tOc\0\0\0\2"
 _FANOUT = 8
 _NAMES = _FANOUT + 256 * 4
+COUNT_AT = _NAMES - 4  # fanout[255]: the number of objects
+
+
+def offsets_at(count: int) -> int:
+    """Where the 32-bit offset table starts in an IDX of `count` objects."""
+    return _NAMES + 24 * count
+
+
+def idx_size(count: int, large: int = 0) -> int:
+    """Bytes of an IDX v2 of `count` objects, `large` of them at 64-bit offsets:
+    header, fanout, then per object an id, a CRC32 and an offset, the 64-bit
+    offsets, and the PACK's and the IDX's own checksums."""
+    return offsets_at(count) + 4 * count + 8 * large + 40
 
 
 class Index:
@@ -30,9 +43,9 @@ class Index:
         self._fanout = struct.unpack_from(">256I", data, _FANOUT)
         self.count = self._fanout[255]
         self._crc_at = _NAMES + 20 * self.count
-        self._off_at = self._crc_at + 4 * self.count
+        self._off_at = offsets_at(self.count)
         self._large_at = self._off_at + 4 * self.count
-        if len(data) < self._large_at + 40:
+        if len(data) < idx_size(self.count):
             raise ImageError(f"IDX truncated: {len(data)} bytes for {self.count} objects")
         prev = 0
         for n in self._fanout:

@@ -14,6 +14,8 @@ import struct
 from collections import namedtuple
 
 from .errors import ImageError
+from .idx import COUNT_AT, idx_size, offsets_at
+from .idx import MAGIC as IDX_MAGIC
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is dear to import in the VM
@@ -22,9 +24,9 @@ if TYPE_CHECKING:  # typing is dear to import in the VM
 HEADER_SIZE = 28
 PACK_OFFSET = HEADER_SIZE
 DEFAULT_BLOCK_SIZE = 512
-# Smallest PACK: 12-byte header + 20-byte trailer; smallest IDX v2: 8 + 1024 + 40.
+# Smallest PACK: 12-byte header + 20-byte trailer.
 MIN_PACK_SIZE = 32
-MIN_IDX_SIZE = 8 + 256 * 4 + 40
+MIN_IDX_SIZE = idx_size(0)
 _HEADER = struct.Struct("<20sq")
 
 
@@ -61,11 +63,6 @@ class Layout(namedtuple("Layout", "header pack_end idx_end image_size")):
     @property
     def idx_offset(self) -> int:
         return self.header.idx_offset
-
-
-def image_size(pack_size: int, idx_size: int, block_size: int = DEFAULT_BLOCK_SIZE) -> int:
-    idx_offset = padded_end(PACK_OFFSET + pack_size, block_size)
-    return padded_end(idx_offset + idx_size, block_size)
 
 
 def write_image(
@@ -124,22 +121,20 @@ def read_layout(fd: int, size: int | None = None) -> Layout:
     off = header.idx_offset
     if not (PACK_OFFSET + MIN_PACK_SIZE <= off <= size - MIN_IDX_SIZE):
         raise ImageError(f"not a docteur image: IDX offset {off} is outside the image ({size} bytes)")
-    if os.pread(fd, 8, off) != b"\377tOc\0\0\0\2":
+    if os.pread(fd, 8, off) != IDX_MAGIC:
         raise ImageError(f"no IDX v2 signature at byte {off} (the header's IDX offset)")
-    # The IDX's length follows from its object count (fanout[255]).
-    (count,) = struct.unpack(">I", os.pread(fd, 4, off + 8 + 255 * 4))
-    idx_size = 8 + 256 * 4 + count * 28 + 40
-    if idx_size > size - off:
+    # The IDX's length follows from its object count.
+    (count,) = struct.unpack(">I", os.pread(fd, 4, off + COUNT_AT))
+    if idx_size(count) > size - off:
         raise ImageError(f"IDX at byte {off} claims {count} objects, more than the image holds")
     # 64-bit offsets (packs over 2 GiB) add 8 bytes each after the 32-bit table.
-    off32 = os.pread(fd, 4 * count, off + 8 + 1024 + count * 24)
-    large = sum(1 for i in range(0, len(off32), 4) if off32[i] & 0x80)
-    idx_size += 8 * large
-    if idx_size > size - off:
+    off32 = os.pread(fd, 4 * count, off + offsets_at(count))
+    length = idx_size(count, sum(1 for i in range(0, len(off32), 4) if off32[i] & 0x80))
+    if length > size - off:
         raise ImageError(f"IDX at byte {off} is truncated")
-    pack_sha = os.pread(fd, 20, off + idx_size - 40)
+    pack_sha = os.pread(fd, 20, off + length - 40)
     pack_end = _find_pack_end(fd, off, pack_sha)
-    return Layout(header, pack_end, off + idx_size, size)
+    return Layout(header, pack_end, off + length, size)
 
 
 def _find_pack_end(fd: int, idx_offset: int, pack_sha: bytes) -> int:

@@ -19,7 +19,6 @@ except ImportError:  # a Python built without it
 COMMIT, TREE, BLOB, TAG = "commit", "tree", "blob", "tag"
 # Type numbers as they appear in a PACK entry header.
 TYPE_NUMBERS = {1: COMMIT, 2: TREE, 3: BLOB, 4: TAG}
-TYPE_CODES = {name: num for num, name in TYPE_NUMBERS.items()}
 
 MODE_TREE = 0o040000
 MODE_FILE = 0o100644
@@ -67,10 +66,6 @@ def object_id(kind: str, body: bytes) -> bytes:
     return h.digest()
 
 
-def hex_id(raw: bytes) -> str:
-    return raw.hex()
-
-
 def kind_of_mode(mode: int) -> str:
     """What a tree entry is: 'directory', 'file', 'symlink' or 'submodule'."""
     fmt = mode & 0o170000
@@ -91,13 +86,22 @@ class Signature(namedtuple("Signature", "raw")):
     __slots__ = ()
 
     @property
+    def name_raw(self) -> bytes:
+        """The bytes before ` <`."""
+        return self.raw.partition(b" <")[0]
+
+    @property
+    def email_raw(self) -> bytes:
+        """The bytes between ` <` and the next `>`."""
+        return self.raw.partition(b" <")[2].partition(b">")[0]
+
+    @property
     def name(self) -> str:
-        return self.raw.split(b" <", 1)[0].decode("utf-8", "replace")
+        return self.name_raw.decode("utf-8", "replace")
 
     @property
     def email(self) -> str:
-        rest = self.raw.split(b" <", 1)[1] if b" <" in self.raw else b""
-        return rest.split(b">", 1)[0].decode("utf-8", "replace")
+        return self.email_raw.decode("utf-8", "replace")
 
     @property
     def timestamp(self) -> int:
@@ -157,12 +161,20 @@ class Tree(namedtuple("Tree", "entries")):
         return None
 
 
-def tree_entry_at(body: bytes, pos: int) -> tuple[TreeEntry, int]:
-    """The tree entry that starts at byte `pos` of a tree body, and where the next one starts."""
+def tree_entry_bounds(body: bytes, pos: int) -> tuple[int, int]:
+    """(space, nul) of the tree entry `MODE NAME\0ID` at byte `pos` of a tree body:
+    its name is body[space+1:nul], its id the 20 bytes after nul; the next entry
+    starts at nul + 21. The one tree-entry parser (treeview.Tree indexes with it)."""
     space = body.find(b" ", pos)
     nul = body.find(b"\0", space + 1)
     if space < 0 or nul < 0 or nul + 21 > len(body):
         raise IntegrityError(f"malformed tree entry at byte {pos}")
+    return space, nul
+
+
+def tree_entry_at(body: bytes, pos: int) -> tuple[TreeEntry, int]:
+    """The tree entry that starts at byte `pos` of a tree body, and where the next one starts."""
+    space, nul = tree_entry_bounds(body, pos)
     try:
         mode = int(body[pos:space], 8)
     except ValueError:
@@ -244,42 +256,6 @@ class Commit(namedtuple("Commit", "tree parents author committer message extra",
         if tree is None or author is None or committer is None:
             raise IntegrityError("commit lacks a tree, an author or a committer")
         return cls(tree, tuple(parents), author, committer, message, tuple(extra))
-
-
-class Tag(namedtuple("Tag", "object kind tag tagger message extra", defaults=((),))):
-    """An annotated tag; `object` is the raw id it points at, `kind` its type."""
-
-    __slots__ = ()
-
-    def as_raw(self) -> bytes:
-        headers = [(b"object", self.object.hex().encode()), (b"type", self.kind.encode())]
-        headers.append((b"tag", self.tag))
-        if self.tagger is not None:
-            headers.append((b"tagger", self.tagger.raw))
-        headers += list(self.extra)
-        return _join_headers(headers, self.message)
-
-    @classmethod
-    def from_raw(cls, body: bytes) -> Tag:
-        headers, message = _split_headers(body, "tag")
-        values: dict[bytes, bytes] = {}
-        extra: list[tuple[bytes, bytes]] = []
-        for key, value in headers:
-            if key in (b"object", b"type", b"tag", b"tagger") and key not in values:
-                values[key] = value
-            else:
-                extra.append((key, value))
-        if b"object" not in values or b"type" not in values:
-            raise IntegrityError("tag lacks an object or a type")
-        tagger = Signature(values[b"tagger"]) if b"tagger" in values else None
-        return cls(
-            _parse_hex(values[b"object"], "tag object"),
-            values[b"type"].decode("ascii", "replace"),
-            values.get(b"tag", b""),
-            tagger,
-            message,
-            tuple(extra),
-        )
 
 
 def _parse_hex(value: bytes, what: str) -> bytes:

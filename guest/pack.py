@@ -32,6 +32,11 @@ _DIRECT_READ = 1 << 20
 MAX_CHAIN = 10_000
 
 
+def bad_zlib(offset: int, exc: zlib.error) -> IntegrityError:
+    """The error for an entry whose deflate data zlib rejects (one wording everywhere)."""
+    return IntegrityError(f"PACK entry at {offset}: bad zlib data ({exc})")
+
+
 class Entry(namedtuple("Entry", "offset type size data_offset base_offset base_id", defaults=(None, None))):
     """One PACK entry's header; offsets are relative to the PACK start.
 
@@ -213,7 +218,7 @@ class PackReader:
             else:
                 raise IntegrityError(f"PACK entry at {entry.offset}: zlib data runs off the PACK")
         except zlib.error as exc:
-            raise IntegrityError(f"PACK entry at {entry.offset}: bad zlib data ({exc})") from None
+            raise bad_zlib(entry.offset, exc) from None
         finally:
             pieces.close()
         if produced != entry.size:
@@ -230,7 +235,7 @@ class PackReader:
         try:
             return d.decompress(self.pread(min(entry.size + 64, 4096), entry.data_offset), n)
         except zlib.error as exc:
-            raise IntegrityError(f"PACK entry at {entry.offset}: bad zlib data ({exc})") from None
+            raise bad_zlib(entry.offset, exc) from None
 
     # -- objects --------------------------------------------------------------
     def base_of(self, entry: Entry) -> int:
@@ -245,34 +250,45 @@ class PackReader:
             )
         return off
 
+    def chain(self, offset: int) -> Iterator[Entry]:
+        """The entry at `offset`, then its delta base, its base's base... down to a
+        whole object (the last one yielded). The one walk down a delta chain."""
+        entry = self.entry(offset)
+        depth = 0
+        while True:
+            yield entry
+            if not entry.is_delta:
+                return
+            depth += 1
+            if depth > MAX_CHAIN:
+                raise IntegrityError(f"PACK entry at {offset}: delta chain too deep or cyclic")
+            entry = self.entry(self.base_of(entry))
+
     def resolve(self, offset: int) -> tuple[int, bytes]:
         """(type number, body) of the object at `offset`, deltas applied."""
         hit = self._cache.get(offset)
         if hit is not None:
             self._cache.move_to_end(offset)
             return hit
-        # Walk down the chain iteratively: chains can be thousands deep.
-        chain: list[Entry] = []
-        entry = self.entry(offset)
-        while entry.is_delta:
-            chain.append(entry)
-            if len(chain) > MAX_CHAIN:
-                raise IntegrityError(f"PACK entry at {offset}: delta chain too deep or cyclic")
-            base = self.base_of(entry)
-            hit = self._cache.get(base)
+        # Walk down the chain iteratively (chains can be thousands deep), up to a
+        # cached base or a whole object.
+        deltas: list[Entry] = []
+        for entry in self.chain(offset):
+            hit = self._cache.get(entry.offset) if deltas else None
             if hit is not None:
-                self._cache.move_to_end(base)
+                self._cache.move_to_end(entry.offset)
                 kind, data = hit
                 break
-            entry = self.entry(base)
-        else:
+            if entry.is_delta:
+                deltas.append(entry)
+                continue
             kind, data = entry.type, self.inflate(entry)
-            if chain:
+            if deltas:
                 self._remember(entry.offset, kind, data)
-        for delta_entry in reversed(chain):
+        for delta_entry in reversed(deltas):
             data = apply_delta(data, self.inflate(delta_entry))
             # Bases are what gets reused; the final object is returned, not cached.
-            if delta_entry is not chain[0]:
+            if delta_entry is not deltas[0]:
                 self._remember(delta_entry.offset, kind, data)
         return kind, data
 
@@ -291,13 +307,8 @@ class PackReader:
         if not entry.is_delta:
             return entry.type, entry.size
         _, size = delta_sizes(self.inflate_prefix(entry, 32))
-        depth = 0
-        while entry.is_delta:
-            depth += 1
-            if depth > MAX_CHAIN:
-                raise IntegrityError(f"PACK entry at {offset}: delta chain too deep or cyclic")
-            entry = self.entry(self.base_of(entry))
-        return entry.type, size
+        *_, base = self.chain(offset)
+        return base.type, size
 
     def offset_of(self, oid: bytes) -> int:
         off = self.index.lookup(oid)

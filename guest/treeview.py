@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 from .errors import DocteurError, ImageChanged, IntegrityError, NotFound
 from .image import Image
-from .objects import BLOB, MODE_TREE, TREE, Commit, TreeEntry, kind_of_mode, tree_entry_at
+from .objects import BLOB, MODE_TREE, TREE, Commit, TreeEntry, kind_of_mode, tree_entry_at, tree_entry_bounds
 from .protocol import MAX_PATH, Entry, GetEnd, Stat
 
 ROOT_MODE = MODE_TREE
@@ -80,12 +80,8 @@ class Tree:
         self.offsets = array("I")
         self.sorted = True
         pos, end, prev = 0, len(body), b""
-        find = body.find
         while pos < end:
-            space = find(b" ", pos)
-            nul = find(b"\0", space + 1)
-            if space < 0 or nul < 0 or nul + 21 > end:
-                raise IntegrityError(f"malformed tree entry at byte {pos}")
+            space, nul = tree_entry_bounds(body, pos)
             self.offsets.append(pos)
             key = body[space + 1 : nul]
             if body[pos : pos + 2] == b"40":  # a directory sorts as "name/"
@@ -109,8 +105,8 @@ class Tree:
 
     def _name_at(self, i: int) -> bytes:
         body, pos = self.body, self.offsets[i]
-        space = body.find(b" ", pos)
-        key = body[space + 1 : body.find(b"\0", space + 1)]
+        space, nul = tree_entry_bounds(body, pos)
+        key = body[space + 1 : nul]
         return key + b"/" if body[pos : pos + 2] == b"40" else key
 
     def lookup(self, name: bytes) -> tuple[int, bytes] | None:
@@ -285,9 +281,9 @@ class Disk:
             "commit": self.image.commit.hex(),
             "tree": c.tree.hex(),
             "parents": " ".join(p.hex() for p in c.parents),
-            "author": c.author.raw.rsplit(b">", 1)[0].decode("utf-8", "replace") + ">",
+            "author": f"{c.author.name} <{c.author.email}>",
             "author_time": str(c.author.timestamp),
-            "committer": c.committer.raw.rsplit(b">", 1)[0].decode("utf-8", "replace") + ">",
+            "committer": f"{c.committer.name} <{c.committer.email}>",
             "committer_time": str(c.committer.timestamp),
             "committer_tz": c.committer.tz_offset,
             "message": (c.message or b"").decode("utf-8", "replace"),

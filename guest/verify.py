@@ -17,7 +17,7 @@ import struct
 import zlib
 from array import array
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .delta import apply_delta
 from .errors import DocteurError, ImageError, IntegrityError, NotFound
@@ -25,7 +25,7 @@ from .idx import build_idx
 from .image import Image
 from .layout import PACK_OFFSET
 from .objects import TREE, TYPE_NUMBERS, iter_tree, object_header, object_id, sha1
-from .pack import parse_entry
+from .pack import bad_zlib, parse_entry
 
 Progress = Callable[[int, int], None]
 _CHUNK = 1 << 20
@@ -189,33 +189,31 @@ class _Walker:
         entry = parse_entry(self.mv, off, PACK_OFFSET + off)
         return self.mv[PACK_OFFSET + entry.data_offset : PACK_OFFSET + end], entry.size, end - off
 
-    def _inflate(self, rank: int) -> bytes:
+    def _inflated(self, rank: int, piece: int) -> Iterator[bytes]:
+        """The object's inflated data in pieces (from `piece` bytes of input each),
+        checked to end where its entry ends and to have its declared size."""
         src, size, length = self._span(rank)
         d = zlib.decompressobj()
-        try:
-            data = d.decompress(src)
-        except zlib.error as exc:
-            raise IntegrityError(f"PACK entry at {self.offs[rank]}: bad zlib data ({exc})") from None
-        if not d.eof or d.unused_data or len(data) != size:
-            raise IntegrityError(f"PACK entry at {self.offs[rank]}: zlib data does not match its header")
-        self._advance(length)
-        return data
-
-    def _stream_hash(self, rank: int, kind: str) -> bytes:
-        src, size, length = self._span(rank)
-        d = zlib.decompressobj()
-        h = sha1(object_header(kind, size), size)
         produced = 0
         try:
-            for at in range(0, len(src), _CHUNK):
-                piece = d.decompress(src[at : at + _CHUNK])
-                produced += len(piece)
-                h.update(piece)
+            for at in range(0, len(src), piece):
+                data = d.decompress(src[at : at + piece])
+                produced += len(data)
+                yield data
         except zlib.error as exc:
-            raise IntegrityError(f"PACK entry at {self.offs[rank]}: bad zlib data ({exc})") from None
+            raise bad_zlib(self.offs[rank], exc) from None
         if not d.eof or d.unused_data or produced != size:
             raise IntegrityError(f"PACK entry at {self.offs[rank]}: zlib data does not match its header")
         self._advance(length)
+
+    def _inflate(self, rank: int) -> bytes:
+        return b"".join(self._inflated(rank, 1 << 62))  # one decompress call
+
+    def _stream_hash(self, rank: int, kind: str) -> bytes:
+        size = self._span(rank)[1]
+        h = sha1(object_header(kind, size), size)
+        for data in self._inflated(rank, _CHUNK):
+            h.update(data)
         return h.digest()
 
     def _advance(self, n: int) -> None:
