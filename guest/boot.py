@@ -61,7 +61,9 @@ def boot(blocks: list[tuple[str, str]], mode: str) -> Service:
             check(image, mode)
             disks[name] = Disk(name, image)
         except (DocteurError, OSError, ValueError) as exc:
-            error = f"disk {name!r} ({path}): {stage}: {exc}"
+            # The core's errors name the image already; say it once.
+            where = "" if str(exc).startswith(f"{path}: ") else f" ({path})"
+            error = f"disk {name!r}{where}: {stage}: {exc}"
             if image is not None:
                 image.close()
             continue

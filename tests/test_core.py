@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from docteur.guest.errors import DocteurError, ImageError, IntegrityError, NotFound
-from docteur.guest.idx import Index, build_idx
+from docteur.guest.idx import Index, build_idx, idx_size
 from docteur.guest.image import Image
 from docteur.guest.layout import read_layout, write_image
 from docteur.guest.objects import Commit, Tree, object_id
@@ -83,6 +83,15 @@ def test_layout_follows_the_original(image_path: Path, tmp_path: Path) -> None:
 def test_build_idx_is_byte_identical_to_git(image_path: Path, tmp_path: Path) -> None:
     idx = Index((tmp_path / "x.idx").read_bytes())
     assert build_idx(list(idx.entries()), idx.pack_checksum) == idx.data
+
+
+def test_idx_size_is_the_length_git_writes(image_path: Path, tmp_path: Path) -> None:
+    """The one IDX size formula, against git's IDX and against 64-bit offsets."""
+    data = (tmp_path / "x.idx").read_bytes()
+    assert idx_size(Index(data).count) == len(data)
+    entries = [(bytes([i]) * 20, i, off) for i, off in enumerate((12, 1 << 31, 1 << 33, 99))]
+    big = build_idx(entries, b"\0" * 20)
+    assert idx_size(4, 2) == len(big) and Index(big).offset(1) == 1 << 31
 
 
 def test_every_object_reads_back_as_git_has_it(history_repo: Path, image_path: Path) -> None:
