@@ -221,16 +221,6 @@ class Image:
         except DocteurError as exc:
             raise self.named(exc) from None
 
-    def stream_blob(
-        self, oid: bytes, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 16
-    ) -> Iterator[bytes]:
-        """The bytes [offset, offset+length) of a blob, clamped to its size.
-
-        The whole object is checked against its id before the first byte is
-        yielded: a corrupted object raises IntegrityError, never wrong bytes.
-        """
-        yield from self.open_blob(oid).chunks(offset, length, chunk_size)
-
     def commit_object(self) -> Commit:
         kind, body = self.read_object(self.commit)
         if kind != COMMIT:

@@ -110,8 +110,8 @@ def test_every_object_reads_back_as_git_has_it(history_repo: Path, image_path: P
             assert img.read_object(raw) == (kind.decode(), body)
             assert img.object_info(raw) == (kind.decode(), int(size))
             if kind == b"blob":
-                assert b"".join(img.stream_blob(raw, chunk_size=4096)) == body
-                assert b"".join(img.stream_blob(raw, 100, 333)) == body[100:433]
+                assert b"".join(img.open_blob(raw).chunks(chunk_size=4096)) == body
+                assert b"".join(img.open_blob(raw).chunks(100, 333)) == body[100:433]
             if kind == b"tree":
                 assert Tree.from_raw(body).as_raw() == body
             if kind == b"commit":
@@ -130,10 +130,10 @@ def test_large_blob_streams_in_bounded_pieces(history_repo: Path, image_path: Pa
     image_mod.STREAM_THRESHOLD = 1000  # force the two-pass streaming path
     try:
         with Image.open(str(image_path)) as img:
-            pieces = list(img.stream_blob(bytes.fromhex(oid), chunk_size=10_000))
+            pieces = list(img.open_blob(bytes.fromhex(oid)).chunks(chunk_size=10_000))
             assert max(len(p) for p in pieces) <= 10_000
             assert b"".join(pieces) == expected
-            assert b"".join(img.stream_blob(bytes.fromhex(oid), 299_990, 100)) == expected[299_990:]
+            assert b"".join(img.open_blob(bytes.fromhex(oid)).chunks(299_990, 100)) == expected[299_990:]
     finally:
         image_mod.STREAM_THRESHOLD = old
 
@@ -195,7 +195,7 @@ def test_reads_check_each_object_without_boot_verification(history_repo: Path, t
         with Image.open(str(image_path)) as img:
             for oid, body in truth.items():
                 try:
-                    got = b"".join(img.stream_blob(bytes.fromhex(oid)))
+                    got = b"".join(img.open_blob(bytes.fromhex(oid)).chunks())
                 except DocteurError:
                     continue
                 assert got == body, (pos, oid)

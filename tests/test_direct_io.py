@@ -57,12 +57,12 @@ def test_big_blob_read_directly(history_repo: Path, tmp_path: Path, direct: list
     oid, expected = _big(history_repo)
     image = make_image(history_repo, tmp_path / "disk.img")
     with Image.open(str(image)) as img:
-        assert b"".join(img.stream_blob(oid, chunk_size=10_000)) == expected
+        assert b"".join(img.open_blob(oid).chunks(chunk_size=10_000)) == expected
         for offset, length in ((0, 1), (4095, 4098), (65_530, 70_000), (299_990, 100)):
-            got = b"".join(img.stream_blob(oid, offset, length, chunk_size=4096))
+            got = b"".join(img.open_blob(oid).chunks(offset, length, chunk_size=4096))
             assert got == expected[offset : offset + length]
         # Two streams at once each have their own buffer.
-        a, b = img.stream_blob(oid, chunk_size=8192), img.stream_blob(oid, 1, None, 8192)
+        a, b = img.open_blob(oid).chunks(chunk_size=8192), img.open_blob(oid).chunks(1, None, 8192)
         got_a: list[bytes] = []
         got_b: list[bytes] = []
         while True:  # interleaved, piece by piece
@@ -88,5 +88,5 @@ def test_direct_reads_still_catch_corruption(history_repo: Path, tmp_path: Path,
         with pytest.raises(IntegrityError, match="PACK checksum"):
             verify_pack(img)
         with pytest.raises(IntegrityError):
-            b"".join(img.stream_blob(oid))
+            b"".join(img.open_blob(oid).chunks())
     assert direct
