@@ -146,14 +146,18 @@ class Image:
             self.pack.forget()
         raise self.changed
 
-    def named(self, exc: DocteurError) -> DocteurError:
+    def named(self, exc: DocteurError | OSError) -> DocteurError:
         """`exc` with this image's path in front; ImageChanged when the file changed
         (a broken object in a rewritten file is the rewrite's doing)."""
+        if isinstance(exc, OSError):  # EIO and the like: an image error, named
+            return ImageError(f"{self.path}: I/O error reading the image: {exc.strerror or exc}")
         if isinstance(exc, IntegrityError):
             try:
                 self.check_unchanged()
             except ImageChanged as changed:
                 return changed
+            except OSError:
+                pass  # no word on the file: report the error as it is
         message = str(exc)
         if message.startswith(f"{self.path}: "):
             return exc
@@ -184,7 +188,7 @@ class Image:
             kind = TYPE_NUMBERS[num]
             if check and not self._already_checked(offset):
                 self._check_digest(oid, offset, object_id(kind, body))
-        except DocteurError as exc:
+        except (DocteurError, OSError) as exc:
             raise self.named(exc) from None
         return kind, body
 
@@ -195,7 +199,7 @@ class Image:
         try:
             num, size = self.pack.type_and_size(self.pack.offset_of(oid))
             self.check_unchanged()
-        except DocteurError as exc:
+        except (DocteurError, OSError) as exc:
             raise self.named(exc) from None
         return TYPE_NUMBERS[num], size
 
@@ -218,7 +222,7 @@ class Image:
                     h.update(piece)
                 self._check_digest(oid, pack_offset, h.digest())
             return Blob(self, entry.size, None, entry)
-        except DocteurError as exc:
+        except (DocteurError, OSError) as exc:
             raise self.named(exc) from None
 
     def commit_object(self) -> Commit:
@@ -227,7 +231,7 @@ class Image:
             raise IntegrityError(f"{self.path}: the header's commit {self.commit.hex()} is a {kind}")
         try:
             return Commit.from_raw(body)
-        except DocteurError as exc:
+        except (DocteurError, OSError) as exc:
             raise self.named(exc) from None
 
 
@@ -267,5 +271,5 @@ class Blob:
                 pos = end
                 if pos >= stop:
                     break
-        except DocteurError as exc:
+        except (DocteurError, OSError) as exc:
             raise image.named(exc) from None
