@@ -183,6 +183,8 @@ class Image:
     def read_object(self, oid: bytes, check: bool = True) -> tuple[str, bytes]:
         """(kind, body) of object `oid`; raises NotFound or IntegrityError."""
         try:
+            if self.changed is not None:  # failing for good once the file changed
+                raise self.changed
             offset = self.pack.offset_of(oid)
             num, body = self.pack.resolve(offset)
             kind = TYPE_NUMBERS[num]
@@ -197,6 +199,8 @@ class Image:
 
         Not checked against the id: only the boot check covers these bytes."""
         try:
+            if self.changed is not None:
+                raise self.changed
             num, size = self.pack.type_and_size(self.pack.offset_of(oid))
             self.check_unchanged()
         except (DocteurError, OSError) as exc:
@@ -207,6 +211,8 @@ class Image:
         """Blob `oid`, its id checked: its size is then the checked one, never
         only what an entry header says."""
         try:
+            if self.changed is not None:
+                raise self.changed
             pack_offset = self.pack.offset_of(oid)
             entry = self.pack.entry(pack_offset)
             if entry.is_delta or entry.size <= STREAM_THRESHOLD:

@@ -123,3 +123,24 @@ async def test_a_rewritten_image_is_an_integrity_error(
                 await client.list("/")
     finally:
         server.close()
+
+
+def test_a_blob_rewritten_while_it_streams(tmp_path: Path) -> None:
+    """A big blob is hashed, then inflated again as it is sent: a write between or
+    during those passes ends the stream in ImageChanged, not in the new bytes."""
+    from docteur.guest.errors import ImageChanged
+    from tests.runtime_images import generate_repo
+
+    repo = generate_repo(tmp_path / "big.git", files=3, commits=1, big=(4 << 20) + 999)
+    image = make_image(repo, tmp_path / "big.img")
+    oid = bytes.fromhex(git("rev-parse", "HEAD:big.bin", cwd=repo).decode().strip())
+    with Image.open(str(image)) as img:
+        blob = img.open_blob(oid)  # hashed: the id is right
+        chunks = blob.chunks(chunk_size=1 << 16)
+        first = next(chunks)
+        assert first and len(first) < blob.size
+        _flip(image, img.layout.pack_end - 1000)  # anywhere: the file is no longer the one checked
+        with pytest.raises(ImageChanged, match=str(image)):
+            b"".join(chunks)
+        with pytest.raises(ImageChanged):  # for good
+            img.open_blob(oid)
