@@ -160,9 +160,12 @@ class Disk:
             self._trees.move_to_end(oid)
             return hit
         kind, body = self.image.read_object(oid)
-        if kind != TREE:
-            raise IntegrityError(f"object {oid.hex()} is a {kind}, a tree was expected")
-        tree = Tree(body)
+        try:
+            if kind != TREE:
+                raise IntegrityError(f"object {oid.hex()} is a {kind}, a tree was expected")
+            tree = Tree(body)
+        except IntegrityError as exc:
+            raise self.image.named(exc) from None
         if tree.cost <= self._tree_limit // 2:
             self._trees[oid] = tree
             self._tree_bytes += tree.cost
@@ -183,6 +186,12 @@ class Disk:
         segs = split_path(path)
         if not segs:
             return ROOT_MODE, self.commit.tree
+        try:
+            return self._walk(segs)
+        except IntegrityError as exc:  # a malformed entry in a tree that hashed right
+            raise self.image.named(exc) from None
+
+    def _walk(self, segs: list[bytes]) -> tuple[int, bytes] | None:
         parent = b"/".join(segs[:-1])
         tree_oid = self._dirs.get(parent)
         if tree_oid is not None:
@@ -223,7 +232,7 @@ class Disk:
     def _blob_size(self, oid: bytes) -> int:
         kind, size = self.image.object_info(oid)
         if kind != BLOB:
-            raise IntegrityError(f"object {oid.hex()} is a {kind}, a blob was expected")
+            raise self.image.named(IntegrityError(f"object {oid.hex()} is a {kind}, a blob was expected"))
         return size
 
     def stat(self, path: bytes) -> Stat:
@@ -271,8 +280,11 @@ class Disk:
             raise NotADirectory(f"{_show(path)} is a {kind_of_mode(mode)}, not a directory")
         segs = split_path(path)
         prefix = b"/" + b"/".join(segs) + b"/" if segs else b"/"
-        for emode, name, _ in self.tree(oid):
-            yield Entry(prefix + name, kind_of_mode(emode), emode)
+        try:
+            for emode, name, _ in self.tree(oid):
+                yield Entry(prefix + name, kind_of_mode(emode), emode)
+        except IntegrityError as exc:
+            raise self.image.named(exc) from None
 
     def info(self) -> dict[str, str]:
         c = self.commit
