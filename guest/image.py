@@ -86,7 +86,7 @@ class Image:
         self.index = index
         self.pack = PackReader(fd, PACK_OFFSET, layout.pack_end, index, cache_bytes)
         self._opened_as = _identity(fd)
-        self.changed: ImageChanged | None = None
+        self.changed: str | None = None  # why the file no longer is the one opened
         # Offsets whose id was checked recently: a second read need not hash again.
         self._verified: OrderedDict[int, None] = OrderedDict()
         # Set by verify_full once every object's id has been checked: reads of an
@@ -133,18 +133,16 @@ class Image:
             now = _identity(self.fd)
             if now == self._opened_as:
                 return
-            was = self._opened_as
-            what = "replaced" if now[:2] != was[:2] else "written"
-            if now[2] != was[2]:
-                what += f", {was[2]} -> {now[2]} bytes"
-            self.changed = ImageChanged(
-                f"{self.path}: the image was {what} while served; what was checked no longer "
-                "holds (restart the server to serve the new image)"
+            size = "" if now[2] == self._opened_as[2] else f" ({self._opened_as[2]} -> {now[2]} bytes)"
+            self.changed = (
+                f"{self.path}: the image was written while served{size}; what was checked no "
+                "longer holds (restart the server to serve the new image)"
             )
             self._verified.clear()
             self.fully_verified = False
             self.pack.forget()
-        raise self.changed
+        # A new exception each time: re-raising one instance would grow its traceback.
+        raise ImageChanged(self.changed)
 
     def named(self, exc: DocteurError | OSError) -> DocteurError:
         """`exc` with this image's path in front; ImageChanged when the file changed
@@ -184,7 +182,7 @@ class Image:
         """(kind, body) of object `oid`; raises NotFound or IntegrityError."""
         try:
             if self.changed is not None:  # failing for good once the file changed
-                raise self.changed
+                raise ImageChanged(self.changed)
             offset = self.pack.offset_of(oid)
             num, body = self.pack.resolve(offset)
             kind = TYPE_NUMBERS[num]
@@ -200,7 +198,7 @@ class Image:
         Not checked against the id: only the boot check covers these bytes."""
         try:
             if self.changed is not None:
-                raise self.changed
+                raise ImageChanged(self.changed)
             num, size = self.pack.type_and_size(self.pack.offset_of(oid))
             self.check_unchanged()
         except (DocteurError, OSError) as exc:
@@ -212,7 +210,7 @@ class Image:
         only what an entry header says."""
         try:
             if self.changed is not None:
-                raise self.changed
+                raise ImageChanged(self.changed)
             pack_offset = self.pack.offset_of(oid)
             entry = self.pack.entry(pack_offset)
             if entry.is_delta or entry.size <= STREAM_THRESHOLD:
