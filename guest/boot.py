@@ -61,9 +61,7 @@ def boot(blocks: list[tuple[str, str]], mode: str) -> Service:
             check(image, mode)
             disks[name] = Disk(name, image)
         except (DocteurError, OSError, ValueError) as exc:
-            # The core's errors name the image already; say it once.
-            where = "" if str(exc).startswith(f"{path}: ") else f" ({path})"
-            error = f"disk {name!r}{where}: {stage}: {exc}"
+            error = f"disk {name!r} ({path}): {stage}: {exc}"
             if image is not None:
                 image.close()
             continue

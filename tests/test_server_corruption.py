@@ -59,7 +59,7 @@ def test_every_answer_is_exact_or_an_error(small: tuple[Path, Path], tmp_path: P
         corrupt.write_bytes(data)
         if PACK_OFFSET <= pos < pack_end or idx_offset <= pos:
             refused = boot([("docteur", str(corrupt))], "pack").boot_error
-            assert refused and refused.count(str(corrupt)) == 1, (pos, refused)  # named, once
+            assert refused and f"{corrupt}: " in refused, (pos, refused)  # the error names it
         service = boot([("docteur", str(corrupt))], "none")
         try:
             for oid, path in blobs:
