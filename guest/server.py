@@ -4,7 +4,8 @@ No asyncio (0.6 s to import in the VM). This module only moves bytes
 between fds and each client's sans-IO session (`connection`), which
 decides what to answer, in which order, and when to stop reading (its
 back-pressure keeps memory bounded by connections × (mark + one chunk)).
-A client that breaks the framing loses its own connection, nobody else's.
+A client that breaks the framing loses its own connection, nobody else's;
+a shortage of fds or memory pauses accepting, never the connected clients.
 
     python -m docteur.guest --block NAME=PATH ... --verify MODE
                             (--stdio | --listen UNIX_PATH | --device PATH)
@@ -31,6 +32,11 @@ if TYPE_CHECKING:  # typing is dear to import in the VM
     from typing import Any
 
 READ_SIZE = 1 << 16
+# accept() failing for lack of resources (fds, buffers, memory): retrying at
+# once fails again, so the listener is left alone for a growing pause.
+_ACCEPT_SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX = 0.01, 1.0
+LOG_INTERVAL = 1.0  # at most one line a second about a repeated failure
 _IN = select.POLLIN | select.POLLPRI
 _OUT = select.POLLOUT
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
@@ -69,12 +75,34 @@ class Conn:
         return self.session.wants_input and time.monotonic() >= self.paused_until
 
 
+class RateLimitedLog:
+    """One line per interval at most; the lines held back are counted in the next."""
+
+    def __init__(self, interval: float = LOG_INTERVAL):
+        self.interval = interval
+        self.last = -interval
+        self.suppressed = 0
+
+    def __call__(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.suppressed += 1
+            return
+        if self.suppressed:
+            message += f" ({self.suppressed} more since the last report)"
+        log(message)
+        self.last, self.suppressed = now, 0
+
+
 class Server:
     def __init__(self, service: Service):
         self.service = service
         self.conns: dict[int, Conn] = {}  # by rfd
         self.listener: Any = None  # a listening socket.socket
         self.stop = False
+        self.accept_paused_until = 0.0
+        self.accept_pause = 0.0  # the current pause, doubled on each failure in a row
+        self.accept_log = RateLimitedLog()
 
     # -- set-up ---------------------------------------------------------------
     def add_stream(self, rfd: int, wfd: int) -> None:
@@ -94,7 +122,7 @@ class Server:
             pass
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(path)
-        sock.listen(64)
+        sock.listen(max_backlog(socket.SOMAXCONN))
         sock.setblocking(False)
         self.listener = sock
 
@@ -105,12 +133,25 @@ class Server:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 break
-            except OSError as exc:  # EMFILE and the like: keep serving the others
-                log(f"accept failed: {exc}")
+            except ConnectionAbortedError:  # the client left while queued: next
+                continue
+            except OSError as exc:
+                # Out of fds or memory: the pending client stays queued and the
+                # listener stays readable, so polling it again at once would spin.
+                # Keep serving the connected clients; try again after a pause.
+                if exc.errno in _ACCEPT_SHORTAGE:
+                    self.accept_pause = min(
+                        max(self.accept_pause * 2, ACCEPT_PAUSE_MIN), ACCEPT_PAUSE_MAX
+                    )
+                else:
+                    self.accept_pause = ACCEPT_PAUSE_MIN
+                self.accept_paused_until = time.monotonic() + self.accept_pause
+                self.accept_log(f"accept failed: {exc}; retrying in {self.accept_pause:g} s")
                 return
             sock.setblocking(False)
             fd = sock.fileno()
             self.conns[fd] = Conn(fd, fd, self.service, stream=False, sock=sock)
+        self.accept_pause = 0.0
 
     def close(self, conn: Conn) -> None:
         conn.session.close()
@@ -151,6 +192,8 @@ class Server:
         if busy:
             return 0
         wakes = [c.paused_until for c in self.conns.values() if c.paused_until]
+        if self.listener is not None and self.accept_paused_until:
+            wakes.append(self.accept_paused_until)
         if not wakes:
             return None
         return max(0, int((min(wakes) - time.monotonic()) * 1000) + 1)
@@ -159,7 +202,10 @@ class Server:
         masks: dict[int, int] = {}
         now = time.monotonic()
         if self.listener is not None:
-            masks[self.listener.fileno()] = _IN
+            if self.accept_paused_until and now >= self.accept_paused_until:
+                self.accept_paused_until = 0.0
+            if not self.accept_paused_until:
+                masks[self.listener.fileno()] = _IN
         for conn in self.conns.values():
             if conn.paused_until and now >= conn.paused_until:
                 conn.paused_until = 0.0
@@ -209,6 +255,15 @@ class Server:
             conn.paused_until = time.monotonic() + 0.05
         else:
             self.close(conn)
+
+
+def max_backlog(default: int) -> int:
+    """The system's largest listen backlog: a burst of clients must not find it full."""
+    try:
+        with open("/proc/sys/net/core/somaxconn", "rb") as f:
+            return max(int(f.read()), default)
+    except (OSError, ValueError):
+        return default
 
 
 USAGE = (
