@@ -10,30 +10,11 @@ length) followed by the payload.
 from __future__ import annotations
 
 import struct
-from collections import namedtuple
 from collections.abc import Iterator
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import NamedTuple
-else:
-    # typing costs ~0.1 s of imports in the VM (re, enum, functools...): the few
-    # lines of typing.NamedTuple these classes use, on collections.namedtuple.
-    class _NamedTupleMeta(type):
-        def __new__(mcls, name: str, bases: tuple, ns: dict) -> type:
-            if not bases:  # NamedTuple itself
-                return super().__new__(mcls, name, bases, ns)
-            fields = list(ns.get("__annotations__", {}))
-            defaults = [ns[f] for f in fields if f in ns]
-            cls = namedtuple(name, fields, defaults=defaults, module=ns["__module__"])
-            cls.__annotations__ = ns.get("__annotations__", {})
-            for key, value in ns.items():
-                if key not in fields and key not in ("__module__", "__qualname__", "__annotations__"):
-                    setattr(cls, key, value)
-            return cls
-
-    class NamedTuple(metaclass=_NamedTupleMeta):
-        pass
+# The values the wire carries live in `values` (the disk view builds them too);
+# importing them from here keeps working.
+from .values import KINDS, MAX_PATH, Entry, GetEnd, NamedTuple, Stat
 
 VERSION = 1
 MAGIC = b"docteur\0"
@@ -44,7 +25,6 @@ HEADER_SIZE = HEADER.size
 MAX_REQUEST = 1 << 16  # the biggest payload a server accepts from a client
 MAX_FRAME = 1 << 24  # the biggest payload a client accepts from a server
 CHUNK = 1 << 18  # DATA payload size the server aims for
-MAX_PATH = 4096
 MAX_DISK = 255
 
 # Frame types.
@@ -85,7 +65,6 @@ ERRORS = {
 }
 ERROR_CODES = {name: code for code, name in ERRORS.items()}
 
-KINDS = ("absent", "file", "directory", "symlink", "submodule")
 KIND_CODES = {name: code for code, name in enumerate(KINDS)}
 
 _U8, _U16, _U32, _U64 = (struct.Struct(f">{c}") for c in "BHIQ")
@@ -163,30 +142,6 @@ class Error(NamedTuple):
     id: int
     code: str
     message: str
-
-
-class Stat(NamedTuple):
-    kind: str
-    mode: int
-    size: int
-    oid: bytes
-    mtime: int
-
-    @property
-    def digest(self) -> str:
-        return self.oid.hex()
-
-
-class Entry(NamedTuple):
-    key: bytes  # full key, "/dir/name"
-    kind: str
-    mode: int
-
-
-class GetEnd(NamedTuple):
-    size: int  # the whole file's size
-    offset: int  # where the bytes sent start (clamped)
-    length: int  # how many bytes were sent
 
 
 # -- framing -------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """The guest server: a poll loop over one byte stream or a unix socket.
 
-No asyncio (0.6 s to import in the VM). Each connection answers its
-requests in order; a streamed reply is pulled one chunk at a time only
-while the connection's output is below a high-water mark, so memory stays
-bounded by connections × (mark + one chunk). A client that breaks the
-framing loses its own connection, nobody else's.
+No asyncio (0.6 s to import in the VM). This module only moves bytes
+between fds and each client's sans-IO session (`connection`), which
+decides what to answer, in which order, and when to stop reading (its
+back-pressure keeps memory bounded by connections × (mark + one chunk)).
+A client that breaks the framing loses its own connection, nobody else's;
+a shortage of fds or memory pauses accepting, never the connected clients.
 
     python -m docteur.guest --block NAME=PATH ... --verify MODE
                             (--stdio | --listen UNIX_PATH | --device PATH)
@@ -20,176 +21,77 @@ import time
 
 # _signal, not signal: signal's enums cost ~0.1 s of imports in the VM.
 from _signal import SIGTERM, getsignal, signal
-from collections import deque
-from collections.abc import Iterator
 
 from .boot import boot, log, parse_block
+from .connection import CLOSED, ServerConnection
 from .defaults import DEFAULT_VERIFY, VERIFY_MODES
-from .protocol import (
-    BadRequest,
-    Cancel,
-    Greet,
-    ProtocolError,
-    Request,
-    ServerCodec,
-)
 from .service import Service
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is dear to import in the VM
     from typing import Any
 
-HIGH_WATER = 1 << 20
-MAX_QUEUED = 256  # requests waiting per connection before we stop reading it
 READ_SIZE = 1 << 16
-IOV_MAX = 64
+# accept() failing for lack of resources (fds, buffers, memory): retrying at
+# once fails again, so the listener is left alone for a growing pause.
+_ACCEPT_SHORTAGE = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+ACCEPT_PAUSE_MIN, ACCEPT_PAUSE_MAX = 0.01, 1.0
+LOG_INTERVAL = 1.0  # at most one line a second about a repeated failure
 _IN = select.POLLIN | select.POLLPRI
 _OUT = select.POLLOUT
 _GONE = select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 
 class Conn:
-    """One client: a socket, or the single stream (stdio, a device)."""
+    """One client's fds and its sans-IO session (`connection`)."""
 
-    def __init__(self, rfd: int, wfd: int, service: Service, stream: bool):
+    def __init__(self, rfd: int, wfd: int, service: Service, stream: bool, sock: Any = None):
         self.rfd, self.wfd = rfd, wfd
-        self.service = service
-        self.stream = stream  # a reset, not a close, ends a session
-        self.codec = ServerCodec()
-        self.out: deque[bytes | memoryview] = deque()
-        self.out_bytes = 0
-        self.queue: deque[Request | BadRequest] = deque()
-        self.current: tuple[int, Iterator] | None = None
-        self.cancelled: set[int] = set()
-        self.closing = False  # flush what is queued, then close
-        self.eof = False
-        self.gone = False  # a write failed: the peer left
-        self.paused_until = 0.0
-        self.push(service.hello())
-
-    # -- output ---------------------------------------------------------------
-    def push(self, *bufs: bytes) -> None:
-        for b in bufs:
-            if b:
-                self.out.append(b)
-                self.out_bytes += len(b)
-
-    def produce(self) -> None:
-        """Pull replies until the output reaches the high-water mark."""
-        while self.out_bytes < HIGH_WATER and not self.closing:
-            if self.current is None:
-                if not self.queue:
-                    return
-                req = self.queue.popleft()
-                if req.id in self.cancelled:
-                    self.cancelled.discard(req.id)
-                    self.push(ServerCodec.error(req.id, "cancelled", "cancelled by the client"))
-                    continue
-                reply = self.service.handle(req)
-                if isinstance(reply, bytes):
-                    self.push(reply)
-                    continue
-                self.current = (req.id, reply)
-            rid, frames = self.current
-            if rid in self.cancelled:
-                self.cancelled.discard(rid)
-                self.current = None
-                self.push(ServerCodec.error(rid, "cancelled", "cancelled by the client"))
-                continue
-            item = next(frames, None)
-            if item is None:
-                self.current = None
-            elif isinstance(item, tuple):
-                self.push(*item)
-            else:
-                self.push(item)
-
-    @property
-    def has_work(self) -> bool:
-        return not self.closing and (self.current is not None or bool(self.queue))
+        self.sock = sock  # the socket object that owns rfd (None for a stream)
+        self.session = ServerConnection(service, stream=stream)
+        self.paused_until = 0.0  # a serial port with no host: look again later
 
     def flush(self) -> bool:
-        """Write what the fd takes now; False (and `gone`) when the peer is gone."""
-        while self.out:
-            bufs = [self.out[i] for i in range(min(IOV_MAX, len(self.out)))]
+        """Write what the fd takes now, a few writes at most (then the others'
+        turn); False when the peer is gone."""
+        session = self.session
+        for _ in range(8):
+            bufs = session.data_to_send()  # produces replies up to the high-water mark
+            if not bufs:
+                return True
             try:
                 n = os.writev(self.wfd, bufs)
             except (BlockingIOError, InterruptedError):
                 return True
             except OSError:
-                self.gone = True
                 return False
-            self.out_bytes -= n
-            while n:
-                head = self.out[0]
-                if n >= len(head):
-                    n -= len(head)
-                    self.out.popleft()
-                else:
-                    self.out[0] = memoryview(head)[n:]
-                    n = 0
+            session.sent(n)
+            if n < sum(len(b) for b in bufs):  # the fd is full: wait for POLLOUT
+                return True
         return True
-
-    # -- input ----------------------------------------------------------------
-    def receive(self, data: bytes) -> None:
-        try:
-            events = self.codec.receive(data)
-        except ProtocolError as exc:
-            self.fail(exc)
-            return
-        for event in events:
-            if isinstance(event, Greet):
-                self.restart()
-            elif isinstance(event, Cancel):
-                if (self.current and self.current[0] == event.id) or any(
-                    r.id == event.id for r in self.queue
-                ):
-                    self.cancelled.add(event.id)
-            else:
-                self.queue.append(event)
-
-    def fail(self, exc: ProtocolError) -> None:
-        """The framing is broken: say why, drop the session."""
-        self.drop_work()
-        self.push(ServerCodec.error(exc.request_id, exc.code, str(exc)))
-        if self.stream:
-            self.codec.resync()  # wait for the host's next GREET
-            self.receive(b"")  # which may already be buffered
-        else:
-            self.closing = True
-
-    def drop_work(self) -> None:
-        self.queue.clear()
-        self.cancelled.clear()
-        if self.current is not None:
-            close = getattr(self.current[1], "close", None)
-            if close:
-                close()
-            self.current = None
-
-    def restart(self) -> None:
-        """A (new) host session on the stream: forget the old one, greet again."""
-        self.drop_work()
-        # A frame already half-written must be finished to keep the framing.
-        partial = self.out[0] if self.out and isinstance(self.out[0], memoryview) else None
-        self.out.clear()
-        self.out_bytes = 0
-        if partial is not None:
-            self.push(partial)
-        self.push(self.service.hello())
 
     @property
     def wants_input(self) -> bool:
-        return (
-            not self.closing
-            and not self.eof
-            and len(self.queue) < MAX_QUEUED
-            and time.monotonic() >= self.paused_until
-        )
+        return self.session.wants_input and time.monotonic() >= self.paused_until
 
-    @property
-    def idle(self) -> bool:
-        return not self.out and not self.queue and self.current is None
+
+class RateLimitedLog:
+    """One line per interval at most; the lines held back are counted in the next."""
+
+    def __init__(self, interval: float = LOG_INTERVAL):
+        self.interval = interval
+        self.last = -interval
+        self.suppressed = 0
+
+    def __call__(self, message: str) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            self.suppressed += 1
+            return
+        if self.suppressed:
+            message += f" ({self.suppressed} more since the last report)"
+        log(message)
+        self.last, self.suppressed = now, 0
 
 
 class Server:
@@ -197,8 +99,10 @@ class Server:
         self.service = service
         self.conns: dict[int, Conn] = {}  # by rfd
         self.listener: Any = None  # a listening socket.socket
-        self.socks: dict[int, Any] = {}
         self.stop = False
+        self.accept_paused_until = 0.0
+        self.accept_pause = 0.0  # the current pause, doubled on each failure in a row
+        self.accept_log = RateLimitedLog()
 
     # -- set-up ---------------------------------------------------------------
     def add_stream(self, rfd: int, wfd: int) -> None:
@@ -218,7 +122,7 @@ class Server:
             pass
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(path)
-        sock.listen(64)
+        sock.listen(max_backlog(socket.SOMAXCONN))
         sock.setblocking(False)
         self.listener = sock
 
@@ -228,21 +132,32 @@ class Server:
             try:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # EMFILE and the like: keep serving the others
-                log(f"accept failed: {exc}")
+                break
+            except ConnectionAbortedError:  # the client left while queued: next
+                continue
+            except OSError as exc:
+                # Out of fds or memory: the pending client stays queued and the
+                # listener stays readable, so polling it again at once would spin.
+                # Keep serving the connected clients; try again after a pause.
+                if exc.errno in _ACCEPT_SHORTAGE:
+                    self.accept_pause = min(
+                        max(self.accept_pause * 2, ACCEPT_PAUSE_MIN), ACCEPT_PAUSE_MAX
+                    )
+                else:
+                    self.accept_pause = ACCEPT_PAUSE_MIN
+                self.accept_paused_until = time.monotonic() + self.accept_pause
+                self.accept_log(f"accept failed: {exc}; retrying in {self.accept_pause:g} s")
                 return
             sock.setblocking(False)
             fd = sock.fileno()
-            self.socks[fd] = sock
-            self.conns[fd] = Conn(fd, fd, self.service, stream=False)
+            self.conns[fd] = Conn(fd, fd, self.service, stream=False, sock=sock)
+        self.accept_pause = 0.0
 
     def close(self, conn: Conn) -> None:
-        conn.drop_work()
+        conn.session.close()
         self.conns.pop(conn.rfd, None)
-        sock = self.socks.pop(conn.rfd, None)
-        if sock is not None:
-            sock.close()
+        if conn.sock is not None:
+            conn.sock.close()
 
     # -- the loop ---------------------------------------------------------------
     def run(self) -> None:
@@ -250,41 +165,53 @@ class Server:
         while not self.stop and (self.conns or self.listener is not None):
             busy = False  # someone emptied its output and has more to send
             for conn in list(self.conns.values()):
-                for _ in range(8):  # a few rounds each, then let the others in
-                    conn.produce()
-                    if not conn.flush() or conn.out or not conn.has_work:
-                        break
-                if conn.gone:
+                session = conn.session
+                if not conn.flush():
                     self.on_gone(conn)
-                elif (conn.closing and not conn.out) or (conn.eof and conn.idle):
+                elif session.state == CLOSED:
                     self.close(conn)
-                elif not conn.out and conn.has_work:
+                elif not session.has_output and session.has_work:
                     busy = True
             if not self.conns and self.listener is None:
                 return
-            if self.service.shutdown_requested and all(not c.out for c in self.conns.values()):
+            if self.service.shutdown_requested and all(
+                not c.session.has_output for c in self.conns.values()
+            ):
                 return
             fds = self.register(poller)
-            timeout = 0 if busy else 50 if any(c.paused_until for c in self.conns.values()) else None
             try:
-                events = poller.poll(timeout)
+                events = poller.poll(self.poll_timeout(busy))
             except InterruptedError:
                 continue
             for fd, _ in fds:
                 poller.unregister(fd)
             self.dispatch(events)
 
+    def poll_timeout(self, busy: bool) -> int | None:
+        """Milliseconds until something paused wants looking at again (None: never)."""
+        if busy:
+            return 0
+        wakes = [c.paused_until for c in self.conns.values() if c.paused_until]
+        if self.listener is not None and self.accept_paused_until:
+            wakes.append(self.accept_paused_until)
+        if not wakes:
+            return None
+        return max(0, int((min(wakes) - time.monotonic()) * 1000) + 1)
+
     def register(self, poller: Any) -> list[tuple[int, int]]:
         masks: dict[int, int] = {}
-        if self.listener is not None:
-            masks[self.listener.fileno()] = _IN
         now = time.monotonic()
+        if self.listener is not None:
+            if self.accept_paused_until and now >= self.accept_paused_until:
+                self.accept_paused_until = 0.0
+            if not self.accept_paused_until:
+                masks[self.listener.fileno()] = _IN
         for conn in self.conns.values():
             if conn.paused_until and now >= conn.paused_until:
                 conn.paused_until = 0.0
             if conn.wants_input:
                 masks[conn.rfd] = masks.get(conn.rfd, 0) | _IN
-            if conn.out:
+            if conn.session.has_output:
                 masks[conn.wfd] = masks.get(conn.wfd, 0) | _OUT
         for fd, mask in masks.items():
             poller.register(fd, mask)
@@ -313,26 +240,30 @@ class Server:
                 data = b""
             else:
                 raise
-        if data:
-            conn.receive(data)
-        elif conn.stream and conn.rfd != 0:
+        if not data and conn.session.stream and conn.rfd != 0:
             # A serial port reads EOF while no host is attached: drop the session
             # and look again shortly (a new host greets with GREET).
-            conn.drop_work()
+            conn.session.abandon()
             conn.paused_until = time.monotonic() + 0.05
         else:
-            conn.eof = True  # stdin closed or the client left: finish, then close
+            conn.session.receive_data(data)  # b"": stdin closed or the client left
 
     def on_gone(self, conn: Conn) -> None:
-        conn.gone = False
-        if conn.stream and conn.rfd != 0:
-            conn.drop_work()
-            conn.out.clear()
-            conn.out_bytes = 0
+        """A write failed: the peer is gone."""
+        if conn.session.stream and conn.rfd != 0:
+            conn.session.reset()
             conn.paused_until = time.monotonic() + 0.05
-            conn.codec.resync()
         else:
             self.close(conn)
+
+
+def max_backlog(default: int) -> int:
+    """The system's largest listen backlog: a burst of clients must not find it full."""
+    try:
+        with open("/proc/sys/net/core/somaxconn", "rb") as f:
+            return max(int(f.read()), default)
+    except (OSError, ValueError):
+        return default
 
 
 USAGE = (

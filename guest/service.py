@@ -1,19 +1,20 @@
-"""What the server answers: requests in, frames out (no I/O here).
+"""What the server answers: a request in, a value of `values` out.
 
-A reply is either complete at once (END or ERROR) or a lazy iterator of
-frames, pulled by the server loop only as fast as the client reads, so a
-big file is never held whole.
+No wire bytes here: the connection encodes the answers. A get or a list
+answers with a lazy iterator, pulled by the connection only as fast as the
+client reads, so a big file is never held whole. Operations are dispatched
+by an explicit table (`OPERATIONS`): a new operation is one function there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .errors import DocteurError, ImageError, IntegrityError, NotFound
-from .protocol import CHUNK, BadRequest, GetEnd, Request, ServerCodec, data_header, encode_entries
+from .protocol import Request
 from .treeview import Disk, InvalidPath, NotADirectory, NotAFile
+from .values import Answer, Body, Failure, Listing, Result
 
-LIST_BATCH = 1 << 16
 
 class NoSuchDisk(DocteurError):
     """A request names a disk that is not served."""
@@ -46,7 +47,8 @@ def error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-Reply = bytes | Iterator[bytes | tuple[bytes, bytes]]
+def failure(exc: BaseException) -> Failure:
+    return Failure(error_code(exc), error_message(exc))
 
 
 class Service:
@@ -58,100 +60,88 @@ class Service:
         self.boot_error = boot_error
         self.shutdown_requested = False
 
-    def hello(self) -> bytes:
-        return ServerCodec.hello(self.hello_fields)
+    def greeting(self) -> dict[str, str]:
+        """The HELLO's fields."""
+        return self.hello_fields
 
-    def handle(self, req: Request | BadRequest) -> Reply:
-        if isinstance(req, BadRequest):
-            return ServerCodec.error(req.id, req.code, req.message)
+    def handle(self, req: Request) -> Answer:
         if self.boot_error is not None and req.op not in ("ping", "shutdown"):
-            return ServerCodec.error(req.id, "boot_failed", self.boot_error)
+            return Failure("boot_failed", self.boot_error)
+        operation = OPERATIONS.get(req.op)
+        if operation is None:  # the codec knows an op this table lacks: a bug
+            return Failure("unknown_op", f"operation {req.op!r} is not served")
         try:
-            return self._dispatch(req)
+            return operation(self, req)
         except Exception as exc:  # every failure is an answer, never a crash
-            return ServerCodec.error(req.id, error_code(exc), error_message(exc))
+            return failure(exc)
 
-    def _disk(self, name: str) -> Disk:
+    def disk(self, name: str) -> Disk:
         disk = self.disks.get(name)
         if disk is None:
             known = ", ".join(sorted(self.disks)) or "none"
             raise NoSuchDisk(f"no disk named {name!r} (disks: {known})")
         return disk
 
-    def _dispatch(self, req: Request) -> Reply:
-        op, rid = req.op, req.id
-        if op == "ping":
-            return ServerCodec.end(rid, op, None)
-        if op == "shutdown":
-            self.shutdown_requested = True
-            return ServerCodec.end(rid, op, None)
-        disk = self._disk(req.disk)
-        if op == "info":
-            fields = {**self.hello_fields, **disk.info()}
-            return ServerCodec.end(rid, op, fields)
-        if op == "get":
-            end, chunks = disk.get(req.path, req.offset, req.length)
-            return _stream_get(rid, end, chunks)
-        if op == "list":
-            return _stream_list(rid, disk, req.path)
-        result = getattr(disk, op)(req.path)  # exists, stat, size, digest, last_modified
-        return ServerCodec.end(rid, op, result)
 
-
-def _stream_get(rid: int, end: GetEnd | None, chunks: Iterator[bytes]) -> Iterator[bytes | tuple]:
-    """DATA frames of at most CHUNK bytes: the pieces the pack yields (up to
-    CHUNK each) go out together under one header, written with writev (no
-    joining copy)."""
-    sent = 0
-    pieces: list[bytes] = []
-    size = 0
+def _guarded(items: Iterator) -> Iterator:
+    """`items`, ending with one Failure instead of raising (a read failing midway)."""
     try:
-        for chunk in chunks:
-            if not chunk:
-                continue
-            if pieces and size + len(chunk) > CHUNK:  # a frame never exceeds CHUNK
-                sent += size
-                yield (data_header(rid, size), *pieces)
-                pieces, size = [], 0
-            pieces.append(chunk)
-            size += len(chunk)
-            if size >= CHUNK:
-                sent += size
-                yield (data_header(rid, size), *pieces)
-                pieces, size = [], 0
+        yield from items
     except Exception as exc:
-        yield ServerCodec.error(rid, error_code(exc), error_message(exc))
-        return
-    if pieces:
-        sent += size
-        yield (data_header(rid, size), *pieces)
-    if end is None:
-        end = GetEnd(sent, 0, sent)
-    elif sent != end.length:
-        yield ServerCodec.error(rid, "integrity", f"sent {sent} bytes, expected {end.length}")
-        return
-    yield ServerCodec.end(rid, "get", end)
+        yield failure(exc)
 
 
-def _stream_list(rid: int, disk: Disk, path: bytes) -> Iterator[bytes | tuple]:
-    count = 0
-    batch: list = []
-    size = 0
-    try:
-        entries = disk.list(path)
-        for entry in entries:
-            batch.append(entry)
-            size += 7 + len(entry.key)
-            if size >= LIST_BATCH:
-                payload = encode_entries(batch)
-                count += len(batch)
-                batch, size = [], 0
-                yield data_header(rid, len(payload)), payload
-    except Exception as exc:
-        yield ServerCodec.error(rid, error_code(exc), error_message(exc))
-        return
-    if batch:
-        payload = encode_entries(batch)
-        count += len(batch)
-        yield data_header(rid, len(payload)), payload
-    yield ServerCodec.end(rid, "list", count)
+def _ping(service: Service, req: Request) -> Answer:
+    return Result(None)
+
+
+def _shutdown(service: Service, req: Request) -> Answer:
+    service.shutdown_requested = True
+    return Result(None)
+
+
+def _info(service: Service, req: Request) -> Answer:
+    return Result({**service.hello_fields, **service.disk(req.disk).info()})
+
+
+def _get(service: Service, req: Request) -> Answer:
+    end, chunks = service.disk(req.disk).get(req.path, req.offset, req.length)
+    return Body(_guarded(chunks), end)
+
+
+def _list(service: Service, req: Request) -> Answer:
+    return Listing(_guarded(service.disk(req.disk).list(req.path)))
+
+
+def _exists(service: Service, req: Request) -> Answer:
+    return Result(service.disk(req.disk).exists(req.path))
+
+
+def _stat(service: Service, req: Request) -> Answer:
+    return Result(service.disk(req.disk).stat(req.path))
+
+
+def _size(service: Service, req: Request) -> Answer:
+    return Result(service.disk(req.disk).size(req.path))
+
+
+def _digest(service: Service, req: Request) -> Answer:
+    return Result(service.disk(req.disk).digest(req.path))
+
+
+def _last_modified(service: Service, req: Request) -> Answer:
+    return Result(service.disk(req.disk).last_modified(req.path))
+
+
+OPERATIONS: dict[str, Callable[[Service, Request], Answer]] = {
+    "info": _info,
+    "exists": _exists,
+    "stat": _stat,
+    "get": _get,
+    "size": _size,
+    "digest": _digest,
+    "last_modified": _last_modified,
+    "list": _list,
+    "ping": _ping,
+    "shutdown": _shutdown,
+}

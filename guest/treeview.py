@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from .errors import DocteurError, ImageChanged, IntegrityError, NotFound
 from .image import Image
 from .objects import BLOB, MODE_TREE, TREE, Commit, TreeEntry, kind_of_mode, tree_entry_at, tree_entry_bounds
-from .protocol import MAX_PATH, Entry, GetEnd, Stat
+from .values import MAX_PATH, Entry, GetEnd, Stat
 
 ROOT_MODE = MODE_TREE
 DIR_CACHE = 4096  # directories whose tree id is remembered (about 150 bytes each)

@@ -15,16 +15,14 @@ from docteur.guest.protocol import (
     ClientCodec,
     Data,
     End,
-    Entry,
     Error,
-    GetEnd,
     Greet,
     Hello,
     ProtocolError,
     Request,
     ServerCodec,
-    Stat,
 )
+from docteur.guest.values import Entry, GetEnd, Stat
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 paths = st.binary(max_size=300)

@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from docteur.guest.boot import boot
-from docteur.guest.protocol import OP_CODES, ClientCodec, End, Error, ServerCodec
+from docteur.guest.protocol import OP_CODES, Error, ServerCodec
 from docteur.vm import unix
 from docteur.vm.client import Client, ConnectionLost, NotFoundError, Timeout
+from tests.conn_pair import ask
 
 
 @pytest.fixture
@@ -124,16 +125,7 @@ PATHS = st.one_of(
        offset=st.integers(0, 1 << 40), length=st.none() | st.integers(0, 1 << 40))  # fmt: skip
 def test_fuzzed_requests_get_typed_answers(gen, op: str, path: bytes, offset: int,
                                            length: int | None) -> None:  # fmt: skip
-    service = _service(gen[1])
-    client = ClientCodec()
-    client.receive(service.hello())
-    _, data = client.request(op, "", path, offset, length)
-    [req] = ServerCodec().receive(data)
-    reply = service.handle(req)
-    items = [reply] if isinstance(reply, bytes) else list(reply)
-    events = client.receive(b"".join(b"".join(i) if isinstance(i, tuple) else i for i in items))
-    last = events[-1]
-    assert isinstance(last, End | Error)
+    _, last = ask(_service(gen[1]), op, path, offset=offset, length=length)
     if isinstance(last, Error):
         assert last.code in ("invalid_path", "not_found", "not_a_file", "not_a_directory"), last
 

@@ -222,7 +222,7 @@ def test_a_client_that_never_reads_stays_bounded(sock: str) -> None:
     import gc
     import time
 
-    from docteur.guest import server
+    from docteur.guest import connection, server
 
     greedy = Raw(sock)
     codec = ClientCodec()
@@ -232,11 +232,11 @@ def test_a_client_that_never_reads_stays_bounded(sock: str) -> None:
         greedy.s.send(burst)  # as much as the socket takes; never read a byte back
     time.sleep(0.5)
     still_served(sock)
-    conns = [o for o in gc.get_objects() if isinstance(o, server.Conn)]
+    conns = [o for o in gc.get_objects() if isinstance(o, connection.ServerConnection)]
     assert conns
     for conn in conns:
-        assert conn.out_bytes <= server.HIGH_WATER + p.CHUNK + 64
-        assert len(conn.queue) <= server.MAX_QUEUED + p.MAX_REQUEST // 10
+        assert conn.out_bytes <= connection.HIGH_WATER + p.CHUNK + 64
+        assert len(conn.queue) <= connection.MAX_QUEUED + p.MAX_REQUEST // 10
         assert conn.codec.buffered <= server.READ_SIZE + p.MAX_REQUEST
     greedy.close()
     still_served(sock)

@@ -9,8 +9,8 @@ import pytest
 from docteur.guest.boot import boot
 from docteur.guest.image import Image
 from docteur.guest.layout import PACK_OFFSET
-from docteur.guest.protocol import ClientCodec, Data, End, Entry, Error, ServerCodec, decode_entries
-from docteur.guest.service import Service
+from docteur.guest.protocol import End, Entry, Error, decode_entries
+from tests.conn_pair import ask
 from tests.runtime_images import cat_blobs, generate_repo, ls_tree, make_image
 
 
@@ -19,21 +19,6 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("corrupt")
     repo = generate_repo(base / "small.git", files=40, commits=2, big=(4 << 20) + 12345)
     return repo, make_image(repo, base / "small.img")
-
-
-def ask(service: Service, op: str, path: bytes) -> tuple[bytes, End | Error]:
-    client = ClientCodec()
-    client.receive(service.hello())
-    _, data = client.request(op, "", path)
-    [req] = ServerCodec().receive(data)
-    reply = service.handle(req)
-    items = [reply] if isinstance(reply, bytes) else list(reply)
-    raw = b"".join(b"".join(i) if isinstance(i, tuple) else i for i in items)
-    events = client.receive(raw)
-    body = b"".join(e.data for e in events if isinstance(e, Data))
-    last = events[-1]
-    assert isinstance(last, End | Error)
-    return body, last
 
 
 def test_every_answer_is_exact_or_an_error(small: tuple[Path, Path], tmp_path: Path) -> None:

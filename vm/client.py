@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
@@ -22,18 +23,17 @@ from docteur.guest.protocol import (
     ClientCodec,
     Data,
     End,
-    Entry,
     Error,
-    GetEnd,
     Hello,
     ProtocolError,
-    Stat,
     decode_entries,
 )
+from docteur.guest.values import Entry, GetEnd, Stat
 
 T = TypeVar("T")
 QUEUE_CHUNKS = 64  # chunks buffered per request before the connection stops reading
 READ_SIZE = 1 << 20
+CONNECT_PATIENCE = 2.0  # seconds a full backlog or a refused connect is retried
 
 
 class ClientError(Exception):
@@ -176,9 +176,8 @@ class Client:
     async def open_unix(cls, path: str, **kwargs: Any) -> Client:
         timeout = kwargs.get("timeout", 30.0)
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(path, limit=READ_SIZE), timeout
-            )
+            sock = await asyncio.wait_for(_connect_unix(path, min(timeout, CONNECT_PATIENCE)), timeout)
+            reader, writer = await asyncio.open_unix_connection(sock=sock, limit=READ_SIZE)
         except (TimeoutError, OSError) as exc:
             reason = getattr(exc, "strerror", None) or "timed out"
             raise ConnectionLost(f"cannot connect to {path}: {reason}") from None
@@ -389,6 +388,31 @@ class Client:
     async def shutdown(self) -> None:
         """Ask the server to exit (the microVM powers off)."""
         await self.call("shutdown")
+
+
+async def _connect_unix(path: str, patience: float) -> socket.socket:
+    """A socket connected to `path`, retrying briefly while the server's backlog
+    is full (EAGAIN: a burst of clients) or nobody listens yet (ECONNREFUSED)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    delay = 0.005
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(path)  # a unix socket connects at once, or EAGAIN when full
+            return sock
+        except (BlockingIOError, ConnectionRefusedError) as exc:
+            sock.close()
+            if loop.time() + delay > deadline:
+                raise ConnectionLost(
+                    f"cannot connect to {path}: {exc.strerror} (still after {patience:g} s)"
+                ) from None
+        except BaseException:
+            sock.close()
+            raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.1)
 
 
 def _drain(queue: asyncio.Queue) -> None:
