@@ -1,0 +1,32 @@
+"""One exit status for a closed stdout, whatever the command: 141 (128 + SIGPIPE), silent,
+as a shell pipeline's writer (`docteur query ... ls / | head -1`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from tests.runtime_images import serving
+from tests.vm_helpers import DOCTEUR
+
+
+def _into_a_closed_pipe(*args: str) -> subprocess.CompletedProcess[bytes]:
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first byte
+    try:
+        return subprocess.run([*DOCTEUR, *args], stdout=write, stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write)
+
+
+def test_a_closed_stdout_is_141_and_silent_for_every_command(gen) -> None:
+    image = str(gen[1])
+    with serving({"docteur": gen[1]}) as sock:
+        procs = [
+            _into_a_closed_pipe("verify", image),
+            _into_a_closed_pipe("run", "--target", "unix", image, "--filename", "/big.bin"),
+            _into_a_closed_pipe("query", "--socket", sock, "ls", "/"),
+            _into_a_closed_pipe("query", "--socket", sock, "get", "/big.bin"),
+        ]
+    for proc in procs:
+        assert (proc.returncode, proc.stderr) == (141, b""), proc.args
