@@ -23,9 +23,9 @@ read, write = os.pipe()
 middle = os.fork()
 if middle == 0:
     preexec = die_with_parent(signal.SIGTERM if sys.argv[1] == "late" else signal.SIGUSR1)
+    parent = os.getpid()
     child = os.fork()
     if child == 0:
-        parent = os.getppid()
         if sys.argv[1] == "late":  # the usual case: armed while the parent lives
             preexec()
             os.write(write, b"armed")

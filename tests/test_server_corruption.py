@@ -36,6 +36,7 @@ def ask(service: Service, op: str, path: bytes) -> tuple[bytes, End | Error]:
     return body, last
 
 
+@pytest.mark.slow  # every answer of the image, for some 100 corrupted copies
 def test_every_answer_is_exact_or_an_error(small: tuple[Path, Path], tmp_path: Path) -> None:
     repo, image = small
     rows = ls_tree(repo)

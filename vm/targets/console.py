@@ -23,7 +23,8 @@ from docteur.vm.client import Client, ClientError, ConnectionLost
 
 HELP = """\
 get PATH [OFFSET [LENGTH]]  print a file (a symlink prints its target)
-ls [-z] [PATH]              list a directory (default /): mode, kind, path (-z: NUL-ended)
+ls [PATH]                   list a directory (default /): mode, kind, path (quoted as git does)
+ls -z [PATH]                the same, each entry NUL-terminated, its path raw
 stat PATH                   kind, mode, size, digest, mtime
 exists PATH                 file, directory, symlink, submodule or absent
 size PATH | digest PATH | mtime PATH
