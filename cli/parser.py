@@ -39,6 +39,17 @@ class Parser(argparse.ArgumentParser):
         super().error(message)
 
 
+def seconds(text: str) -> float:
+    """A --timeout value: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
 def wants_json(argv: Sequence[str]) -> bool:
     """--log-format json anywhere on the command line (before parsing it)."""
     for i, arg in enumerate(argv):
@@ -84,7 +95,7 @@ def make_args(p: argparse.ArgumentParser, func: Command) -> None:
     )
     p.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=MAKE_TIMEOUT,
         metavar="SECONDS",
         help=f"give up on a source that sends nothing for this long (default: {MAKE_TIMEOUT:g})",
@@ -118,7 +129,7 @@ def run_args(p: argparse.ArgumentParser, func: Command) -> None:
     p.add_argument("--disk", default=DEFAULT_DISK, help=f"the disk --filename reads ({DEFAULT_DISK})")
     p.add_argument("--verify", choices=VERIFY_MODES, default=DEFAULT_VERIFY,
                    help=f"boot verification (default {DEFAULT_VERIFY})")  # fmt: skip
-    p.add_argument("--timeout", type=float, default=BOOT_TIMEOUT, metavar="SECONDS",
+    p.add_argument("--timeout", type=seconds, default=BOOT_TIMEOUT, metavar="SECONDS",
                    help=f"boot timeout, verification included ({BOOT_TIMEOUT:g})")  # fmt: skip
     g = p.add_argument_group("microvm target")
     g.add_argument("--accel", choices=ACCELS, default="auto",
@@ -132,7 +143,7 @@ def query_args(p: argparse.ArgumentParser, func: Command) -> None:
     add_globals(p, sub=True)
     p.add_argument("--socket", required=True, metavar="PATH", help="the socket `docteur run` serves")
     p.add_argument("--disk", default=DEFAULT_DISK, help=f"the disk to ask ({DEFAULT_DISK})")
-    p.add_argument("--timeout", type=float, default=QUERY_TIMEOUT, metavar="SECONDS")
+    p.add_argument("--timeout", type=seconds, default=QUERY_TIMEOUT, metavar="SECONDS")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND ...")
     p.set_defaults(func=func)
 

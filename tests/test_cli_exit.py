@@ -1,4 +1,4 @@
-"""One exit status for a closed stdout, whatever the command: 141 (128 + SIGPIPE), silent,
+"""Exit statuses of every command: a closed stdout is 141 (128 + SIGPIPE), silent,
 as a shell pipeline's writer (`docteur query ... ls / | head -1`)."""
 
 from __future__ import annotations
@@ -30,3 +30,10 @@ def test_a_closed_stdout_is_141_and_silent_for_every_command(gen) -> None:
         ]
     for proc in procs:
         assert (proc.returncode, proc.stderr) == (141, b""), proc.args
+
+
+def test_timeouts_must_be_positive_seconds() -> None:
+    for args in (["make", "--timeout", "0", "src", "img"], ["run", "x.img", "--filename", "/a",
+                 "--timeout", "-1"], ["query", "--socket", "s", "--timeout", "nan", "ls"]):  # fmt: skip
+        proc = subprocess.run([*DOCTEUR, *args], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and "--timeout: must be a positive number of seconds" in proc.stderr
