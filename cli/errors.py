@@ -35,7 +35,8 @@ class HostError(DocteurError):
 
 
 class UsageError(HostError):
-    """A command line that cannot work (e.g. `--block` without `=`), found after argparse."""
+    """A command line that cannot work, found after argparse: `--block` without `=`, an
+    unknown `query` command, a missing argument."""
 
 
 class Terminated(KeyboardInterrupt):

@@ -18,7 +18,7 @@ import sys
 import time
 from typing import BinaryIO
 
-from docteur.cli.errors import HostError, Terminated
+from docteur.cli.errors import Terminated, UsageError
 from docteur.vm.client import Client, ClientError, ConnectionLost
 
 HELP = """\
@@ -36,10 +36,6 @@ help | quit"""
 
 COMMANDS = ("get", "cat", "ls", "list", "stat", "exists", "size", "digest", "mtime",
             "last_modified", "info", "ping", "help", "history", "disk", "quit", "exit")  # fmt: skip
-
-
-class UsageError(HostError):
-    """A query command that cannot work (unknown, missing argument, bad number)."""
 
 
 # git's quote_c_style: these get a letter, other bytes below 0x20, 0x7f and >= 0x80 octal.
