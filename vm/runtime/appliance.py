@@ -266,7 +266,9 @@ class Appliance:
         if self.require_ok and not (self.greeting and self.greeting.ok):
             why = self.greeting.fields.get("error", "no reason given") if self.greeting else "?"
             why = _host_paths(why, self.blocks)
-            raise GuestRefused(f"the guest refuses to serve: {why}", self.log_tail())
+            tail = self.log_tail()
+            log.info("guest log (tail)", tail=tail)  # -v: the error line alone leaves it out
+            raise GuestRefused(f"the guest refuses to serve: {why}", tail)
         if self.make_client is not None:
             self.client = await self.make_client(self.reader, self.writer)
 
