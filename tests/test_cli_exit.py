@@ -3,9 +3,11 @@ as a shell pipeline's writer (`docteur query ... ls / | head -1`)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 
+from docteur.cli.errors import describe_os_error
 from tests.runtime_images import serving
 from tests.vm_helpers import DOCTEUR
 
@@ -37,3 +39,12 @@ def test_timeouts_must_be_positive_seconds() -> None:
                  "--timeout", "-1"], ["query", "--socket", "s", "--timeout", "nan", "ls"]):  # fmt: skip
         proc = subprocess.run([*DOCTEUR, *args], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and "--timeout: must be a positive number of seconds" in proc.stderr
+
+
+def test_disk_full_is_said_one_way() -> None:
+    """ENOSPC and EDQUOT read "disk full" (the funnel's and the builder's wording), other
+    system errors name what failed."""
+    assert describe_os_error(OSError(errno.ENOSPC, "No space left on device", "/x")) == "disk full: /x"
+    assert describe_os_error(OSError(errno.EDQUOT, "Disk quota exceeded"), "writing a.img") == (
+        "disk full: writing a.img")  # fmt: skip
+    assert describe_os_error(OSError(errno.EACCES, "Permission denied", "/y")) == "/y: Permission denied"
