@@ -1,4 +1,5 @@
-# docteur — the two commands a user needs are `make run` and `make test`.
+# docteur — the two commands a user needs are `make run` and `make test`
+# (`make check` is the quick one for the edit loop: lint and the tests not marked slow).
 # Everything they need is installed from here: apt packages when missing,
 # the virtualenv, the guest artifacts.
 
@@ -12,7 +13,7 @@ IMAGE ?= disk.img
 APT_PACKAGES := git qemu-system-x86
 STAMP := $(VENV)/.installed
 
-.PHONY: setup host-packages guest image run verify test lint bench clean
+.PHONY: setup host-packages guest image run verify test check lint bench clean
 
 setup: $(STAMP)
 
@@ -43,12 +44,20 @@ image: setup
 run: setup guest image
 	$(DOCTEUR) run $(IMAGE) --filename /README.md
 
-lint: setup
-	$(VENV)/bin/ruff check builder guest vm tests
+LINTED := builder cli guest vm tests
 
+lint: setup
+	$(VENV)/bin/ruff check $(LINTED)
+
+# Everything, VM boots included (CI runs this).
 test: setup guest
-	$(VENV)/bin/ruff check builder guest vm tests
+	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/pytest -q
+
+# The edit loop: seconds, not minutes (no VM boot, no big image).
+check: setup
+	$(VENV)/bin/ruff check $(LINTED)
+	$(VENV)/bin/pytest -q -m "not slow"
 
 bench: setup guest
 	$(PY) -m tests.bench

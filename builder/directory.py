@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 
 from dulwich.object_store import DiskObjectStore
 
+from docteur.cli.log import get_logger
+from docteur.cli.progress import Progress
 from docteur.guest.objects import (
     BLOB,
     COMMIT,
@@ -41,8 +43,6 @@ from docteur.guest.objects import (
 from .errors import BuildError
 from .fetch import PackFiles, pack_objects, write_plain_pack
 from .gittools import git_path
-from .log import get_logger
-from .progress import Progress
 
 log = get_logger("docteur.directory")
 # Files above this size are hashed and stored in chunks instead of read whole.

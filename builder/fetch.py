@@ -25,13 +25,13 @@ from dulwich.object_format import SHA1
 from dulwich.objects import Commit, ShaFile, Tag, Tree
 from dulwich.pack import Pack, PackData, write_pack_index_v2, write_pack_objects
 
+from docteur.cli.log import get_logger
+from docteur.cli.progress import Progress
+from docteur.cli.redact import redact
 from docteur.guest.objects import MODE_GITLINK, MODE_TREE
 
 from .errors import BuildError
 from .gittools import git_argv, git_env, git_failure, git_path, run_git
-from .log import get_logger
-from .progress import Progress
-from .redact import redact
 from .source import Source
 
 log = get_logger("docteur.fetch")

@@ -13,13 +13,13 @@ import os
 import tempfile
 from dataclasses import dataclass
 
+from docteur.cli.log import get_logger
+from docteur.cli.progress import Progress
 from docteur.guest.layout import DEFAULT_BLOCK_SIZE, write_image
 
 from .directory import pack_directory
 from .errors import BuildError
 from .fetch import PackFiles, fetch
-from .log import get_logger
-from .progress import Progress
 from .source import parse_source
 
 log = get_logger("docteur.make")

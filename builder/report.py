@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
+from docteur.cli.progress import Progress
 from docteur.guest.image import Image
 from docteur.guest.objects import Commit
 from docteur.guest.verify import verify_full
-
-from .progress import Progress
 
 
 def verify_image(path: str, out: BinaryIO | None, *, quiet: bool = False) -> None:

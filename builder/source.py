@@ -12,8 +12,9 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from docteur.cli.redact import redact, register_secret
+
 from .errors import BuildError
-from .redact import redact, register_secret
 
 REMOTE_SCHEMES = ("https", "http", "git", "ssh", "git+ssh", "ssh+git")
 # scp-like `[user@]host:path`: a colon before any slash, and a host of at least two

@@ -8,7 +8,7 @@ power-off are direct system calls through ctypes.
 Kernel parameters read from /proc/cmdline: docteur.blocks=NAME,... (the
 virtio-blk serials to wait for), docteur.verify=full|pack|none, and for
 diagnosis docteur.debug=1 (stage times on the console), docteur.dry=1 (stop
-before serving), docteur.bench=blast docteur.blast_mib=N (raw port benchmark).
+before serving).
 
 PID 1 must never return: the kernel would panic. Every path ends in
 reboot(RB_POWER_OFF), which QEMU turns into a clean exit; should even that
@@ -140,26 +140,12 @@ def server_argv(params: dict[str, str]) -> list[str]:
     return [*argv, "--verify", params.get("verify", DEFAULT_VERIFY), "--device", port]
 
 
-def blast(port: str, total: int) -> int:
-    """Write `total` bytes to the port as fast as possible: the benchmark's raw
-    serial throughput, the ceiling for a protocol `get`."""
-    buf = memoryview(bytes(1 << 18))
-    fd = os.open(port, os.O_WRONLY)
-    sent = 0
-    while sent < total:
-        sent += os.write(fd, buf[: min(len(buf), total - sent)])  # writes can be short
-    os.close(fd)
-    return 0
-
-
 def run() -> int:
     params = setup()
     debug = params.get("debug") == "1"
     if debug:
         log(f"modules loaded; python started at {_T0:.3f}")
     argv = server_argv(params)
-    if params.get("bench") == "blast":
-        return blast(argv[-1], int(params.get("blast_mib", "64")) << 20)
     try:
         from docteur.guest import server
     except ImportError as exc:

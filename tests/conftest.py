@@ -9,6 +9,14 @@ import pytest
 from tests.runtime_images import generated_image
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that boots a microVM takes seconds at least: `make check` (-m "not slow")
+    leaves it to `make test`."""
+    for item in items:
+        if item.get_closest_marker("vm") is not None:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def runtime_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Where the runtime tests keep their generated repository and images."""

@@ -396,7 +396,7 @@ def ssh_git(tmp_path_factory: pytest.TempPathFactory,
 
 def docteur(capsys: pytest.CaptureFixture[str], *args: str | os.PathLike[str]) -> tuple[int, str, str]:
     """Run `docteur ARGS` in this process; (exit status, stdout, stderr)."""
-    from docteur.builder.cli import main
+    from docteur.cli.main import main
 
     capsys.readouterr()
     rc = main([os.fspath(a) for a in args])

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from docteur.builder import make as make_mod
-from docteur.builder.cli import make_main
-from docteur.builder.redact import redact, register_secret
 from docteur.builder.source import parse_source
+from docteur.cli.main import make_main
+from docteur.cli.redact import redact, register_secret
 from tests.gitfixtures import docteur, fails, free_port, make_repo, needs_git, one_error_line, populate
 
 pytestmark = needs_git

@@ -9,7 +9,7 @@ import socket
 import tempfile
 
 from docteur.guest import protocol as p
-from docteur.vm.mux import Mux
+from docteur.vm.targets.mux import Mux
 
 HELLO = p.frame(p.HELLO, 0, 0, b"docteur\0" + b"\x00\x01" + b"\x00\x04\x00\x00" + b"\x00\x00")
 

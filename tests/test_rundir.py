@@ -8,12 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-from docteur.vm import qemu
+from docteur.vm.runtime import rundir
 
 CHILD = """
 import sys, time
-from docteur.vm import qemu
-path, fd = qemu.make_rundir(sys.argv[1])
+from docteur.vm.runtime import rundir
+path, fd = rundir.make_rundir(sys.argv[1])
 (path / "console.log").write_text("boot")
 print(path, flush=True)
 time.sleep(60)
@@ -30,7 +30,7 @@ def test_stale_rundirs_of_dead_owners_are_removed(tmp_path: Path) -> None:
     alive, alive_dir = _owner(tmp_path)
     dead, dead_dir = _owner(tmp_path)
     try:
-        assert (dead_dir / qemu.OWNER_LOCK).read_text().strip() == str(dead.pid)
+        assert (dead_dir / rundir.OWNER_LOCK).read_text().strip() == str(dead.pid)
         dead.kill()  # kill -9: nothing of ours runs to clean up
         dead.wait(5)
         # No lock at all (an older docteur's, or being created): only when old and unused.
@@ -45,21 +45,21 @@ def test_stale_rundirs_of_dead_owners_are_removed(tmp_path: Path) -> None:
         other = tmp_path / "unrelated"
         other.mkdir()
         with open(busy / "console.log", "w"):  # a QEMU of an older docteur still writing
-            removed = qemu.clean_stale_rundirs(str(tmp_path))
+            removed = rundir.clean_stale_rundirs(str(tmp_path))
         assert sorted(removed) == sorted([str(dead_dir), str(old)])
         assert alive_dir.is_dir() and fresh.is_dir() and busy.is_dir() and other.is_dir()
         assert not dead_dir.exists() and not old.exists()
         # make_rundir cleans before it creates; ours is locked from the start.
-        path, fd = qemu.make_rundir(str(tmp_path))
+        path, fd = rundir.make_rundir(str(tmp_path))
         try:
-            removed = qemu.clean_stale_rundirs(str(tmp_path), grace=0)
+            removed = rundir.clean_stale_rundirs(str(tmp_path), grace=0)
             assert sorted(removed) == sorted([str(fresh), str(busy)])  # unlocked, now unused
             assert path.is_dir() and alive_dir.is_dir()
         finally:
             os.close(fd)
         alive.kill()
         alive.wait(5)
-        assert sorted(qemu.clean_stale_rundirs(str(tmp_path))) == sorted([str(alive_dir), str(path)])
+        assert sorted(rundir.clean_stale_rundirs(str(tmp_path))) == sorted([str(alive_dir), str(path)])
         assert other.is_dir()
     finally:
         for p in (alive, dead):

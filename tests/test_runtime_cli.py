@@ -123,9 +123,9 @@ def test_socket_path_never_replaces_a_file_or_a_live_server(gen, tmp_path: Path)
         live = so.socket(so.AF_UNIX, so.SOCK_STREAM)
         live.bind(os.path.join(where, "s"))
         live.listen(1)
-        from docteur.vm.cli import ClientError, claim_socket_path
+        from docteur.vm.targets.serving import SocketPathError, claim_socket_path
 
-        with pytest.raises(ClientError, match="already listening"):
+        with pytest.raises(SocketPathError, match="already listening"):
             claim_socket_path(os.path.join(where, "s"))
         live.close()  # now stale: a socket file nobody accepts on
         claim_socket_path(os.path.join(where, "s"))
@@ -204,7 +204,7 @@ def test_console_history_command(gen) -> None:
     where it belongs."""
     import readline
 
-    from docteur.vm import console
+    from docteur.vm.targets import console
 
     readline.clear_history()
     for line in ("ls /", "get /README.md"):

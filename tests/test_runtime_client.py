@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import shutil
@@ -17,10 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from docteur.cli.commands import block_specs
+from docteur.cli.errors import UsageError
 from docteur.guest.boot import boot
 from docteur.guest.protocol import OP_CODES, Error, ServerCodec
-from docteur.vm import unix
 from docteur.vm.client import Client, ConnectionLost, NotFoundError, Timeout
+from docteur.vm.targets import unix
+from docteur.vm.targets.config import TargetConfig
 from tests.conn_pair import ask
 
 
@@ -99,16 +101,15 @@ async def test_server_killed_mid_body(gen, short_dir: str) -> None:
 
 
 async def test_unix_target_session(gen) -> None:
-    args = argparse.Namespace(image=str(gen[1]), block=[f"other={gen[1]}"], verify="none",
-                              timeout=30.0)  # fmt: skip
-    async with unix.session(args) as client:
+    config = TargetConfig(blocks=block_specs(str(gen[1]), [f"other={gen[1]}"]), verify="none",
+                          timeout=30.0)  # fmt: skip
+    async with unix.session(config) as client:
         assert client.hello is not None and set(client.hello.disks) == {"docteur", "other"}
         assert await client.get("/bin/run.sh", disk="other") == b"#!/bin/sh\necho hi\n"
         with pytest.raises(NotFoundError):
             await client.get("/nope")
-    bad = argparse.Namespace(image=None, block=["nonsense"], verify="none")
-    with pytest.raises(unix.TargetError, match="NAME=IMAGE"):
-        unix.blocks_of(bad)
+    with pytest.raises(UsageError, match="NAME=IMAGE"):
+        block_specs(None, ["nonsense"])
 
 
 OPS = sorted(OP_CODES)

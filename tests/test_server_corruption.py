@@ -21,6 +21,7 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return repo, make_image(repo, base / "small.img")
 
 
+@pytest.mark.slow  # every answer of the image, for some 100 corrupted copies
 def test_every_answer_is_exact_or_an_error(small: tuple[Path, Path], tmp_path: Path) -> None:
     repo, image = small
     rows = ls_tree(repo)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from docteur.builder.cli import verify_main
+from docteur.cli.main import verify_main
 from docteur.guest.layout import read_layout
 from tests.gitfixtures import docteur, fails, make_repo, needs_git, one_error_line, rev
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from docteur.vm.appliance import Appliance, BootError
+from docteur.vm.runtime.appliance import Appliance, BootError
 from tests import gitfixtures as gf
 from tests.vm_helpers import (
     DOCTEUR,
@@ -336,8 +336,8 @@ def test_kill9_of_docteur_run_leaves_a_run_directory_the_next_start_removes(
     repo_image: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """kill -9 of `docteur run`: QEMU dies with it (PDEATHSIG); its run directory, locked
-    by the dead process, is removed by the next appliance start (qemu.make_rundir)."""
-    from docteur.vm import qemu
+    by the dead process, is removed by the next appliance start (rundir.make_rundir)."""
+    from docteur.vm.runtime import rundir as rundirs
 
     server = subprocess.Popen([*DOCTEUR, "run", str(repo_image[1]), "--socket", str(tmp_path / "s")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -346,7 +346,7 @@ def test_kill9_of_docteur_run_leaves_a_run_directory_the_next_start_removes(
         rundir = None
         while rundir is None and time.monotonic() < deadline:
             time.sleep(0.05)
-            for lock in Path(qemu.RUNDIR_BASE).glob(f"{qemu.RUNDIR_PREFIX}*/{qemu.OWNER_LOCK}"):
+            for lock in Path(rundirs.RUNDIR_BASE).glob(f"{rundirs.RUNDIR_PREFIX}*/{rundirs.OWNER_LOCK}"):
                 with contextlib.suppress(OSError):
                     if lock.read_text().strip() == str(server.pid):
                         rundir = lock.parent
@@ -356,7 +356,7 @@ def test_kill9_of_docteur_run_leaves_a_run_directory_the_next_start_removes(
             children = Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()
             time.sleep(0.02)
         assert children
-        assert str(rundir) not in qemu.clean_stale_rundirs()  # its owner runs: kept
+        assert str(rundir) not in rundirs.clean_stale_rundirs()  # its owner runs: kept
         server.kill()
         server.wait(10)
         deadline = time.monotonic() + 10
@@ -364,7 +364,7 @@ def test_kill9_of_docteur_run_leaves_a_run_directory_the_next_start_removes(
             time.sleep(0.05)
         assert process_gone(int(children[0]))  # QEMU died with its parent
         assert rundir.is_dir()  # nobody could remove it...
-        path, fd = qemu.make_rundir()  # ...until the next appliance starts
+        path, fd = rundirs.make_rundir()  # ...until the next appliance starts
         os.close(fd)
         shutil.rmtree(path)
         assert not rundir.exists()

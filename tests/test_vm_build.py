@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from docteur.vm import guestbuild, guestpy, qemu
-from docteur.vm.cpio import Archive
-from docteur.vm.elf import needed
+from docteur.vm.guestbuild import guestpy
+from docteur.vm.guestbuild import initramfs as guestbuild
+from docteur.vm.guestbuild.cpio import Archive
+from docteur.vm.guestbuild.elf import needed
+from docteur.vm.runtime import qemu
+from tests.bench.initrds import bare_init
 from tests.vm_helpers import DOCTEUR, GUEST
 
 
@@ -54,7 +57,7 @@ def test_cpio_is_reproducible_and_well_formed() -> None:
 
 def test_bare_init_is_a_static_elf(tmp_path: Path) -> None:
     path = tmp_path / "init"
-    path.write_bytes(guestbuild.bare_init())
+    path.write_bytes(bare_init())
     assert needed(path) == []  # no PT_DYNAMIC: nothing to load
 
 

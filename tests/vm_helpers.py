@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 
 from docteur.guest import protocol
-from docteur.vm.appliance import DEFAULT_BUILD, Appliance
+from docteur.vm.runtime.appliance import DEFAULT_BUILD, Appliance
 
 GUEST = DEFAULT_BUILD / "guest"
 needs_vm = pytest.mark.skipif(
     shutil.which("qemu-system-x86_64") is None or not (GUEST / "initrd").exists(),
     reason="needs qemu-system-x86_64 and the guest (make guest)",
 )
-DOCTEUR = [sys.executable, "-c", "import sys; from docteur.builder.cli import main; sys.exit(main())"]
+DOCTEUR = [sys.executable, "-c", "import sys; from docteur.cli.main import main; sys.exit(main())"]
 
 
 def docteur_make(repo: Path, image: Path) -> Path:

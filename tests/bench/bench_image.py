@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "build" / "bench"
 REPO = BENCH / "repo.git"
 TREE = BENCH / "tree"
-DOCTEUR = [sys.executable, "-m", "docteur.builder.cli"]
+DOCTEUR = [sys.executable, "-m", "docteur.cli"]
 GENERATOR_VERSION = "1"  # bump to regenerate the cached repository
 ENV = dict(
     os.environ,

@@ -8,7 +8,8 @@ Rows (ratio = docteur / peer):
   same get again, once the guest knows the blob verified (informative)
 - boot with `pack` verification of a ≥ 50 MB image vs `none`   (informative)
 
-Each figure is the median of a few runs; the 64 MiB image is cached in build/bench/vm.
+Each figure is the median of a few runs; the 64 MiB image is cached in build/bench/vm, and
+so are the bare and raw-port initramfs variants (tests/bench/initrds.py), rebuilt each run.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import time
 from pathlib import Path
 
 from docteur.guest import protocol
-from docteur.vm import qemu
-from docteur.vm.appliance import DEFAULT_BUILD, Appliance
+from docteur.vm.runtime import qemu
+from docteur.vm.runtime.appliance import DEFAULT_BUILD, Appliance
+from tests.bench.initrds import bare_initrd, blast_initrd
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "build" / "bench" / "vm"
@@ -52,7 +54,7 @@ def _image(name: str, files: dict[str, bytes]) -> Path:
         (repo / path).write_bytes(data)
     _git(repo, "add", "-A")
     _git(repo, "commit", "-q", "-m", name)
-    cli = "import sys; from docteur.builder.cli import main; sys.exit(main())"
+    cli = "import sys; from docteur.cli.main import main; sys.exit(main())"
     subprocess.run([sys.executable, "-c", cli, "make", f"file://{repo}", str(image)],
                    check=True, capture_output=True)  # fmt: skip
     return image
@@ -72,7 +74,9 @@ def bare_boot() -> float:
     qmp_host, qmp_qemu = socket.socketpair()
     log = CACHE / "bare-console.log"
     log.write_bytes(b"")
-    launch = qemu.Launch(kernel=GUEST / "vmlinuz", initrd=GUEST / "bare-initrd.gz", blocks={},
+    initrd = CACHE / "bare-initrd.gz"
+    initrd.write_bytes(bare_initrd())
+    launch = qemu.Launch(kernel=GUEST / "vmlinuz", initrd=initrd, blocks={},
                          console_log=log, qmp_fd=qmp_qemu.fileno(),
                          accel=qemu.choose_accel("auto"))  # fmt: skip
     t0 = time.monotonic()
@@ -99,8 +103,11 @@ async def greeted_boot(image: Path, verify: str) -> float:
 
 async def raw_throughput() -> float:
     """MB/s of the guest writing zeros to the port, first byte to last."""
+    initrd = CACHE / "blast-initrd"
+    initrd.write_bytes(blast_initrd((GUEST / "initrd").read_bytes()))
     vm = Appliance(blocks={"docteur": small_image()}, greet=False,
-                   extra_args=["docteur.bench=blast", f"docteur.blast_mib={BIG >> 20}"])  # fmt: skip
+                   kernel=GUEST / "vmlinuz", initrd=initrd,
+                   extra_args=[f"docteur.blast_mib={BIG >> 20}"])  # fmt: skip
     async with vm:
         assert vm.reader is not None
         first = await asyncio.wait_for(vm.reader.read(1 << 20), 60)
@@ -151,7 +158,7 @@ def _median(fn, *args: object) -> float:  # type: ignore[no-untyped-def]
 
 
 def rows() -> list[Row]:
-    from docteur.builder.log import configure
+    from docteur.cli.log import configure
 
     configure("console", 0)  # the appliance's info events would mix into the table
     CACHE.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from docteur.vm import elf
+from docteur.vm.guestbuild import elf
 
 PYVER = "3.11"
 STDLIB = f"usr/lib/python{PYVER}"

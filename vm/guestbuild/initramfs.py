@@ -2,8 +2,7 @@
 
 Output in BUILD/guest/: vmlinuz (Debian's cloud kernel), initrd (an
 uncompressed cpio: Debian's python3.11 + the stdlib modules the guest imports +
-docteur.guest + /init + the virtio modules), bare-initrd.gz (an /init that writes one byte and powers
-off: the benchmark's baseline) and manifest.json (Debian versions used, inputs
+docteur.guest + /init + the virtio modules) and manifest.json (Debian versions used, inputs
 hash). Downloads are cached in BUILD/debs/. Nothing is rebuilt while the
 inputs hash (package versions, guest/ sources, this builder) is unchanged.
 """
@@ -17,25 +16,23 @@ import json
 import os
 import shutil
 import stat
-import struct
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from docteur.vm import debian, guestpy
-from docteur.vm.cpio import Archive
-from docteur.vm.elf import modinfo
+from docteur.vm.guestbuild import debian, guestpy
+from docteur.vm.guestbuild.cpio import Archive
+from docteur.vm.guestbuild.elf import modinfo
 
 PY_PACKAGES = (
     "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
     "libc6", "zlib1g", "libexpat1", "libffi8", "libssl3",
 )  # fmt: skip
 MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console")
-GUEST_SRC = Path(__file__).resolve().parent.parent / "guest"
+GUEST_SRC = Path(__file__).resolve().parents[2] / "guest"
 # The builder's own code is an input too: a change to it must rebuild.
-BUILDER_SRC = [Path(__file__).resolve().parent / f for f in
-               ("guestbuild.py", "guestpy.py", "cpio.py", "elf.py", "debian.py")]  # fmt: skip
+BUILDER_SRC = sorted(Path(__file__).resolve().parent.glob("*.py"))
 GUEST_PKG = f"{guestpy.STDLIB}/docteur"  # on the default sys.path: no site, no PYTHONPATH
 INIT = "#!/usr/bin/python3.11 -IS\nfrom docteur.guest.pid1 import main\nmain()\n"
 MTIME = 0
@@ -143,34 +140,6 @@ def guest_archive(root: Path, kver: str, stage: Path) -> tuple[Archive, dict[str
     return a, info
 
 
-def bare_init() -> bytes:
-    """A static x86-64 ELF that writes "!" to the console and powers off: the
-    cheapest possible /init, the baseline boot time is measured against."""
-    base, code_off = 0x400000, 64 + 56
-    code = bytearray()
-    code += b"\xb8\x01\x00\x00\x00"  # mov eax, 1 (write)
-    code += b"\xbf\x01\x00\x00\x00"  # mov edi, 1
-    lea_at = len(code)
-    code += b"\x48\x8d\x35\0\0\0\0"  # lea rsi, [rip + msg]
-    code += b"\xba\x01\x00\x00\x00"  # mov edx, 1
-    code += b"\x0f\x05"  # syscall
-    code += b"\xb8\xa9\x00\x00\x00"  # mov eax, 169 (reboot)
-    code += b"\xbf\xad\xde\xe1\xfe"  # mov edi, LINUX_REBOOT_MAGIC1
-    code += b"\xbe\x69\x19\x12\x28"  # mov esi, LINUX_REBOOT_MAGIC2
-    code += b"\xba\xdc\xfe\x21\x43"  # mov edx, LINUX_REBOOT_CMD_POWER_OFF
-    code += b"\x0f\x05"  # syscall
-    code += b"\xeb\xfe"  # jmp $ (never returns)
-    msg_at = len(code)
-    code += b"!"
-    struct.pack_into("<i", code, lea_at + 3, msg_at - (lea_at + 7))
-    size = code_off + len(code)
-    ehdr = b"\x7fELF\x02\x01\x01" + b"\0" * 9 + struct.pack(
-        "<HHIQQQIHHHHHH", 2, 62, 1, base + code_off, 64, 0, 0, 64, 56, 1, 0, 0, 0
-    )
-    phdr = struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, size, size, 0x1000)
-    return ehdr + phdr + bytes(code)
-
-
 def _write(path: Path, data: bytes) -> None:
     """Atomically: a VM booting meanwhile sees the old file or the new, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -211,13 +180,7 @@ def _build(build_dir: Path, out: Path, force: bool) -> dict[str, object]:
         # Uncompressed: under TCG the kernel gunzips the 11.5 MB archive in
         # ~0.25 s (level 6) and copies it raw in ~0.1 s; QEMU loads either at once.
         initrd = archive.cpio(MTIME)
-        bare = base_archive()
-        bare.file("init", bare_init(), 0o755)
-        outputs = {
-            "vmlinuz": (root / "boot" / f"vmlinuz-{kver}").read_bytes(),
-            "initrd": initrd,
-            "bare-initrd.gz": bare.gzip(MTIME),
-        }
+        outputs = {"vmlinuz": (root / "boot" / f"vmlinuz-{kver}").read_bytes(), "initrd": initrd}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     for name, data in outputs.items():

@@ -1,7 +1,11 @@
-"""`docteur query` commands, and the interactive console that runs them.
+r"""`docteur query` commands, and the interactive console that runs them.
 
-    get PATH [OFFSET [LENGTH]]   ls [PATH]   stat PATH   exists PATH
+    get PATH [OFFSET [LENGTH]]   ls [-z] [PATH]   stat PATH   exists PATH
     size PATH   digest PATH   mtime PATH   info   ping   help   quit
+
+`ls` quotes a path as git does by default (core.quotePath): one that holds a control
+character, `"`, `\` or a byte >= 0x80 is printed in double quotes with C escapes, so a
+name never breaks a line; `ls -z` ends each entry with NUL and prints paths raw.
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ import sys
 import time
 from typing import BinaryIO
 
-from docteur.builder.errors import Terminated
+from docteur.cli.errors import Terminated, UsageError
 from docteur.vm.client import Client, ClientError, ConnectionLost
 
 HELP = """\
 get PATH [OFFSET [LENGTH]]  print a file (a symlink prints its target)
-ls [PATH]                   list a directory (default /): mode, kind, key
+ls [PATH]                   list a directory (default /): mode, kind, path (quoted as git does)
+ls -z [PATH]                the same, each entry NUL-terminated, its path raw
 stat PATH                   kind, mode, size, digest, mtime
 exists PATH                 file, directory, symlink, submodule or absent
 size PATH | digest PATH | mtime PATH
@@ -33,8 +38,24 @@ COMMANDS = ("get", "cat", "ls", "list", "stat", "exists", "size", "digest", "mti
             "last_modified", "info", "ping", "help", "history", "disk", "quit", "exit")  # fmt: skip
 
 
-class UsageError(Exception):
-    pass
+# git's quote_c_style: these get a letter, other bytes below 0x20, 0x7f and >= 0x80 octal.
+_C_ESCAPES = {0x07: "a", 0x08: "b", 0x09: "t", 0x0A: "n", 0x0B: "v", 0x0C: "f", 0x0D: "r",
+              0x22: '"', 0x5C: "\\"}  # fmt: skip
+
+
+def quote_path(path: bytes) -> str:
+    """`path` as `git ls-tree` prints it with core.quotePath=true (git's default)."""
+    if all(0x20 <= b < 0x7F and b not in (0x22, 0x5C) for b in path):
+        return path.decode("ascii")
+    out = []
+    for b in path:
+        if b in _C_ESCAPES:
+            out.append("\\" + _C_ESCAPES[b])
+        elif b < 0x20 or b >= 0x7F:
+            out.append(f"\\{b:03o}")
+        else:
+            out.append(chr(b))
+    return '"' + "".join(out) + '"'
 
 
 def _arg(argv: list[str], i: int, what: str) -> str:
@@ -76,8 +97,16 @@ async def execute(client: Client, argv: list[str], out: BinaryIO) -> None:
         async for chunk in client.stream(path, offset, length):
             out.write(chunk)
     elif cmd in ("ls", "list"):
-        for e in await client.list(argv[1] if len(argv) > 1 else "/"):
-            line(f"{e.mode:06o} {e.kind:<9} {os.fsdecode(e.key)}")
+        args = argv[1:]
+        nul = "-z" in args
+        args = [a for a in args if a != "-z"]
+        if len(args) > 1:
+            raise UsageError(f"{cmd}: one PATH at most (try help)")
+        for e in await client.list(args[0] if args else "/"):
+            if nul:
+                out.write(f"{e.mode:06o} {e.kind:<9} ".encode() + e.key + b"\0")
+            else:
+                line(f"{e.mode:06o} {e.kind:<9} {quote_path(e.key)}")
     elif cmd == "stat":
         path = _arg(argv, 1, "PATH")
         st = await client.stat(path)

@@ -1,4 +1,8 @@
-"""structlog set-up: logs go to stderr, human-readable or JSON lines."""
+"""structlog set-up: logs go to stderr, human-readable or JSON lines.
+
+structlog is imported only by `configure` (after the command line is parsed) and
+`get_logger`: `docteur --help` and usage errors stay cheap.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,6 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
-
-import structlog
 
 from . import progress
 from .progress import is_terminal
@@ -73,10 +75,18 @@ def notice(text: str, event: str | None = None, **fields: Any) -> None:
     _write_line(redact(text))
 
 
-def configure(fmt: str = "console", verbose: int = 0) -> None:
-    """`fmt`: 'console' or 'json'; `verbose`: 0 warnings, 1 info, 2+ debug."""
+def set_format(fmt: str) -> None:
+    """Only the format of the lines written here (error_line, notice), before the
+    command line is parsed: a usage error under --log-format json is JSON too."""
     _FORMAT[0] = fmt
     progress.allow(fmt != "json")  # a progress line would break the JSON on a terminal
+
+
+def configure(fmt: str = "console", verbose: int = 0) -> None:
+    """`fmt`: 'console' or 'json'; `verbose`: 0 warnings, 1 info, 2+ debug."""
+    import structlog
+
+    set_format(fmt)
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     processors: list[Any] = [
         structlog.processors.add_log_level,
@@ -96,4 +106,6 @@ def configure(fmt: str = "console", verbose: int = 0) -> None:
 
 
 def get_logger(name: str | None = None) -> Any:
+    import structlog
+
     return structlog.get_logger(name) if name else structlog.get_logger()

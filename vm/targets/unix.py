@@ -8,35 +8,34 @@ over its stdin/stdout for one session, or on the unix socket itself for
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
 import signal
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
-import structlog
-
-from docteur.builder.log import error_line, notice
-from docteur.guest.defaults import DEFAULT_VERIFY
+from docteur.cli.errors import HostError
+from docteur.cli.log import get_logger, notice
 from docteur.guest.errors import ImageError
 from docteur.guest.image import open_image_fd
 from docteur.guest.protocol import Hello
-from docteur.vm.cli import block_specs, claim_socket_path, serve_until_stopped
 from docteur.vm.client import Client, ClientError
+from docteur.vm.runtime.process import die_with_parent, terminate
+from docteur.vm.targets.config import TargetConfig
+from docteur.vm.targets.serving import claim_socket_path, serve_until_stopped
 
-log = structlog.get_logger("docteur.vm.unix")
+log = get_logger("docteur.vm.unix")
 
 
-class TargetError(ClientError):
-    code = "target"
+class TargetError(HostError):
+    """The guest server as a host process could not start or stopped."""
 
 
-def blocks_of(args: argparse.Namespace) -> dict[str, str]:
-    """--block NAME=IMAGE (repeatable) and a bare IMAGE, each an image file we can open."""
-    blocks = block_specs(args, TargetError)
+def blocks_of(config: TargetConfig) -> dict[str, str]:
+    """The images of `config`, each a file we can open."""
+    blocks = config.blocks
     for name, path in blocks.items():
         try:  # the core's own check: refuses a FIFO or a device at once, never waits on it
             os.close(open_image_fd(path))
@@ -45,27 +44,11 @@ def blocks_of(args: argparse.Namespace) -> dict[str, str]:
     return blocks
 
 
-def _die_with_parent() -> Callable[[], None]:
-    """A preexec_fn: the guest server gets SIGTERM (and removes its socket) when
-    this process dies without stopping it, e.g. on kill -9."""
-    parent = os.getpid()
-
-    def preexec() -> None:
-        with contextlib.suppress(Exception):
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-            if os.getppid() != parent:  # the parent died before prctl
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
-
-
-def guest_argv(args: argparse.Namespace, *where: str) -> list[str]:
+def guest_argv(config: TargetConfig, *where: str) -> list[str]:
     argv = [sys.executable, "-m", "docteur.guest"]
-    for name, path in blocks_of(args).items():
+    for name, path in blocks_of(config).items():
         argv += ["--block", f"{name}={path}"]
-    return [*argv, "--verify", getattr(args, "verify", None) or DEFAULT_VERIFY, *where]
+    return [*argv, "--verify", config.verify, *where]
 
 
 class _Tail:
@@ -85,27 +68,23 @@ class _Tail:
             log.info("guest", line=line)
 
 
-def _timeout(args: argparse.Namespace) -> float:
-    return float(getattr(args, "timeout", None) or 60.0)
-
-
 @contextlib.asynccontextmanager
-async def session(args: argparse.Namespace) -> AsyncIterator[Client]:
+async def session(config: TargetConfig) -> AsyncIterator[Client]:
     """Start the guest server on pipes and yield a greeted client."""
     proc = await asyncio.create_subprocess_exec(
-        *guest_argv(args, "--stdio"),
+        *guest_argv(config, "--stdio"),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         limit=1 << 20,
-        preexec_fn=_die_with_parent(),
+        preexec_fn=die_with_parent(signal.SIGTERM),  # it removes its socket on SIGTERM
     )
     log.info("guest server started", pid=proc.pid, mode="stdio")
     tail = _Tail(proc.stderr)
     assert proc.stdout is not None and proc.stdin is not None
     try:
         try:
-            client = await Client.connect(proc.stdout, proc.stdin, timeout=_timeout(args))
+            client = await Client.connect(proc.stdout, proc.stdin, timeout=config.timeout)
         except ClientError as exc:
             await _reap(proc)
             last = tail.last("no output")
@@ -121,6 +100,7 @@ async def session(args: argparse.Namespace) -> AsyncIterator[Client]:
 
 
 async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """A session's server ends when its stdin closes; stopped if it does not."""
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             if proc.stdin is not None:
@@ -128,35 +108,23 @@ async def _reap(proc: asyncio.subprocess.Process) -> None:
         try:
             await asyncio.wait_for(proc.wait(), 2.0)
         except TimeoutError:
-            await _terminate(proc, 2.0)
+            await terminate(proc, 2.0)
 
 
-async def _terminate(proc: asyncio.subprocess.Process, grace: float) -> None:
-    """SIGTERM, then SIGKILL if it still runs after `grace` seconds; reaped either way."""
-    with contextlib.suppress(ProcessLookupError):
-        proc.terminate()
-    try:
-        await asyncio.wait_for(proc.wait(), grace)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-
-
-async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -> int:
+async def serve(config: TargetConfig, path: str, ready: str | None = None) -> int:
     """Serve the images on the unix socket `path` until SIGINT/SIGTERM."""
-    blocks_of(args)  # fail early, before anything starts
+    blocks_of(config)  # fail early, before anything starts
     claim_socket_path(path)  # a stale socket would look ready; anything else is kept
     proc = await asyncio.create_subprocess_exec(
-        *guest_argv(args, "--listen", path), stderr=asyncio.subprocess.PIPE,
-        preexec_fn=_die_with_parent(),
+        *guest_argv(config, "--listen", path), stderr=asyncio.subprocess.PIPE,
+        preexec_fn=die_with_parent(signal.SIGTERM),  # it removes its socket on SIGTERM
     )
     log.info("guest server started", pid=proc.pid, mode="listen", socket=path)
     tail = _Tail(proc.stderr)
     try:
-        hello = await _await_ready(proc, path, _timeout(args), tail)
+        hello = await _await_ready(proc, path, config.timeout, tail)
         if not hello.ok:
-            error_line(hello.fields.get("error", "boot failed"))
-            return 1
+            raise TargetError(hello.fields.get("error", "boot failed"))
         disks = ", ".join(hello.disks)
         # Ctrl-C/SIGTERM before this raise (the server is stopped on the way out);
         # from now on they stop serving cleanly.
@@ -165,12 +133,11 @@ async def serve(args: argparse.Namespace, path: str, ready: str | None = None) -
                 notice("docteur: the guest server stopped", "guest server stopped")
                 return 0
             last = tail.last(f"exit status {proc.returncode}")
-            error_line(f"the guest server stopped (exit status {proc.returncode}): {last}")
-            return 1
+            raise TargetError(f"the guest server stopped (exit status {proc.returncode}): {last}")
         return 0
     finally:
         if proc.returncode is None:
-            await _terminate(proc, 3.0)
+            await terminate(proc, 3.0)
         with contextlib.suppress(FileNotFoundError):
             if proc.returncode is not None and os.path.exists(path):
                 os.unlink(path)

@@ -26,27 +26,40 @@ from typing import Any
 import structlog
 from qemu.qmp import ConnectError, QMPClient
 
+from docteur.cli.errors import HostError
 from docteur.guest import protocol
 from docteur.guest.defaults import DEFAULT_VERIFY
 from docteur.guest.errors import ImageError
 from docteur.guest.image import open_image_fd
-from docteur.vm import qemu
+from docteur.vm.runtime import qemu
+from docteur.vm.runtime.process import die_with_parent, terminate
+from docteur.vm.runtime.rundir import make_rundir
 
 log = structlog.get_logger("docteur.vm")
 BUILD_ENV = "DOCTEUR_BUILD"  # overrides the guest artifacts' directory
-DEFAULT_BUILD = Path(__file__).resolve().parent.parent / "build"
+DEFAULT_BUILD = Path(__file__).resolve().parents[2] / "build"
 LOG_TAIL = 25
 SHUTDOWN_ID = 0xFFFFFFF0  # request id of the appliance's own shutdown request
 # Wraps the greeted port's streams into a protocol client (docteur.vm.client).
 ClientFactory = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[Any]]
 
 
-class ApplianceError(RuntimeError):
+class ApplianceError(HostError):
     """One-line message; `log_tail` holds the end of the guest console log."""
 
     def __init__(self, message: str, log_tail: str = ""):
         super().__init__(message)
         self.log_tail = log_tail
+
+    @property
+    def detail(self) -> str:  # type: ignore[override]
+        """The log tail, for a VM that died or hung without a word; nothing when the
+        message already says it all (the guest's own refusal, or QEMU's last line)."""
+        tail = self.log_tail.strip()
+        last = tail.splitlines()[-1] if tail else ""
+        if not tail or isinstance(self, GuestRefused) or last.removeprefix(f"{qemu.QEMU}: ") in str(self):
+            return ""
+        return f"--- guest log (tail) ---\n{self.log_tail}"
 
 
 class BootError(ApplianceError):
@@ -72,17 +85,8 @@ def _consume(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-def _die_with_parent() -> None:
-    """In the forked child: SIGKILL QEMU if we die without reaping it (kill -9 of
-    the host process), instead of leaving an orphan VM serving nobody."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 async def _default_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
-    from docteur.vm.client import Client  # imported late: the client imports nothing of ours
+    from docteur.vm.client import Client  # imported late: only when a client is asked for
 
     return await Client.over_streams(reader, writer)
 
@@ -115,9 +119,9 @@ class Appliance:
         self,
         blocks: dict[str, str | Path],
         verify: str = DEFAULT_VERIFY,
-        memory: int = 128,
+        memory: int = qemu.DEFAULT_MEMORY,
         accel: str = "auto",
-        timeout: float = 60.0,
+        timeout: float = qemu.BOOT_TIMEOUT,
         build_dir: Path | None = None,
         kernel: Path | None = None,
         initrd: Path | None = None,
@@ -128,8 +132,8 @@ class Appliance:
     ):
         if not blocks:
             raise ApplianceError("no block device given")
-        if memory < 64:
-            raise ApplianceError(f"--memory {memory}: the guest needs at least 64 MiB")
+        if memory < qemu.MIN_MEMORY:
+            raise ApplianceError(f"--memory {memory}: the guest needs at least {qemu.MIN_MEMORY} MiB")
         self.blocks = {qemu.check_block_name(n): _check_image(n, Path(p)) for n, p in blocks.items()}
         if kernel is None or initrd is None:
             kernel, initrd = guest_artifacts(build_dir)
@@ -209,7 +213,7 @@ class Appliance:
         exe = qemu.find_qemu()
         # Short, private run directory for the console log and QEMU's stderr.
         # (locked by us while it exists; stale ones of dead owners are removed first)
-        self.rundir, self._rundir_lock = qemu.make_rundir()
+        self.rundir, self._rundir_lock = make_rundir()
         qmp_host, qmp_qemu = socket.socketpair()
         port_host, port_qemu = socket.socketpair()
         self._socks = [qmp_host, port_host]
@@ -227,7 +231,8 @@ class Appliance:
                     *argv, stdin=asyncio.subprocess.DEVNULL, stdout=err, stderr=err,
                     pass_fds=(qmp_qemu.fileno(), port_qemu.fileno()),
                     start_new_session=True,  # Ctrl-C reaches us, and we shut QEMU down
-                    preexec_fn=_die_with_parent,
+                    # kill -9 of us: no orphan VM serving nobody
+                    preexec_fn=die_with_parent(signal.SIGKILL),
                 )  # fmt: skip
             finally:
                 qmp_qemu.close()
@@ -262,7 +267,9 @@ class Appliance:
         if self.require_ok and not (self.greeting and self.greeting.ok):
             why = self.greeting.fields.get("error", "no reason given") if self.greeting else "?"
             why = _host_paths(why, self.blocks)
-            raise GuestRefused(f"the guest refuses to serve: {why}", self.log_tail())
+            tail = self.log_tail()
+            log.info("guest log (tail)", tail=tail)  # -v: the error line alone leaves it out
+            raise GuestRefused(f"the guest refuses to serve: {why}", tail)
         if self.make_client is not None:
             self.client = await self.make_client(self.reader, self.writer)
 
@@ -380,15 +387,12 @@ class Appliance:
                 log.info("qemu exited", status=self.returncode, reason=self.shutdown_reason)
 
     async def _reap(self) -> None:
-        """SIGKILL whatever still runs and wait for it (the loop's child watcher reaps)."""
+        """Stop whatever still runs (SIGTERM, then SIGKILL) and wait for it."""
         proc = self.proc
         if proc is None:
             return
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGKILL)
-            with contextlib.suppress(Exception, asyncio.TimeoutError):
-                await asyncio.wait_for(proc.wait(), 5.0)
+        with contextlib.suppress(Exception, asyncio.TimeoutError):
+            await asyncio.wait_for(terminate(proc, grace=1.0), 6.0)
         self.returncode = proc.returncode
 
 

@@ -9,20 +9,20 @@ QEMU as file descriptors: no socket paths to race for or clean up.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import re
 import shutil
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from docteur.cli.errors import HostError
 from docteur.guest.defaults import DEFAULT_VERIFY, PORT_NAME, VERIFY_MODES
 
 QEMU = "qemu-system-x86_64"
 ACCELS = ("auto", "kvm", "tcg")
+DEFAULT_MEMORY = 128  # MiB: the guest serves a 100 000-file image in ~46 MiB
+MIN_MEMORY = 64  # MiB: below it Debian's kernel and python3.11 do not boot
+BOOT_TIMEOUT = 60.0  # seconds from QEMU's start to the guest's greeting, verification included
 # virtio-blk serials are at most 20 bytes; the name also goes on the kernel command line.
 BLOCK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,20}")
 # TCG's AVX emulation (new in QEMU 7.2) makes glibc pick slower SHA-1/zlib paths.
@@ -33,8 +33,8 @@ BOOT_ARGS = (
 )  # fmt: skip
 
 
-class QemuError(RuntimeError):
-    pass
+class QemuError(HostError):
+    """QEMU missing, or a command line it would refuse (a bad block name, verify mode)."""
 
 
 def find_qemu() -> str:
@@ -102,7 +102,7 @@ class Launch:
     qmp_fd: int
     port_fd: int | None = None  # None: no protocol port (the bare benchmark boot)
     verify: str = DEFAULT_VERIFY
-    memory: int = 128
+    memory: int = DEFAULT_MEMORY
     accel: str = "tcg"  # already chosen: kvm or tcg
     extra_args: list[str] = field(default_factory=list)  # kernel command line
 
@@ -135,86 +135,3 @@ class Launch:
                 "-device", f"virtserialport,chardev=port,name={PORT_NAME}",
             ]  # fmt: skip
         return argv
-
-
-# ---- run directories ---------------------------------------------------------
-# Each appliance keeps its console log and QEMU's stderr in a short private
-# directory, /tmp/dct-XXXXXXXX, removed when it stops. A kill -9 of the host
-# process cannot remove it; so every directory holds `owner.lock`, flock'ed by
-# its owner for as long as it runs (the lock goes with the process, whatever kills
-# it), and each new appliance first removes the directories whose lock it can take.
-RUNDIR_BASE = "/tmp"
-RUNDIR_PREFIX = "dct-"
-OWNER_LOCK = "owner.lock"
-UNLOCKED_GRACE = 60.0  # seconds a directory without a lock is left alone (being created)
-
-
-def make_rundir(base: str = RUNDIR_BASE) -> tuple[Path, int]:
-    """Clean stale run directories, then create ours; returns it and the lock's fd
-    (keep it open while the directory is in use; close it after removing it)."""
-    with contextlib.suppress(OSError):
-        clean_stale_rundirs(base)
-    path = Path(tempfile.mkdtemp(prefix=RUNDIR_PREFIX, dir=base))
-    # Locked before it gets its name: a cleaner never sees an unlocked owner.lock.
-    fd = os.open(path / ".owner.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        os.rename(path / ".owner.tmp", path / OWNER_LOCK)
-    except BaseException:
-        os.close(fd)
-        shutil.rmtree(path, ignore_errors=True)
-        raise
-    return path, fd
-
-
-def _open_in(directory: str) -> bool:
-    """Does any process hold a file of `directory` open (QEMU its console log)?"""
-    prefix = directory.rstrip("/") + "/"
-    me = str(os.getpid())  # we hold its owner.lock while we check
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or pid == me:
-            continue
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(prefix):
-                        return True
-    return False
-
-
-def clean_stale_rundirs(base: str = RUNDIR_BASE, grace: float = UNLOCKED_GRACE) -> list[str]:
-    """Remove our run directories whose owner is gone; returns what was removed.
-
-    Stale: its owner.lock can be locked (the owner died), or it has none (an older
-    docteur's, or a creation that crashed) and is older than `grace`. Either way, a
-    directory that some process still has a file open in is kept."""
-    removed = []
-    uid = os.getuid()
-    with os.scandir(base) as it:
-        entries = [e for e in it if e.name.startswith(RUNDIR_PREFIX)]
-    for entry in entries:
-        try:
-            st = entry.stat(follow_symlinks=False)
-            if not entry.is_dir(follow_symlinks=False) or st.st_uid != uid:
-                continue
-            fd = os.open(os.path.join(entry.path, OWNER_LOCK), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            if time.time() - st.st_mtime < grace or _open_in(entry.path):
-                continue
-            shutil.rmtree(entry.path, ignore_errors=True)
-            removed.append(entry.path)
-            continue
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            continue  # its owner is running
-        else:
-            if not _open_in(entry.path):
-                shutil.rmtree(entry.path, ignore_errors=True)
-                removed.append(entry.path)
-        finally:
-            os.close(fd)
-    return removed

@@ -1,0 +1,5 @@
+import sys
+
+from docteur.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,108 @@
+"""What each `docteur` subcommand does, from its parsed arguments.
+
+The builder (`docteur.builder`) and the VM side (`docteur.vm`) are imported here, inside
+the command that needs them: each side stays unaware of the other, and `docteur --help`
+loads neither.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from docteur.guest.protocol import DEFAULT_DISK
+
+from . import log
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from docteur.vm.targets.config import TargetConfig
+
+
+def make(args: argparse.Namespace) -> int:
+    from docteur.builder.make import make
+
+    from .progress import human_bytes
+
+    s = make(args.source, args.image, ref=args.ref, date=args.date, block_size=args.bs,
+             timeout=args.timeout)  # fmt: skip
+    log.notice(
+        f"{s.image}: commit {s.commit.hex()}, {s.objects} objects, {human_bytes(s.size)} ({s.size} bytes)",
+        "image written", image=s.image, commit=s.commit.hex(), objects=s.objects, size=s.size,
+    )
+    return 0
+
+
+def verify(args: argparse.Namespace) -> int:
+    from docteur.builder.report import verify_image
+
+    verify_image(args.image, sys.stdout.buffer, quiet=args.quiet)
+    return 0
+
+
+def block_specs(image: str | None, specs: Sequence[str]) -> dict[str, str]:
+    """--block NAME=IMAGE (repeatable) and a bare IMAGE (= --block docteur=IMAGE)."""
+    blocks: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise UsageError(f"--block {spec}: expected NAME=IMAGE")
+        if name in blocks:
+            raise UsageError(f"--block {name} given twice")
+        blocks[name] = path
+    if image:
+        if DEFAULT_DISK in blocks:
+            raise UsageError(f"IMAGE and --block {DEFAULT_DISK}=... both given")
+        blocks = {DEFAULT_DISK: image, **blocks}
+    if not blocks:
+        raise UsageError("no image: give IMAGE or --block NAME=IMAGE")
+    return blocks
+
+
+def target_config(args: argparse.Namespace) -> TargetConfig:
+    from docteur.vm.targets.config import TargetConfig
+
+    return TargetConfig(
+        blocks=block_specs(args.image, args.block), verify=args.verify, timeout=args.timeout,
+        disk=args.disk, filename=args.filename, socket=args.socket, memory=args.memory,
+        accel=args.accel,
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from docteur.vm import targets
+    from docteur.vm.client import run as run_async
+    from docteur.vm.targets.serving import print_file
+
+    target = targets.load(args.target)
+    config = target_config(args)
+    if config.socket:
+        return run_async(target.serve(config, config.socket))
+    return run_async(print_file(target, config))
+
+
+def query(args: argparse.Namespace) -> int:
+    from docteur.vm.client import Client, new_runner
+    from docteur.vm.targets.console import console, execute
+    from docteur.vm.targets.serving import check_path_length
+
+    argv = list(args.command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    check_path_length(args.socket)  # connect() would say "No such file or directory"
+    with new_runner() as runner:
+        client = runner.run(Client.open_unix(args.socket, timeout=args.timeout, disk=args.disk))
+        try:
+            if not argv:
+                return console(runner, client)
+            runner.run(execute(client, argv, sys.stdout.buffer))
+            return 0
+        finally:
+            with contextlib.suppress(Exception):
+                runner.run(client.close())
+
+
+COMMANDS = {"make": make, "verify": verify, "run": run, "query": query}

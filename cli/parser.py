@@ -1,0 +1,184 @@
+"""The arguments of every `docteur` subcommand, in one place.
+
+Only cheap imports here (the defaults' modules): `docteur --help` and a usage error
+must not load dulwich, asyncio or QEMU's QMP library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn
+
+from docteur.guest.defaults import DEFAULT_VERIFY, VERIFY_MODES
+from docteur.guest.layout import DEFAULT_BLOCK_SIZE
+from docteur.guest.protocol import DEFAULT_DISK
+from docteur.vm.runtime.qemu import ACCELS, BOOT_TIMEOUT, DEFAULT_MEMORY
+from docteur.vm.targets import TARGETS
+
+from . import log
+from .errors import EXIT_USAGE
+
+PROG = "docteur"
+# A fetch that receives no byte for this long fails (docteur.builder.fetch's stall timeout).
+MAKE_TIMEOUT = 60.0
+QUERY_TIMEOUT = 30.0  # seconds to connect and for each answer
+
+Command = Callable[[argparse.Namespace], int]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors are one JSON line too under --log-format json
+    (subcommand parsers are of the same class)."""
+
+    def error(self, message: str) -> NoReturn:
+        if log.is_json():
+            log.error_line(f"{message} (see {self.prog} --help)", self.prog)
+            sys.exit(EXIT_USAGE)
+        super().error(message)
+
+
+def seconds(text: str) -> float:
+    """A --timeout value: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
+def wants_json(argv: Sequence[str]) -> bool:
+    """--log-format json anywhere on the command line (before parsing it)."""
+    for i, arg in enumerate(argv):
+        if arg == "--log-format=json" or (arg == "--log-format" and argv[i + 1 : i + 2] == ["json"]):
+            return True
+    return False
+
+
+def add_globals(p: argparse.ArgumentParser, *, sub: bool = False) -> None:
+    """--log-format and -v; on a subcommand too (`docteur make -v ...`), without
+    overriding what was given before it when absent."""
+    p.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default=argparse.SUPPRESS if sub else "console",
+        help="how log lines on stderr look (default: console)",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS if sub else 0,
+        help="more log lines (-v info, -vv debug)",
+    )
+
+
+def make_args(p: argparse.ArgumentParser, func: Command) -> None:
+    add_globals(p, sub=True)
+    p.add_argument(
+        "-b",
+        "--branch",
+        metavar="REF",
+        dest="ref",
+        help="branch, tag or refs/... to take (default: the source's HEAD)",
+    )
+    p.add_argument("-d", "--date", metavar="RFC3339", help="commit date for a plain directory (default: now)")
+    p.add_argument(
+        "--bs",
+        type=int,
+        default=DEFAULT_BLOCK_SIZE,
+        metavar="N",
+        help=f"block size the image is padded to (default: {DEFAULT_BLOCK_SIZE})",
+    )
+    p.add_argument(
+        "--timeout",
+        type=seconds,
+        default=MAKE_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up on a source that sends nothing for this long (default: {MAKE_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="https://, http://, git://, ssh://, user@host:path, file://ABS, relativize://DIR or a path",
+    )
+    p.add_argument("image", metavar="IMAGE", help="image file to write")
+    p.set_defaults(func=func)
+
+
+def verify_args(p: argparse.ArgumentParser, func: Command) -> None:
+    add_globals(p, sub=True)
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing, only the status")
+    p.add_argument("image", metavar="IMAGE")
+    p.set_defaults(func=func)
+
+
+def run_args(p: argparse.ArgumentParser, func: Command) -> None:
+    add_globals(p, sub=True)
+    p.add_argument("image", nargs="?", metavar="IMAGE", help="same as --block docteur=IMAGE")
+    p.add_argument("--target", choices=TARGETS, default=TARGETS[0],
+                   help="microvm (QEMU, default) or unix (a host process)")  # fmt: skip
+    p.add_argument("--block", action="append", default=[], metavar="NAME=IMAGE",
+                   help="a named disk (repeatable)")  # fmt: skip
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--filename", metavar="PATH", help="print this file and exit")
+    what.add_argument("--socket", metavar="PATH", help="serve on this unix socket until Ctrl-C")
+    p.add_argument("--disk", default=DEFAULT_DISK, help=f"the disk --filename reads ({DEFAULT_DISK})")
+    p.add_argument("--verify", choices=VERIFY_MODES, default=DEFAULT_VERIFY,
+                   help=f"boot verification (default {DEFAULT_VERIFY})")  # fmt: skip
+    p.add_argument("--timeout", type=seconds, default=BOOT_TIMEOUT, metavar="SECONDS",
+                   help=f"boot timeout, verification included ({BOOT_TIMEOUT:g})")  # fmt: skip
+    g = p.add_argument_group("microvm target")
+    g.add_argument("--accel", choices=ACCELS, default="auto",
+                   help="kvm only where the CPU has vmx/svm; tcg otherwise (default: auto)")  # fmt: skip
+    g.add_argument("--memory", type=int, default=DEFAULT_MEMORY, metavar="MiB",
+                   help=f"guest memory ({DEFAULT_MEMORY})")  # fmt: skip
+    p.set_defaults(func=func)
+
+
+def query_args(p: argparse.ArgumentParser, func: Command) -> None:
+    add_globals(p, sub=True)
+    p.add_argument("--socket", required=True, metavar="PATH", help="the socket `docteur run` serves")
+    p.add_argument("--disk", default=DEFAULT_DISK, help=f"the disk to ask ({DEFAULT_DISK})")
+    p.add_argument("--timeout", type=seconds, default=QUERY_TIMEOUT, metavar="SECONDS")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND ...")
+    p.set_defaults(func=func)
+
+
+def build(commands: dict[str, Command], version: str) -> Parser:
+    """`docteur` with its subcommands; `commands` maps each name to its function."""
+    parser = Parser(prog=PROG, description="Turn a Git repository into a verified disk image.")
+    add_globals(parser)
+    parser.add_argument("--version", action="version", version=f"{PROG} {version}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    make_args(sub.add_parser(
+        "make", help="build an image from a Git repository or a directory",
+        description="Build a docteur image from a Git repository or a directory.",
+    ), commands["make"])  # fmt: skip
+    verify_args(sub.add_parser(
+        "verify", help="check an image and print its commit",
+        description="Check every byte of a docteur image; print its commit.",
+    ), commands["verify"])  # fmt: skip
+    run_args(sub.add_parser(
+        "run", help="serve an image (in a microVM, or as a host process)",
+        description="Boot the appliance on IMAGE (--block NAME=IMAGE for several disks) and "
+        "print one file (--filename) or serve the protocol on a unix socket (--socket).",
+    ), commands["run"])  # fmt: skip
+    query_args(sub.add_parser(
+        "query", help="ask a served image (no command: an interactive console)",
+        description="Commands: get PATH [OFFSET [LENGTH]], ls [-z] [PATH], stat PATH, exists PATH, "
+        "size PATH, digest PATH, mtime PATH, info, ping. Without one: a console.",
+    ), commands["query"])  # fmt: skip
+    return parser
+
+
+def single(prog: str, add_args: Callable[[argparse.ArgumentParser, Command], None], func: Command,
+           description: str, version: str) -> Parser:  # fmt: skip
+    """An alias command (`docteur.make`, `docteur.verify`): one subcommand's arguments."""
+    parser = Parser(prog=prog, description=description)
+    parser.add_argument("--version", action="version", version=f"{prog} {version}")
+    add_args(parser, func)  # brings --log-format and -v with it
+    return parser

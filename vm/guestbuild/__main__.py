@@ -1,0 +1,5 @@
+import sys
+
+from docteur.vm.guestbuild.initramfs import main
+
+sys.exit(main())
