@@ -31,7 +31,7 @@ Semantics are mirage-kv's (errors in kverrors, each naming the path):
 
 Cost: trees are read (read_tree) only along the paths an operation walks,
 and a directory is parsed once; only directories on changed paths are
-re-serialised (git's order and bytes, via objects.Tree); memory is bounded
+re-serialised (git's order and bytes, as objects.Tree); memory is bounded
 by the directories touched. A touched directory whose entries end equal to
 its start keeps its old id (even if it was not in canonical form).
 """
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .errors import IntegrityError
 from .kverrors import (
     AlreadyPresent,
     DictionaryExpected,
@@ -56,9 +57,7 @@ from .objects import (
     MODE_LINK,
     MODE_TREE,
     TREE,
-    Tree,
     TreeEntry,
-    iter_tree,
     object_id,
 )
 from .paths import check_new_name, join_path, split_path
@@ -69,9 +68,48 @@ PUT_MODES = (MODE_FILE, MODE_EXEC, MODE_LINK)
 Entries = dict[bytes, tuple[int, bytes]]
 
 
-def _tree(entries: Entries) -> Tree:
-    """The entries as a tree in git's order (objects.Tree sorts as git does)."""
-    return Tree.from_entries([TreeEntry(mode, name, oid) for name, (mode, oid) in entries.items()])
+# Mode text <-> number, for the few modes there are: int(..., 8) and "%o" for
+# each of 10 000 entries would be a third of the time spent on a big directory.
+_MODE_NUMBERS: dict[bytes, int] = {}
+_MODE_TEXTS: dict[int, bytes] = {}
+
+
+def parse_entries(body: bytes) -> Entries:
+    """name -> (mode, oid) of a tree body: objects.iter_tree's parse, ~3x faster
+    (no TreeEntry per entry), for the directories a batch touches."""
+    out: Entries = {}
+    pos, end, find = 0, len(body), body.find
+    while pos < end:
+        space = find(b" ", pos)
+        nul = find(b"\0", space + 1)
+        if space < 0 or nul < 0 or nul + 21 > end:
+            raise IntegrityError(f"malformed tree entry at byte {pos}")
+        text = body[pos:space]
+        mode = _MODE_NUMBERS.get(text)
+        if mode is None:
+            try:
+                mode = _MODE_NUMBERS[text] = int(text, 8)
+            except ValueError:
+                raise IntegrityError(f"malformed tree mode at byte {pos}") from None
+        out[body[space + 1 : nul]] = (mode, body[nul + 1 : nul + 21])
+        pos = nul + 21
+    return out
+
+
+def _sort_key(item: tuple[bytes, tuple[int, bytes]]) -> bytes:
+    # git's order, as objects.Tree keeps it: a directory sorts as "name/".
+    return item[0] + b"/" if item[1][0] == MODE_TREE else item[0]
+
+
+def serialise_entries(entries: Entries) -> bytes:
+    """The tree body git writes for `entries` (objects.Tree.as_raw's bytes, faster)."""
+    out = []
+    for name, (mode, oid) in sorted(entries.items(), key=_sort_key):
+        text = _MODE_TEXTS.get(mode)
+        if text is None:
+            text = _MODE_TEXTS[mode] = b"%o" % mode
+        out.append(b"%s %s\0%s" % (text, name, oid))
+    return b"".join(out)
 
 
 class _Dir:
@@ -104,7 +142,7 @@ class TreeEditor:
     def _entries(self, node: _Dir) -> Entries:
         if node.entries is None:
             assert node.base is not None
-            node.orig = node.entries = {e.name: (e.mode, e.id) for e in iter_tree(self._read_tree(node.base))}
+            node.orig = node.entries = parse_entries(self._read_tree(node.base))
         return node.entries
 
     def _child(self, node: _Dir, name: bytes) -> _Dir:
@@ -280,7 +318,7 @@ class TreeEditor:
             nodes, _ = self._walk(segs)
             node = self._child(nodes[-1], segs[-1])
         self._seal(node)
-        return list(_tree(self._entries(node)).entries)
+        return [TreeEntry(m, n, o) for n, (m, o) in sorted(self._entries(node).items(), key=_sort_key)]
 
     # -- results ----------------------------------------------------------------------
     @property
@@ -324,7 +362,7 @@ class TreeEditor:
         if node.base is not None and (entries is node.orig or entries == node.orig):
             node.oid = node.base
             return node.base
-        node.body = _tree(entries).as_raw()
+        node.body = serialise_entries(entries)
         node.oid = object_id(TREE, node.body)
         return node.oid
 
@@ -342,7 +380,7 @@ class TreeEditor:
             body = bodies.get(oid)
             if body is None:
                 body = self._read_tree(oid)
-            return {e.name: (e.mode, e.id) for e in iter_tree(body)}
+            return parse_entries(body)
 
         def diff(old: bytes | None, new: bytes | None, prefix: bytes) -> None:
             if old == new:
