@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from docteur.guest.errors import NotFound
+from docteur.guest.errors import IntegrityError, NotFound
 from docteur.guest.kverrors import (
     AlreadyPresent,
     DictionaryExpected,
@@ -685,5 +685,35 @@ def test_noncanonical_start_tree_kept_unless_changed(tmp_path: Path) -> None:
                  (b"legacy", b"h"): (MODE_FILE, one)}
         root, _ = ed.finish()
         assert root == git_tree(repo, model, tmp_path)
+    finally:
+        trees.close()
+
+
+def test_reads_take_read_paths_and_name_errors(repo: Path, trees: GitTrees) -> None:
+    ed = TreeEditor(trees, tree_of(repo))
+    ed.put(b"/docs/guide/new", blob(repo, b"n"))
+    assert ed.lookup(b"docs/./guide/../guide/new/") == (MODE_FILE, blob(repo, b"n"))  # as reads resolve
+    with pytest.raises(DictionaryExpected, match="README"):
+        ed.list(b"/README")
+    with pytest.raises(PathNotFound, match="nope"):
+        ed.list(b"/nope")
+    with pytest.raises(InvalidPath):
+        ed.lookup(b"/..")
+    ed.rename(b"/vendor/sub", b"/lib/sub")  # a submodule moves as it is
+    assert ed.lookup(b"/lib/sub") == (MODE_GITLINK, bytes.fromhex(GITLINK))
+    assert ed.lookup(b"/vendor") is None
+
+
+def test_damaged_and_missing_trees_surface(tmp_path: Path) -> None:
+    store = {b"\1" * 20: b"100644 name-without-id\0\1\2"}
+    ed = TreeEditor(store.__getitem__, b"\1" * 20)
+    with pytest.raises(IntegrityError, match="malformed tree entry"):
+        ed.put(b"/x", b"\3" * 20)
+    repo = tmp_path / "r"
+    git("init", "-q", str(repo), cwd=tmp_path)
+    trees = GitTrees(repo)
+    try:
+        with pytest.raises(NotFound):
+            TreeEditor(trees, b"\4" * 20).lookup(b"/x")
     finally:
         trees.close()
