@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from docteur.guest import kv
 from docteur.guest.errors import IntegrityError, NotFound
 from docteur.guest.kverrors import (
     AlreadyPresent,
@@ -717,3 +718,29 @@ def test_damaged_and_missing_trees_surface(tmp_path: Path) -> None:
             TreeEditor(trees, b"\4" * 20).lookup(b"/x")
     finally:
         trees.close()
+
+
+PATHS = st.lists(
+    st.sampled_from([b"a", b".", b"..", b"", b".git", b"b c", b"\xff", b"x\\y", b".Git."]), max_size=5
+).flatmap(lambda segs: st.sampled_from([b"/".join(segs), b"/" + b"/".join(segs), b"/".join(segs) + b"/"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(path=PATHS)
+def test_write_paths_read_back_the_same(path: bytes) -> None:
+    """The lenient parser is the read side's (kv.split_path), and every path a
+    write accepts means the same segments to a read."""
+    try:
+        read = split_path(path)
+    except InvalidPath as exc:
+        with pytest.raises(kv.InvalidPath) as info:
+            kv.split_path(path)
+        assert str(info.value) == str(exc)
+        read = None
+    else:
+        assert kv.split_path(path) == read
+    try:
+        written = split_path(path, strict=True)
+    except InvalidPath:
+        return
+    assert written == read
