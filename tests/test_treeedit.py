@@ -646,7 +646,8 @@ def test_random_batches_follow_the_model(
                     RenameSourcePrefix) as exc:
                 got = type(exc)
             assert got == expected, op
-            for segs in {op[1], op[-1] if op[0] == "rename" else op[1]}:
+            touched = {op[1], op[-1] if op[0] == "rename" else op[1]}
+            for segs in {t[:i] for t in touched for i in range(len(t) + 1)}:  # and their parents
                 if segs in model:
                     assert ed.lookup(path(segs)) == model[segs]
                 elif m_kind(model, segs) == "dir":
