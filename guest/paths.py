@@ -4,14 +4,14 @@ Reads are lenient (`.` is skipped, `..` goes up but not above `/`), as they
 have always been. Writes are strict: a path that names something new must
 be one git itself would store and check out, so no `.`/`..` segments and no
 name git refuses (`.git` in any case, with the NTFS and HFS+ spellings that
-fsck flags as `hasDotgit`), and no symlink where fsck forbids one. Every
+fsck flags as `hasDotgit`), and no symlink or directory where fsck forbids one. Every
 path a write accepts reads back the same through the lenient rules.
 """
 
 from __future__ import annotations
 
 from .kverrors import InvalidPath, show
-from .objects import MODE_LINK
+from .objects import MODE_LINK, MODE_TREE
 from .protocol import MAX_PATH
 
 
@@ -75,22 +75,26 @@ def is_dotgit(name: bytes) -> bool:
     return any(s in (".git", "git~1") for s in _spellings(name))
 
 
-# Names fsck --strict refuses as symlinks, with their NTFS 8.3 short forms.
-_NO_SYMLINK = {
-    ".gitmodules": ("gitmod", "gi7eba"),
-    ".gitattributes": ("gitatt", "gi7d29"),
-    ".gitignore": ("gitign", "gi250a"),
-    ".mailmap": ("mailma", "maba30"),
+# Names fsck --strict refuses for some kinds of entry, with their NTFS 8.3
+# short forms: as a symlink (all four), as anything but a blob (the first two).
+_SPECIAL = {
+    ".gitmodules": (("gitmod", "gi7eba"), True),
+    ".gitattributes": (("gitatt", "gi7d29"), True),
+    ".gitignore": (("gitign", "gi250a"), False),
+    ".mailmap": (("mailma", "maba30"), False),
 }
 
 
 def check_new_name(path: bytes, name: bytes, mode: int) -> None:
-    """Refuse a symlink that git fsck would flag (`.gitmodules` and friends)."""
-    if mode != MODE_LINK:
+    """Refuse an entry `name` of `mode` that git fsck would flag: a symlink
+    named `.gitmodules` and friends, a directory named `.gitmodules` or
+    `.gitattributes`."""
+    if mode not in (MODE_LINK, MODE_TREE):
         return
     for s in _spellings(name):
-        for full, shorts in _NO_SYMLINK.items():
-            if s == full or any(
-                s.startswith(p + "~") and s[len(p) + 1 :].isdigit() for p in shorts
-            ):
-                raise InvalidPath(f"{show(path)}: git refuses a symlink named {full}")
+        for full, (shorts, blob_only) in _SPECIAL.items():
+            if mode == MODE_TREE and not blob_only:
+                continue
+            if s == full or any(s.startswith(p + "~") and s[len(p) + 1 :].isdigit() for p in shorts):
+                what = "symlink" if mode == MODE_LINK else "directory"
+                raise InvalidPath(f"{show(path)}: git refuses a {what} named {full}")

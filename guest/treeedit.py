@@ -216,6 +216,13 @@ class TreeEditor:
             if entries or depth == 0:
                 break
 
+    @staticmethod
+    def _check_new(segs: list[bytes], depth: int, mode: int) -> None:
+        """Refuse names fsck would flag, for the directories a write creates
+        (those past `depth`) and its last segment, bound to `mode`."""
+        for i in range(depth, len(segs)):
+            check_new_name(join_path(segs[: i + 1]), segs[i], mode if i == len(segs) - 1 else MODE_TREE)
+
     # -- writes -----------------------------------------------------------------
     def put(self, path: bytes, oid: bytes, mode: int = MODE_FILE) -> None:
         """Bind `path` to the blob `oid` (a file, an executable or a symlink)."""
@@ -228,8 +235,8 @@ class TreeEditor:
         segs = split_path(path, strict=True)
         if not segs:
             raise ValueExpected(b"/", "the root is a directory")
-        check_new_name(path, segs[-1], mode)
         nodes, depth = self._walk(segs)
+        self._check_new(segs, depth, mode)
         if depth == len(segs) - 1:
             found = self._entries(nodes[-1]).get(segs[-1])
             if found == (mode, oid):
@@ -273,7 +280,6 @@ class TreeEditor:
             if is_dir:
                 raise RenameSourcePrefix(src_path, dst_path)
             raise DictionaryExpected(src_path)
-        self._walk(dst)  # a file on the way: DictionaryExpected
         if there is not None:
             if there[0] == MODE_TREE:
                 if is_dir:
@@ -281,7 +287,7 @@ class TreeEditor:
                 raise ValueExpected(dst_path)
             if is_dir:
                 raise ValueExpected(src_path, f"a directory cannot replace the file {show(dst_path)}")
-        check_new_name(dst_path, dst[-1], moved[0])
+        self._check_new(dst, self._walk(dst)[1], moved[0])  # and a file on the way: DictionaryExpected
         node = None
         if is_dir:
             nodes, _ = self._walk(src)

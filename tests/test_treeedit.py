@@ -448,16 +448,42 @@ def test_names_agree_with_git(trees: GitTrees, tmp_path: Path, name: bytes) -> N
         assert split_path(b"/dir/" + name) == [b"dir", name]  # reads find it the same way
 
 
-@pytest.mark.parametrize("name", [b".gitmodules", b".GitAttributes", b".gitignore.", b".mailmap",
-                                  b"GITMOD~1", b"gi7eba~3", b".git\xe2\x80\x8cmodules"])
-def test_symlinks_fsck_refuses(repo: Path, trees: GitTrees, name: bytes) -> None:
+SPECIAL = [b".gitmodules", b".GitAttributes", b".gitignore.", b".mailmap", b"GITMOD~1", b"gi7eba~3",
+           b".git\xe2\x80\x8cmodules", b"gitatt~2", b".gitmodulesx", b"gitmodules"]
+
+
+@pytest.mark.parametrize("name", SPECIAL, ids=[repr(n) for n in SPECIAL])
+@pytest.mark.parametrize("mode", [MODE_LINK, MODE_TREE, MODE_FILE])
+def test_special_names_agree_with_fsck(repo: Path, trees: GitTrees, tmp_path: Path, name: bytes,
+                                       mode: int) -> None:
+    """A symlink (or a directory) where `git fsck --strict` refuses one is
+    refused, through put and rename alike; whatever is taken passes fsck."""
+    fresh = tmp_path / "fsck"
+    git("init", "-q", str(fresh), cwd=tmp_path)
+    target = blob(fresh, b"target")
+    entry = b"%o %s %s\t%s\n" % (mode, b"tree" if mode == MODE_TREE else b"blob",
+                                   git("mktree", cwd=fresh, input=b"").strip() if mode == MODE_TREE
+                                   else target.hex().encode(), name)
+    tree = git("mktree", cwd=fresh, input=entry).decode().strip()
+    commit = git("commit-tree", "-m", "n", tree, cwd=fresh).decode().strip()
+    fsck = subprocess.run(["git", "fsck", "--strict", "--no-dangling", commit], cwd=fresh,
+                          env=git_env(), capture_output=True)
+    git_takes = fsck.returncode == 0 and b"warning" not in fsck.stderr and b"error" not in fsck.stderr
     ed = TreeEditor(trees, tree_of(repo))
-    with pytest.raises(InvalidPath, match="symlink"):
-        ed.put(b"/" + name, blob(repo, b"target"), MODE_LINK)
-    with pytest.raises(InvalidPath, match="symlink"):
-        ed.rename(b"/docs/link", b"/docs/" + name)
-    ed.put(b"/" + name, blob(repo, b"a regular file\n"))  # as a file: fine
-    assert not {(e.name, e.mode) for e in ed.list(b"/")} & {(name, MODE_LINK)}
+    tries = [
+        lambda: ed.put(b"/" + name + (b"/f" if mode == MODE_TREE else b""), blob(repo, b"x"),
+                       MODE_FILE if mode == MODE_TREE else mode),
+        lambda: ed.rename({MODE_LINK: b"/docs/link", MODE_TREE: b"/a", MODE_FILE: b"/README"}[mode],
+                          b"/docs/" + name),
+    ]
+    for attempt in tries:
+        try:
+            attempt()
+        except InvalidPath as exc:
+            assert not git_takes, fsck.stderr
+            assert "git refuses" in str(exc)
+        else:
+            assert git_takes
 
 
 # -- size: deep and wide ------------------------------------------------------------------
