@@ -11,23 +11,33 @@
 Semantics are mirage-kv's (errors in kverrors, each naming the path):
 - put: parent directories are created; a file (or symlink, or submodule) on
   the way is DictionaryExpected(that prefix); a directory at the path itself
-  is ValueExpected(path); a file there is replaced, mode included.
+  (the root included) is ValueExpected(path); a file there is replaced, mode
+  included. Modes: 100644, 100755, 120000, else InvalidMode.
 - remove: recursive on a directory. An absent path is PathNotFound unless
   `missing_ok` (mirage-kv's "removes any binding"): a typo in `docteur rm`
-  must not silently make no commit. The root cannot be removed (set_root).
+  must not silently make no commit. The root is InvalidPath (use set_root).
 - rename: an absent source is PathNotFound; a destination that is a
   directory (the root included) receives the source inside it; a source
-  directory that is a prefix of the destination is RenameSourcePrefix; a
-  destination file is replaced by a source file; a source directory onto a
-  file is ValueExpected(source), as mirage-kv documents; onto an existing
-  directory (after moving inside) is AlreadyPresent (no merge); a rename
-  onto itself changes nothing. Modes move with the entry; a directory
-  moves as its tree id, unread.
+  directory that is a prefix of the destination (the root is a prefix of
+  all) is RenameSourcePrefix, a source file is DictionaryExpected(source)
+  there; a destination file is replaced by a source file; a source
+  directory onto a file is ValueExpected(source), as mirage-kv documents;
+  onto an existing directory (after moving inside) is AlreadyPresent (no
+  merge); a rename onto itself changes nothing. Modes move with the entry
+  (submodules too); a directory moves as its tree id, unread.
 - Directories that become empty vanish (git cannot hold them), up to the root.
+- set_root(tree) replaces the whole tree (`docteur commit DIR`: set_root(None),
+  then a put per file).
 - Every operation checks everything before changing anything: an error
   leaves the editor as it was.
-- Write paths are strict (paths.split_path(strict=True)); lookup/list take
-  read paths, as the read side does.
+- Write paths are strict (paths.split_path(strict=True): no `.`/`..`, no
+  name git refuses, InvalidPath); the names a write creates are checked
+  against fsck (paths.check_new_name); lookup/list take read paths, as the
+  read side does.
+
+Results: `changed` (the tree differs from the start), `finish()` (the root id
+and the trees to store, children first), `changed_paths()` (git-kv's list of
+added/removed/changed files).
 
 Cost: trees are read (read_tree) only along the paths an operation walks,
 and a directory is parsed once; only directories on changed paths are
@@ -336,9 +346,10 @@ class TreeEditor:
         """(root tree id, new trees as (oid, body), each child before its parent).
 
         New trees are those serialised here whose id differs from the tree the
-        directory started as, each once; one may still equal a tree the store
-        holds elsewhere (a copied directory): a writer may skip those. The
-        editor stays usable.
+        directory started as, each once. One may still equal a tree the store
+        holds (a copied directory; after set_root(None) and puts, every
+        unchanged directory): a writer skips the ids it has, and their
+        subtrees need nothing either. The editor stays usable.
         """
         root = self._seal(self._root)
         trees: dict[bytes, bytes] = {}
