@@ -122,11 +122,12 @@ def git_tree(repo: Path, model: Model, tmp: Path) -> bytes:
     return bytes.fromhex(git("write-tree", cwd=repo, env=env).decode().strip())
 
 
-def check_finish(ed: TreeEditor, trees: GitTrees, start: bytes, expected: bytes) -> list[tuple[bytes, bytes]]:
+def check_finish(ed: TreeEditor, trees: GitTrees, start: bytes, expected: bytes,
+                 rebuilt: bool = False) -> list[tuple[bytes, bytes]]:
     """finish() gives git's root, and new trees that are exactly git's bytes,
     children first, each of the result and at a path where the start had
-    another tree (it may equal one elsewhere: a copy), and every one the
-    result needs that the start lacks."""
+    another tree (it may equal one elsewhere: a copy; or anywhere after a
+    set_root: `rebuilt`), and every one the result needs that the start lacks."""
     root, new = ed.finish()
     assert root.hex() == expected.hex()
     ids = [oid for oid, _ in new]
@@ -136,7 +137,7 @@ def check_finish(ed: TreeEditor, trees: GitTrees, start: bytes, expected: bytes)
     for pos, (oid, body) in enumerate(new):
         assert git_object_id(TREE, body) == oid
         assert trees.object(oid) == ("tree", body)  # git wrote the same bytes
-        assert any(tree == oid and before.get(path) != oid for path, tree in after.items())
+        assert any(tree == oid and (rebuilt or before.get(path) != oid) for path, tree in after.items())
         for entry in iter_tree(body):  # children the start lacks before their parents
             if entry.mode == MODE_TREE and entry.id in ids and entry.id not in old:
                 assert ids.index(entry.id) < pos
@@ -313,6 +314,10 @@ def test_set_root(repo: Path, trees: GitTrees, tmp_path: Path) -> None:
         model[tuple(path[1:].split(b"/"))] = (MODE_FILE, blob(repo, b"%d" % i))
         ed.put(path, model[tuple(path[1:].split(b"/"))][1])
     check_finish(ed, trees, start, git_tree(repo, model, tmp_path))
+    ed.set_root(None)  # the same files again, from nothing: the same tree
+    for path, (mode, oid) in model_of(repo, other).items():
+        ed.put(b"/" + b"/".join(path), oid, mode)
+    assert ed.finish()[0] == other
     ed.set_root(start)
     assert not ed.changed
 
@@ -616,6 +621,7 @@ OPS = st.lists(
         st.tuples(st.just("put"), SEGS, st.sampled_from(PUT_MODES), st.integers(0, 2)),
         st.tuples(st.just("remove"), SEGS),
         st.tuples(st.just("rename"), SEGS, SEGS),
+        st.tuples(st.just("set_root"), st.just(()), st.booleans()),  # empty, or the start again
     ),
     max_size=12,
 )
@@ -655,8 +661,10 @@ def test_random_batches_follow_the_model(
                     m_put(model, op[1], (op[2], blobs[op[3]]))
                 elif op[0] == "remove":
                     m_remove(model, op[1])
-                else:
+                elif op[0] == "rename":
                     m_rename(model, op[1], op[2])
+                else:
+                    model = model_of(repo, start) if op[2] else {}
                 expected: type[Exception] | None = None
             except ModelError as exc:
                 expected = exc.kind
@@ -665,8 +673,10 @@ def test_random_batches_follow_the_model(
                     ed.put(path(op[1]), blobs[op[3]], op[2])
                 elif op[0] == "remove":
                     ed.remove(path(op[1]))
-                else:
+                elif op[0] == "rename":
                     ed.rename(path(op[1]), path(op[2]))
+                else:
+                    ed.set_root(start if op[2] else None)
                 got: type[Exception] | None = None
             except (InvalidPath, PathNotFound, ValueExpected, DictionaryExpected, AlreadyPresent,
                     RenameSourcePrefix) as exc:
@@ -683,7 +693,7 @@ def test_random_batches_follow_the_model(
                 else:
                     assert ed.lookup(path(segs)) is None
         expected_root = git_tree(repo, model, tmp_path_factory.mktemp("idx"))
-        check_finish(ed, trees, start, expected_root)
+        check_finish(ed, trees, start, expected_root, rebuilt=any(op[0] == "set_root" for op in ops))
         assert ed.changed == (expected_root != start)
     finally:
         trees.close()
