@@ -1,0 +1,91 @@
+"""The errors of key-value writes, named as mirage-kv names them.
+
+Each carries the path(s) it is about and a `code`: the error name the
+protocol sends (`not_found`, `value_expected`, ...), so a server maps an
+exception to its wire name without a table of its own.
+"""
+
+from __future__ import annotations
+
+from .errors import DocteurError, NotFound
+
+
+def show(path: bytes) -> str:
+    """A path as it appears in a message: quoted, undecodable bytes replaced."""
+    return repr(path.decode("utf-8", "replace"))
+
+
+class InvalidPath(DocteurError):
+    """A path with NUL, empty, `.` or `..` segments, or a name git refuses."""
+
+    code = "invalid_path"
+
+
+class InvalidMode(DocteurError):
+    """A put with a mode that is not a file, an executable or a symlink."""
+
+    code = "invalid_mode"
+
+
+class PathNotFound(NotFound):
+    """`Not_found k`: nothing is bound at k."""
+
+    code = "not_found"
+
+    def __init__(self, path: bytes):
+        super().__init__(f"{show(path)}: no such file or directory")
+        self.path = path
+
+
+class ValueExpected(DocteurError):
+    """`Value_expected k`: a value was expected at k, a directory is there."""
+
+    code = "value_expected"
+
+    def __init__(self, path: bytes, why: str = "a file was expected but a directory is there"):
+        super().__init__(f"{show(path)}: {why}")
+        self.path = path
+
+
+class DictionaryExpected(DocteurError):
+    """`Dictionary_expected k`: a directory was expected at k (often a prefix of
+    the path written), a file is there."""
+
+    code = "dictionary_expected"
+
+    def __init__(self, path: bytes, why: str = "a directory was expected but a file is there"):
+        super().__init__(f"{show(path)}: {why}")
+        self.path = path
+
+
+class AlreadyPresent(DocteurError):
+    """`Already_present k`: k is bound and the operation will not replace it."""
+
+    code = "already_present"
+
+    def __init__(self, path: bytes, why: str = "already present"):
+        super().__init__(f"{show(path)}: {why}")
+        self.path = path
+
+
+class RenameSourcePrefix(DocteurError):
+    """`Rename_source_prefix (src, dst)`: a directory cannot move inside itself."""
+
+    code = "rename_source_prefix"
+
+    def __init__(self, source: bytes, dest: bytes):
+        super().__init__(f"cannot move {show(source)} inside itself ({show(dest)})")
+        self.path = source
+        self.dest = dest
+
+
+# Most specific first, for a server's error table.
+KV_ERRORS: tuple[type[DocteurError], ...] = (
+    InvalidPath,
+    InvalidMode,
+    PathNotFound,
+    ValueExpected,
+    DictionaryExpected,
+    AlreadyPresent,
+    RenameSourcePrefix,
+)
