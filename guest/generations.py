@@ -1,0 +1,504 @@
+"""The generation store: a docteur image plus the write batches appended to it.
+
+Generation 0 is the first generation: the image as `docteur make` wrote it, never
+written again. Each later generation is one root record naming its head commit and
+the extents (PACK + IDX) it adds on top of generation 0, newest first. Opening picks
+the newest root that verifies; committing writes data, flush, root, flush.
+See FORMAT.md for the format and the reasons.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import namedtuple
+from collections.abc import Iterator
+from itertools import pairwise
+
+from .device import BLOCK, Device, FileDevice, align_up
+from .errors import DocteurError, ImageError, IntegrityError, NotFound
+from .idx import MAGIC as IDX_MAGIC
+from .idx import Index
+from .layout import PACK_OFFSET, Layout, read_layout
+from .objects import COMMIT, TYPE_NUMBERS, Commit, Signature, object_id, sha1
+from .pack import PackReader
+from .packwrite import NoSpace, PackWriter
+from .roots import (
+    MAX_EXTENTS,
+    MAX_PAD,
+    SLOT_SIZE,
+    SLOTS,
+    ZERO_ID,
+    Area,
+    Binding,
+    Extent,
+    Root,
+    claimed_generation,
+)
+
+# Objects up to this size are copied whole by compaction; bigger whole blobs are streamed.
+_STREAM = 4 << 20
+_HASH_READ = 1 << 20
+# Below this much room for data, preparing an image for writes is refused.
+MIN_DATA = 64 * 1024
+CHECKS = ("cheap", "pack")
+
+__all__ = ["NoSpace", "ReadOnly", "Skipped", "Store", "TooManyExtents", "grow", "prepare"]
+
+
+class ReadOnly(DocteurError):
+    """The image has no room for writes (no write area)."""
+
+
+class TooManyExtents(DocteurError):
+    """A root record is full of extents: the image must be compacted first."""
+
+
+class Skipped(namedtuple("Skipped", "generation reason")):
+    """A root that could not be used; `generation` None when the slot is unreadable."""
+
+    __slots__ = ()
+
+    def line(self, serving: int) -> str:
+        what = f"generation {self.generation}" if self.generation is not None else "a root record"
+        return f"warning: {what} skipped ({self.reason}); serving generation {serving}"
+
+
+class _Part(namedtuple("_Part", "index reader")):
+    __slots__ = ()
+
+
+class Store:
+    """An open image: generation 0 and, when the image has a write area, the newest
+    generation that verifies. `writable` stores can `begin`/`commit`/`compact`."""
+
+    def __init__(self, device: Device, layout: Layout, first: Index):
+        self.device = device
+        self.layout = layout
+        self.first_index = first
+        self.binding = Binding(layout.commit, layout.idx_offset, first.checksum)
+        self.area: Area | None = None
+        self.head: Root | None = None  # None: generation 0
+        self.skipped: list[Skipped] = []
+        self.slots: list[Root | None] = []  # parsed slots of this area (checksum and binding valid)
+        self._parts: list[_Part] = []  # newest first; generation 0 last
+        self._first_part = _Part(first, PackReader(device.fd, PACK_OFFSET, layout.pack_end, first))
+
+    # -- opening ------------------------------------------------------------
+    @classmethod
+    def open(cls, device: Device, check: str = "cheap") -> Store:
+        """Open the image on `device`. `check`: "cheap" verifies each candidate root's
+        checksum, binding and extents (bounds, IDX checksums, PACK trailers); "pack"
+        also hashes every PACK byte of the extents it adopts."""
+        if check not in CHECKS:
+            raise ValueError(f"unknown check {check!r}")
+        layout = read_layout(device.fd, device.size)
+        idx = device.pread(layout.idx_end - layout.idx_offset, layout.idx_offset)
+        store = cls(device, layout, Index(idx))
+        store._find_area()
+        if store.area is not None:
+            store._choose_root(check)
+        store._parts = store._parts_of(store.head)
+        return store
+
+    def _find_area(self) -> None:
+        at = align_up(self.layout.idx_end)
+        stop = min(self.device.size - BLOCK, self.layout.idx_end + MAX_PAD + BLOCK)
+        while at <= stop:
+            block = self.device.pread(BLOCK, at)
+            if block.strip(b"\0"):
+                try:
+                    area = Area.from_bytes(at, block)
+                except ValueError as exc:
+                    self.skipped.append(Skipped(None, f"write area header at byte {at}: {exc}"))
+                    return
+                if area.binding != self.binding or area.first_end < self.layout.idx_end:
+                    self.skipped.append(
+                        Skipped(None, f"the write area at byte {at} belongs to another image")
+                    )
+                    return
+                if area.data_start >= self.device.size:
+                    self.skipped.append(Skipped(None, f"the write area at byte {at} is truncated"))
+                    return
+                self.area = area
+                return
+            at += BLOCK
+
+    def _choose_root(self, check: str) -> None:
+        area = self.area
+        assert area is not None
+        damaged: list[tuple[int, str]] = []
+        for i in range(area.slots):
+            raw = self.device.pread(area.slot_size, area.slot_offset(i))
+            root: Root | None = None
+            if raw.strip(b"\0"):
+                try:
+                    root = Root.from_bytes(raw)
+                except ValueError as exc:
+                    gen = claimed_generation(raw)
+                    if gen is not None:
+                        damaged.append((gen, f"root record in slot {i}: {exc}"))
+                if root is not None and (root.uid != area.uid or root.binding != self.binding):
+                    root = None  # a record of an earlier write area at the same place
+            self.slots.append(root)
+        candidates = sorted((r for r in self.slots if r is not None), key=lambda r: -r.generation)
+        for root in candidates:
+            try:
+                self._verify_root(root, check)
+            except (IntegrityError, ImageError, NotFound, ValueError) as exc:
+                self.skipped.append(Skipped(root.generation, str(exc)))
+                continue
+            self.head = root
+            break
+        serving = self.generation
+        # A damaged slot matters only if it might have been newer than what is served.
+        for gen, why in damaged:
+            if gen > serving:
+                self.skipped.append(Skipped(gen, why))
+
+    def _verify_root(self, root: Root, check: str) -> None:
+        area = self.area
+        assert area is not None
+        if not root.extents:
+            raise IntegrityError("the root lists no extents")
+        spans = []
+        for e in root.extents:
+            if not (area.data_start <= e.pack_offset and e.pack_offset % BLOCK == 0):
+                raise IntegrityError(f"extent at byte {e.pack_offset} lies outside the data area")
+            if not (e.pack_offset + e.pack_length <= e.idx_offset and e.end <= self.data_end):
+                raise IntegrityError(f"extent at byte {e.pack_offset} lies outside the data area")
+            spans.append((e.start, e.end))
+        spans.sort()
+        for (_, end), (start, _) in pairwise(spans):
+            if start < end:
+                raise IntegrityError("two extents of the root overlap")
+        for e in root.extents:
+            index = self._extent_index(e)
+            head = self.device.pread(12, e.pack_offset)
+            if head[:8] != b"PACK\0\0\0\2" or int.from_bytes(head[8:12], "big") != index.count:
+                raise IntegrityError(f"PACK at byte {e.pack_offset}: bad header or object count")
+            trailer = self.device.pread(20, e.pack_offset + e.pack_length - 20)
+            if trailer != e.pack_checksum or index.pack_checksum != e.pack_checksum:
+                raise IntegrityError(f"PACK at byte {e.pack_offset}: its trailer does not match the root")
+            if check == "pack":
+                self._hash_pack(e)
+        if not any(root.head in self._extent_index(e) for e in root.extents):
+            raise IntegrityError(f"head commit {root.head.hex()} is in none of the root's PACKs")
+
+    def _extent_index(self, e: Extent) -> Index:
+        data = self.device.pread(e.idx_length, e.idx_offset)
+        if data[:8] != IDX_MAGIC or len(data) != e.idx_length:
+            raise IntegrityError(f"no IDX v2 at byte {e.idx_offset}")
+        index = Index(data)
+        if index.checksum != e.idx_checksum or index.compute_checksum() != e.idx_checksum:
+            raise IntegrityError(f"IDX at byte {e.idx_offset}: checksum mismatch")
+        return index
+
+    def _hash_pack(self, e: Extent) -> None:
+        end = e.pack_offset + e.pack_length - 20
+        h = sha1(b"", e.pack_length)
+        for at in range(e.pack_offset, end, _HASH_READ):
+            h.update(self.device.pread(min(_HASH_READ, end - at), at))
+        if h.digest() != e.pack_checksum:
+            raise IntegrityError(f"PACK at byte {e.pack_offset}: checksum mismatch")
+
+    def _parts_of(self, root: Root | None) -> list[_Part]:
+        parts = []
+        for e in root.extents if root else ():
+            index = self._extent_index(e)
+            reader = PackReader(self.device.fd, e.pack_offset, e.pack_offset + e.pack_length, index)
+            parts.append(_Part(index, reader))
+        return [*parts, self._first_part]
+
+    # -- state ----------------------------------------------------------------
+    @property
+    def generation(self) -> int:
+        return self.head.generation if self.head else 0
+
+    @property
+    def head_commit(self) -> bytes:
+        return self.head.head if self.head else self.layout.commit
+
+    @property
+    def extents(self) -> tuple[Extent, ...]:
+        """The head's extents, newest first (generation 0 is implicit, always last)."""
+        return self.head.extents if self.head else ()
+
+    @property
+    def writable(self) -> bool:
+        return self.area is not None
+
+    @property
+    def data_end(self) -> int:
+        return self.device.size - self.device.size % BLOCK
+
+    def warnings(self) -> list[str]:
+        return [s.line(self.generation) for s in self.skipped]
+
+    def close(self) -> None:
+        for part in self._parts:
+            part.reader.close()
+        self._first_part.reader.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- objects --------------------------------------------------------------
+    def find(self, oid: bytes) -> tuple[PackReader, int] | None:
+        """(reader, PACK-relative offset) of `oid` in the newest extent holding it."""
+        for part in self._parts:
+            off = part.index.lookup(oid)
+            if off is not None:
+                return part.reader, off
+        return None
+
+    def __contains__(self, oid: bytes) -> bool:
+        return any(oid in part.index for part in self._parts)
+
+    def read_object(self, oid: bytes) -> tuple[str, bytes]:
+        """(kind, body) of `oid`, checked against its id."""
+        found = self.find(oid)
+        if found is None:
+            raise NotFound(f"object {oid.hex()} is not in the image")
+        reader, off = found
+        num, body = reader.resolve(off)
+        kind = TYPE_NUMBERS[num]
+        if object_id(kind, body) != oid:
+            raise IntegrityError(f"object {oid.hex()} at PACK offset {off} does not hash to its id")
+        return kind, body
+
+    def commit_object(self, oid: bytes | None = None) -> Commit:
+        oid = oid or self.head_commit
+        kind, body = self.read_object(oid)
+        if kind != COMMIT:
+            raise IntegrityError(f"{oid.hex()} is a {kind}, not a commit")
+        return Commit.from_raw(body)
+
+    def log(self) -> Iterator[tuple[bytes, Commit]]:
+        """(id, commit) from the head along first parents, while the image holds them."""
+        oid: bytes | None = self.head_commit
+        while oid is not None and oid in self:
+            commit = self.commit_object(oid)
+            yield oid, commit
+            oid = commit.parents[0] if commit.parents else None
+
+    # -- space ------------------------------------------------------------------
+    def _protected(self) -> list[tuple[int, int]]:
+        """Spans no write may touch: the extents of every root that verified its own
+        checksum and binding (any of them may be adopted at the next open if the
+        newer ones turn out damaged), merged and sorted."""
+        spans = sorted(
+            (max(e.start, 0), e.end) for root in self.slots if root is not None for e in root.extents
+        )
+        merged: list[tuple[int, int]] = []
+        for start, end in spans:
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+            else:
+                merged.append((start, end))
+        return merged
+
+    def holes(self) -> list[tuple[int, int]]:
+        """Free (offset, length) spans of the data area, in disk order."""
+        if self.area is None:
+            return []
+        out = []
+        at = self.area.data_start
+        for start, end in self._protected():
+            if start > at:
+                out.append((at, min(start, self.data_end) - at))
+            at = max(at, end)
+        if at < self.data_end:
+            out.append((at, self.data_end - at))
+        return [(o, n) for o, n in out if n > 0]
+
+    def free_space(self) -> int:
+        return sum(n for _, n in self.holes())
+
+    # -- writing ------------------------------------------------------------------
+    def begin(self, level: int = 6) -> PackWriter:
+        """A writer in the largest free span; add objects to it, then `commit` it."""
+        if self.area is None:
+            raise ReadOnly(f"{self.device.name}: the image has no room for writes (see docteur grow)")
+        self.device._refuse_if_failed()
+        holes = self.holes()
+        if not holes:
+            raise NoSpace(f"no space: {self.device.name} has no free space left")
+        offset, length = max(holes, key=lambda h: (h[1], -h[0]))
+        return PackWriter(self.device, offset, offset + length, self.__contains__, level)
+
+    def commit(
+        self,
+        writer: PackWriter,
+        tree: bytes,
+        message: bytes | str,
+        author: Signature | str,
+        committer: Signature | str | None = None,
+        when: int | None = None,
+        tz: str = "+0000",
+    ) -> tuple[bytes, int]:
+        """Make the commit of `tree` (its objects added to `writer` or already stored),
+        parent the current head, and make it the new head. Returns (commit id,
+        generation) once the root record is durable."""
+        if tree not in writer and tree not in self:
+            raise NotFound(f"tree {tree.hex()} is neither in the batch nor in the image")
+        when = int(time.time()) if when is None else when
+        author = _signature(author, when, tz)
+        committer = author if committer is None else _signature(committer, when, tz)
+        if isinstance(message, str):
+            message = message.encode()
+        if message and not message.endswith(b"\n"):
+            message += b"\n"
+        commit = Commit(tree, (self.head_commit,), author, committer, message)
+        oid = writer.add(COMMIT, commit.as_raw())
+        root = self._publish([writer.finish(), *self.extents], oid, when)
+        return oid, root.generation
+
+    def _publish(self, extents: list[Extent], head: bytes, when: int) -> Root:
+        """Flush the data, write the next root record, flush: the commit point."""
+        area = self.area
+        assert area is not None
+        if len(extents) > MAX_EXTENTS:
+            raise TooManyExtents(
+                f"{self.device.name}: {len(extents) - 1} generations since the last compaction, "
+                "the most one root holds: run docteur compact"
+            )
+        old = self.head
+        valid = [r for r in self.slots if r is not None]
+        generation = max((r.generation for r in valid), default=0) + 1
+        root = Root(
+            generation,
+            when,
+            self.binding,
+            head,
+            old.synced if old else ZERO_ID,
+            old.remote if old else "",
+            tuple(extents),
+            area.uid,
+        )
+        slot = self._next_slot()
+        self.device.flush()
+        self.device.pwrite(root.to_bytes(), area.slot_offset(slot))
+        self.device.flush()
+        # Durable: only now does the in-memory state move.
+        for part in self._parts[:-1]:
+            part.reader.close()
+        self.slots[slot] = root
+        self.head = root
+        self.skipped = []
+        self._parts = self._parts_of(root)
+        return root
+
+    def _next_slot(self) -> int:
+        """An empty or unreadable slot, else the oldest, never the head's."""
+        for i, root in enumerate(self.slots):
+            if root is None:
+                return i
+        order = sorted(range(len(self.slots)), key=lambda i: self.slots[i].generation)  # type: ignore[union-attr]
+        return next(i for i in order if self.slots[i] is not self.head)
+
+    def compact(self, level: int = 6) -> int:
+        """Rewrite every object of the extents into one PACK (history kept), check it,
+        and commit it as the only extent. Returns the new generation."""
+        if not self.extents:
+            return self.generation
+        first = self.first_index
+        writer = self.begin(level)
+        writer.known = first.__contains__  # only generation 0 counts as stored
+        for part in self._parts[:-1]:
+            for oid, _, off in sorted(part.index.entries(), key=lambda e: e[2]):
+                if oid in writer or oid in first:
+                    continue
+                entry = part.reader.entry(off)
+                if not entry.is_delta and entry.size > _STREAM:
+                    kind = TYPE_NUMBERS[entry.type]
+                    got = writer.add_stream(kind, entry.size, part.reader.inflate_chunks(entry, 1 << 20))
+                else:
+                    kind, body = self.read_object(oid)
+                    got = writer.add(kind, body)
+                if got != oid:
+                    raise IntegrityError(f"object {oid.hex()} does not hash to its id")
+        extent = writer.finish()
+        self._check_extent(extent)
+        return self._publish([extent], self.head_commit, int(time.time())).generation
+
+    def _check_extent(self, e: Extent) -> None:
+        """Read a freshly written extent back: IDX checksum, every object's id."""
+        index = self._extent_index(e)
+        self._hash_pack(e)
+        reader = PackReader(self.device.fd, e.pack_offset, e.pack_offset + e.pack_length, index)
+        try:
+            for oid, _, off in index.entries():
+                entry = reader.entry(off)
+                h = sha1(b"%s %d\0" % (TYPE_NUMBERS[entry.type].encode(), entry.size), entry.size)
+                for piece in reader.inflate_chunks(entry, 1 << 20):
+                    h.update(piece)
+                if h.digest() != oid:
+                    raise IntegrityError(f"compacted object {oid.hex()} reads back wrong")
+        finally:
+            reader.close()
+
+
+def _signature(who: Signature | str, when: int, tz: str) -> Signature:
+    if isinstance(who, Signature):
+        return who
+    name, _, email = who.partition("<")
+    if not email.endswith(">") or "\n" in who or "<" in email or not name.strip():
+        raise ValueError(f"bad author {who!r}: give 'Name <email>'")
+    return Signature.make(name.strip(), email[:-1], when, tz)
+
+
+def prepare(path: str, capacity: int) -> Area:
+    """Give the plain image at `path` room for writes up to `capacity` bytes in all
+    (a block device: its size): the file grows (sparse), the root ring is zeroed,
+    the area header written, then flushed. The first generation is not touched."""
+    import uuid
+
+    with FileDevice(path, writable=True) as dev:
+        layout = read_layout(dev.fd, dev.size)
+        store = Store(dev, layout, Index(dev.pread(layout.idx_end - layout.idx_offset, layout.idx_offset)))
+        store._find_area()
+        if store.area is not None:
+            raise DocteurError(f"{path} already has room for writes (use docteur grow)")
+        if store.skipped:
+            raise ImageError(f"{path}: {store.skipped[0].reason}: rebuild the image with docteur make")
+        end = dev.size
+        tail = dev.pread(min(end - layout.idx_end, MAX_PAD), layout.idx_end)
+        if end - layout.idx_end > MAX_PAD or tail.strip(b"\0"):
+            raise ImageError(f"{path}: unexpected data after the IDX: not a plain docteur image")
+        area = Area(align_up(end), SLOTS, SLOT_SIZE, uuid.uuid4().bytes, end, store.binding)
+        if dev.is_block:
+            capacity = dev.size
+        capacity -= capacity % BLOCK
+        if capacity < area.data_start + MIN_DATA:
+            raise DocteurError(
+                f"capacity {capacity} is too small: the image needs at least {area.data_start + MIN_DATA}"
+            )
+        if not dev.is_block:
+            os.ftruncate(dev.fd, capacity)
+            dev.size = capacity
+        # Zero the ring first: a block device may hold slots of an older area there.
+        dev.pwrite(bytes(area.slots * area.slot_size), area.ring)
+        dev.flush()
+        dev.pwrite(area.to_bytes(), area.offset)
+        dev.flush()
+        return area
+
+
+def grow(path: str, size: int) -> int:
+    """Make the image at `path` `size` bytes long (sparse); returns the free space.
+    An image without a write area gets one."""
+    with FileDevice(path, writable=True) as dev:
+        if size < dev.size:
+            raise DocteurError(f"{path} is {dev.size} bytes already; give a bigger size")
+        with Store.open(dev) as store:
+            has_area = store.writable
+        if has_area and not dev.is_block:
+            os.ftruncate(dev.fd, size - size % BLOCK)
+    if not has_area:
+        prepare(path, size)
+    with FileDevice(path) as dev, Store.open(dev) as store:
+        return store.free_space()
