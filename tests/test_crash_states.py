@@ -1,0 +1,204 @@
+"""Crash-state enumeration: every way a batch can be cut short recovers to the old or the new commit.
+
+Each batch runs through a RecordingDevice on a real image file; every crash state
+of its writes (tests/crashstates.py) is rebuilt on a copy of the image and opened.
+Git, reading the image's own PACK/IDX files, is the oracle of what each commit holds.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from docteur.builder.make import make
+from docteur.guest.device import FileDevice
+from docteur.guest.generations import Store, prepare
+from docteur.guest.objects import MODE_FILE
+from tests.crashstates import (
+    RecordingDevice,
+    WorkImage,
+    crash_states,
+    export_packs,
+    git_files,
+    store_files,
+    write_tree,
+)
+from tests.gitfixtures import needs_git
+
+pytestmark = needs_git
+
+Files = dict[str, bytes]
+BIG = 5 << 20
+# Below this many states the test would not be checking what it claims to.
+MIN_STATES = 1000
+# One state in this many (and the first of each outcome) also gets a new batch written.
+RECOVERY_EVERY = 97
+AUTHOR = "Crash Test <crash@example.com>"
+WHEN = 1_800_000_000
+
+
+def _small(files: Files) -> Files:
+    return {**files, "hello.txt": b"hello, generations\n"}
+
+
+def _deep(files: Files) -> Files:
+    return {**files, "a/b/c/d/e/f/g/deep.txt": b"deep\n", "a/b/side.txt": b"side\n"}
+
+
+def _many(files: Files) -> Files:
+    kept = {p: d for p, d in files.items() if not p.startswith("sub/")}
+    return {**kept, **{f"sub/f{i:03}.txt": b"file %d\n" % i for i in range(150)}}
+
+
+def _rename_and_remove(files: Files) -> Files:
+    out = {p: d for p, d in files.items() if not p.startswith("a/")}
+    out["moved/big.bin"] = out.pop("big.bin")
+    return out
+
+
+BATCHES: list[tuple[str, Callable[[Files], Files] | None]] = [
+    ("one small file", _small),
+    ("deep paths", _deep),
+    ("a 5 MiB blob", None),  # streamed, see _run_batch
+    ("a directory replaced by many files", _many),
+    ("rename and recursive remove", _rename_and_remove),
+    ("compaction", None),
+]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Files]:
+    root = tmp_path_factory.mktemp("crash")
+    src = root / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "readme.txt").write_bytes(b"first generation\n")
+    (src / "sub" / "old.txt").write_bytes(b"replaced by many files\n")
+    image = root / "base.img"
+    make(f"file://{src}", str(image), date="2024-01-01T00:00:00Z")
+    return image, {"readme.txt": b"first generation\n", "sub/old.txt": b"replaced by many files\n"}
+
+
+def test_every_crash_state_recovers_old_or_new(base: tuple[Path, Files], tmp_path: Path) -> None:
+    first_image, files = base
+    image = tmp_path / "img"
+    shutil.copyfile(first_image, image)
+    first_bytes = first_image.read_bytes()
+    prepare(str(image), 24 << 20)
+    repo = tmp_path / "oracle.git"
+    expected: dict[bytes, Files] = {}
+    head = export_packs(str(image), repo)
+    expected[head] = files
+    assert _as_files(git_files(repo, head)) == files
+    rng = random.Random(8)
+    big = rng.randbytes(BIG)
+    total = 0
+    for name, change in BATCHES:
+        before = tmp_path / "before.img"
+        shutil.copyfile(image, before)
+        with FileDevice(str(image), writable=True) as dev:
+            rec = RecordingDevice(dev)
+            with Store.open(rec) as store:
+                old_head, old_gen = store.head_commit, store.generation
+                if name == "compaction":
+                    new_files = files
+                    new_gen = store.compact()
+                    new_head = store.head_commit
+                else:
+                    writer = store.begin()
+                    if change is None:
+                        new_files = {**files, "big.bin": big}
+                        pieces = (big[i : i + (1 << 20)] for i in range(0, BIG, 1 << 20))
+                        writer.add_stream("blob", BIG, pieces)
+                    else:
+                        new_files = change(files)
+                        # A blob the store holds already, streamed again: the writer rewinds.
+                        if "moved/big.bin" in new_files:
+                            writer.add("blob", b"spill first\n")
+                            writer.add_stream("blob", BIG, iter([new_files["moved/big.bin"]]))
+                    tree = write_tree(writer, new_files)
+                    new_head, new_gen = store.commit(writer, tree, name, AUTHOR, when=WHEN + total)
+        ops = rec.ops
+        assert [op[0] for op in ops].count("flush") == 2, f"{name}: a batch costs two flushes"
+        assert all(op[1] >= len(first_bytes) for op in ops if op[0] == "write")
+        assert new_gen == old_gen + 1
+        export_packs(str(image), repo)
+        assert _as_files(git_files(repo, new_head)) == new_files, f"{name}: git disagrees with the batch"
+        expected[new_head] = new_files
+
+        work = tmp_path / "work.img"
+        shutil.copyfile(before, work)
+        state = WorkImage(before, work)
+        seen: set[int] = set()
+        count = 0
+        try:
+            for label, pieces, acked in crash_states(ops):
+                state.apply(pieces)
+                try:
+                    gen = _check_state(
+                        work, first_bytes, expected, old_head, old_gen, new_head, new_gen, acked
+                    )
+                    if gen not in seen or count % RECOVERY_EVERY == 0:
+                        seen.add(gen)
+                        _check_recovery(work, tmp_path / "scratch.img", expected)
+                except AssertionError as exc:
+                    raise AssertionError(f"{name}, crash state {label}: {exc}") from None
+                finally:
+                    state.undo(pieces)
+                count += 1
+        finally:
+            state.close()
+        assert seen == {old_gen, new_gen}, f"{name}: both outcomes must occur among the crash states"
+        print(f"{name}: {count} crash states")
+        total += count
+        files = new_files
+    print(f"crash states checked: {total}")
+    assert total >= MIN_STATES
+
+
+def _as_files(listing: dict[str, tuple[int, bytes]]) -> Files:
+    assert all(mode == MODE_FILE for mode, _ in listing.values())
+    return {path: data for path, (_, data) in listing.items()}
+
+
+def _check_state(
+    work: Path,
+    first: bytes,
+    expected: dict[bytes, Files],
+    old_head: bytes,
+    old_gen: int,
+    new_head: bytes,
+    new_gen: int,
+    acked: bool,
+) -> int:
+    with open(work, "rb") as f:
+        assert f.read(len(first)) == first, "the first generation's bytes changed"
+    with FileDevice(str(work)) as dev, Store.open(dev) as store:
+        got = (store.head_commit, store.generation)
+        assert got in ((old_head, old_gen), (new_head, new_gen)), f"head {got} is neither old nor new"
+        if acked:
+            assert got == (new_head, new_gen), "an acknowledged commit was lost"
+        assert _as_files(store_files(store, store.head_commit)) == expected[store.head_commit]
+        return store.generation
+
+
+def _check_recovery(work: Path, scratch: Path, expected: dict[bytes, Files]) -> None:
+    """Another batch on the recovered image works, and lands on top of what was recovered."""
+    shutil.copyfile(work, scratch)
+    with FileDevice(str(scratch), writable=True) as dev, Store.open(dev) as store:
+        head, gen = store.head_commit, store.generation
+        files = {**expected[head], "after-crash.txt": os.urandom(8).hex().encode()}
+        writer = store.begin()
+        commit, new_gen = store.commit(
+            writer, write_tree(writer, files), "after", "R <r@example.com>", when=1
+        )
+    with FileDevice(str(scratch)) as dev, Store.open(dev) as store:
+        assert (store.head_commit, store.generation) == (commit, new_gen)
+        assert new_gen > gen
+        assert store.commit_object().parents == (head,)
+        assert _as_files(store_files(store, commit)) == files
+        assert not store.warnings()
