@@ -63,14 +63,14 @@ class Device:
     def close(self) -> None:
         pass
 
-    def _refuse_if_failed(self) -> None:
+    def refuse_if_failed(self) -> None:
         if self.failed is not None:
             raise DeviceFailed(
                 f"{self.name}: stopped writing after an I/O error ({self.failed}): restart to write again"
             )
 
     def pwrite(self, data: bytes | memoryview, off: int) -> None:
-        self._refuse_if_failed()
+        self.refuse_if_failed()
         if off % BLOCK or len(data) % BLOCK:
             raise ValueError(f"unaligned write of {len(data)} bytes at {off}")
         if off + len(data) > self.size:
@@ -82,7 +82,7 @@ class Device:
             raise DeviceFailed(f"{self.name}: write of {len(data)} bytes at {off} failed: {exc}") from None
 
     def flush(self) -> None:
-        self._refuse_if_failed()
+        self.refuse_if_failed()
         try:
             self._raw_flush()
         except OSError as exc:

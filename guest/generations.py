@@ -323,7 +323,7 @@ class Store:
         """A writer in the largest free span; add objects to it, then `commit` it."""
         if self.area is None:
             raise ReadOnly(f"{self.device.name}: the image has no room for writes (see docteur grow)")
-        self.device._refuse_if_failed()
+        self.device.refuse_if_failed()
         holes = self.holes()
         if not holes:
             raise NoSpace(f"no space: {self.device.name} has no free space left")
@@ -357,8 +357,16 @@ class Store:
         root = self._publish([writer.finish(), *self.extents], oid, when)
         return oid, root.generation
 
-    def _publish(self, extents: list[Extent], head: bytes, when: int) -> Root:
-        """Flush the data, write the next root record, flush: the commit point."""
+    def _publish(
+        self,
+        extents: list[Extent],
+        head: bytes,
+        when: int,
+        copies: int = 1,
+        synced: tuple[bytes, str] | None = None,
+    ) -> Root:
+        """Flush the data, write the next root record (in `copies` slots), flush: the
+        commit point. Nothing in memory changes unless it succeeds."""
         area = self.area
         assert area is not None
         if len(extents) > MAX_EXTENTS:
@@ -367,38 +375,41 @@ class Store:
                 "the most one root holds: run docteur compact"
             )
         old = self.head
-        valid = [r for r in self.slots if r is not None]
-        generation = max((r.generation for r in valid), default=0) + 1
-        root = Root(
-            generation,
-            when,
-            self.binding,
-            head,
-            old.synced if old else ZERO_ID,
-            old.remote if old else "",
-            tuple(extents),
-            area.uid,
-        )
-        slot = self._next_slot()
+        if synced is None:
+            synced = (old.synced, old.remote) if old else (ZERO_ID, "")
+        generation = max((r.generation for r in self.slots if r is not None), default=0) + 1
+        root = Root(generation, when, self.binding, head, *synced, tuple(extents), area.uid)
+        record = root.to_bytes()
+        slots = self._free_slots(copies)
         self.device.flush()
-        self.device.pwrite(root.to_bytes(), area.slot_offset(slot))
+        for slot in slots:
+            self.device.pwrite(record, area.slot_offset(slot))
         self.device.flush()
         # Durable: only now does the in-memory state move.
         for part in self._parts[:-1]:
             part.reader.close()
-        self.slots[slot] = root
+        for slot in slots:
+            self.slots[slot] = root
         self.head = root
         self.skipped = []
         self._parts = self._parts_of(root)
         return root
 
-    def _next_slot(self) -> int:
-        """An empty or unreadable slot, else the oldest, never the head's."""
-        for i, root in enumerate(self.slots):
-            if root is None:
-                return i
-        order = sorted(range(len(self.slots)), key=lambda i: self.slots[i].generation)  # type: ignore[union-attr]
-        return next(i for i in order if self.slots[i] is not self.head)
+    def _free_slots(self, n: int) -> list[int]:
+        """`n` slots to write a root into: empty or unreadable ones first, then the
+        oldest; never one holding the head (a torn write there could lose it)."""
+        order = sorted(
+            (i for i, r in enumerate(self.slots) if r is None or r.generation != self.generation),
+            key=lambda i: -1 if self.slots[i] is None else self.slots[i].generation,  # type: ignore[union-attr]
+        )
+        return order[:n]
+
+    def set_synced(self, commit: bytes, remote: str) -> int:
+        """Record that `commit` is on `remote` (a URL without credentials and a branch):
+        a root-only generation. Returns the generation."""
+        return self._publish(
+            list(self.extents), self.head_commit, int(time.time()), synced=(commit, remote)
+        ).generation
 
     def compact(self, level: int = 6) -> int:
         """Rewrite every object of the extents into one PACK (history kept), check it,
@@ -423,7 +434,25 @@ class Store:
                     raise IntegrityError(f"object {oid.hex()} does not hash to its id")
         extent = writer.finish()
         self._check_extent(extent)
-        return self._publish([extent], self.head_commit, int(time.time())).generation
+        # Two copies of the new root: once the older slots are cleared, each copy is
+        # the other's fallback.
+        root = self._publish([extent], self.head_commit, int(time.time()), copies=2)
+        self._retire_older(root)
+        return root.generation
+
+    def _retire_older(self, root: Root) -> None:
+        """Clear every slot but `root`'s copies, then flush: the extents only those
+        slots referenced become free space (until then they stay protected, so a
+        crash here leaves either the old slots or none, and `root` either way)."""
+        area = self.area
+        assert area is not None
+        stale = [i for i, r in enumerate(self.slots) if r is not None and r is not root]
+        for i in stale:
+            self.device.pwrite(bytes(area.slot_size), area.slot_offset(i))
+        if stale:
+            self.device.flush()
+        for i in stale:
+            self.slots[i] = None
 
     def _check_extent(self, e: Extent) -> None:
         """Read a freshly written extent back: IDX checksum, every object's id."""

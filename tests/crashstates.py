@@ -15,6 +15,7 @@ what a commit holds (the image's PACK/IDX pairs copied into a bare repository).
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import random
 import subprocess
@@ -153,6 +154,20 @@ class WorkImage:
         for off, data in pieces:
             if data:
                 os.pwrite(self._fd, data, off)
+
+    def key(self, pieces: list[Write]) -> bytes:
+        """A digest of the bytes the pieces touched, as they are now (same key, same image)."""
+        spans: list[list[int]] = []
+        for start, end in sorted((off, off + len(data)) for off, data in pieces if data):
+            if spans and start <= spans[-1][1]:
+                spans[-1][1] = max(spans[-1][1], end)
+            else:
+                spans.append([start, end])
+        h = hashlib.sha1()
+        for start, end in spans:
+            h.update(b"%d:%d:" % (start, end))
+            h.update(os.pread(self._fd, end - start, start))
+        return h.digest()
 
     def undo(self, pieces: list[Write]) -> None:
         for off, data in pieces:

@@ -123,7 +123,9 @@ def test_every_crash_state_recovers_old_or_new(base: tuple[Path, Files], tmp_pat
                     tree = write_tree(writer, new_files)
                     new_head, new_gen = store.commit(writer, tree, name, AUTHOR, when=WHEN + total)
         ops = rec.ops
-        assert [op[0] for op in ops].count("flush") == 2, f"{name}: a batch costs two flushes"
+        # A batch: data, flush, root, flush. Compaction clears the older roots after that.
+        flushes = 3 if name == "compaction" else 2
+        assert [op[0] for op in ops].count("flush") == flushes, f"{name}: {flushes} flushes expected"
         assert all(op[1] >= len(first_bytes) for op in ops if op[0] == "write")
         assert new_gen == old_gen + 1
         export_packs(str(image), repo)
@@ -134,10 +136,16 @@ def test_every_crash_state_recovers_old_or_new(base: tuple[Path, Files], tmp_pat
         shutil.copyfile(before, work)
         state = WorkImage(before, work)
         seen: set[int] = set()
+        checked: set[bytes] = set()  # states that end in the same bytes are checked once
         count = 0
         try:
             for label, pieces, acked in crash_states(ops):
                 state.apply(pieces)
+                key = state.key(pieces)
+                if key in checked and not acked:
+                    state.undo(pieces)
+                    continue
+                checked.add(key)
                 try:
                     gen = _check_state(
                         work, first_bytes, expected, old_head, old_gen, new_head, new_gen, acked
@@ -153,7 +161,7 @@ def test_every_crash_state_recovers_old_or_new(base: tuple[Path, Files], tmp_pat
         finally:
             state.close()
         assert seen == {old_gen, new_gen}, f"{name}: both outcomes must occur among the crash states"
-        print(f"{name}: {count} crash states")
+        print(f"{name}: {count} distinct crash states")
         total += count
         files = new_files
     print(f"crash states checked: {total}")
