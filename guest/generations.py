@@ -152,9 +152,8 @@ class Store:
             break
         serving = self.generation
         # A damaged slot matters only if it might have been newer than what is served.
-        for gen, why in damaged:
-            if gen > serving:
-                self.skipped.append(Skipped(gen, why))
+        self.skipped += [Skipped(gen, why) for gen, why in damaged if gen > serving]
+        self.skipped.sort(key=lambda s: -s.generation)
 
     def _verify_root(self, root: Root, check: str) -> None:
         area = self.area
@@ -189,10 +188,13 @@ class Store:
         data = self.device.pread(e.idx_length, e.idx_offset)
         if data[:8] != IDX_MAGIC or len(data) != e.idx_length:
             raise IntegrityError(f"no IDX v2 at byte {e.idx_offset}")
-        index = Index(data)
-        if index.checksum != e.idx_checksum or index.compute_checksum() != e.idx_checksum:
+        # The checksum first: a damaged IDX is reported as such, whatever it garbled.
+        if data[-20:] != e.idx_checksum or sha1(memoryview(data)[:-20]).digest() != e.idx_checksum:
             raise IntegrityError(f"IDX at byte {e.idx_offset}: checksum mismatch")
-        return index
+        try:
+            return Index(data)
+        except ImageError as exc:
+            raise IntegrityError(f"IDX at byte {e.idx_offset}: {exc}") from None
 
     def _hash_pack(self, e: Extent) -> None:
         end = e.pack_offset + e.pack_length - 20

@@ -31,10 +31,10 @@ def writable_image(root: Path, capacity: int = 8 << 20) -> Path:
 
 
 def commit_files(
-    image: Path, files: dict[str, bytes], message: str = "batch", when: int = 1
+    image: Path, files: dict[str, bytes], message: str = "batch", when: int = 1, check: str = "cheap"
 ) -> tuple[bytes, int]:
     """Commit `files` as the whole tree of a new generation; (commit id, generation)."""
-    with FileDevice(str(image), writable=True) as dev, Store.open(dev) as store:
+    with FileDevice(str(image), writable=True) as dev, Store.open(dev, check) as store:
         writer = store.begin()
         return store.commit(writer, write_tree(writer, files), message, AUTHOR, when=when)
 
