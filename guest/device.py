@@ -100,9 +100,11 @@ class FileDevice(Device):
     """An image file (pwrite + fdatasync) or a block device (O_DIRECT, aligned buffers).
 
     `writable` opens it for writing and takes the writer lock (see LOCK_BYTE): the
-    lock belongs to the open file description, so it dies with its holder."""
+    lock belongs to the open file description, so it dies with its holder. `direct`
+    forces direct I/O on (or off) whatever the path is; by default block devices
+    only use it."""
 
-    def __init__(self, path: str, writable: bool = False):
+    def __init__(self, path: str, writable: bool = False, direct: bool | None = None):
         self.name = path
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
         try:
@@ -121,7 +123,7 @@ class FileDevice(Device):
             self.size = device_size(self.fd)
             if writable:
                 lock_writer(self.fd, path)
-            if self.is_block:
+            if self.is_block if direct is None else direct:
                 # Direct I/O: the guest's page cache would only double the data, and
                 # a flush then covers exactly what the device was given.
                 self._direct_fd = os.open(path, flags | os.O_DIRECT)

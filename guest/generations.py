@@ -483,9 +483,9 @@ def _signature(who: Signature | str, when: int, tz: str) -> Signature:
 
 
 def prepare(path: str, capacity: int) -> Area:
-    """Give the plain image at `path` room for writes up to `capacity` bytes in all
-    (a block device: its size): the file grows (sparse), the root ring is zeroed,
-    the area header written, then flushed. The first generation is not touched."""
+    """Give the plain image file at `path` room for writes up to `capacity` bytes in
+    all: the file grows (sparse), the root ring is zeroed, the area header written,
+    then flushed. The first generation is not touched."""
     import uuid
 
     with FileDevice(path, writable=True) as dev:
@@ -496,22 +496,22 @@ def prepare(path: str, capacity: int) -> Area:
             raise DocteurError(f"{path} already has room for writes (use docteur grow)")
         if store.skipped:
             raise ImageError(f"{path}: {store.skipped[0].reason}: rebuild the image with docteur make")
+        if dev.is_block:
+            # Where the first generation's padding ends is only known from the file's size.
+            raise DocteurError(f"{path} is a block device: give the image file room instead")
         end = dev.size
         tail = dev.pread(min(end - layout.idx_end, MAX_PAD), layout.idx_end)
         if end - layout.idx_end > MAX_PAD or tail.strip(b"\0"):
             raise ImageError(f"{path}: unexpected data after the IDX: not a plain docteur image")
         area = Area(align_up(end), SLOTS, SLOT_SIZE, uuid.uuid4().bytes, end, store.binding)
-        if dev.is_block:
-            capacity = dev.size
         capacity -= capacity % BLOCK
         if capacity < area.data_start + MIN_DATA:
             raise DocteurError(
                 f"capacity {capacity} is too small: the image needs at least {area.data_start + MIN_DATA}"
             )
-        if not dev.is_block:
-            os.ftruncate(dev.fd, capacity)
-            dev.size = capacity
-        # Zero the ring first: a block device may hold slots of an older area there.
+        os.ftruncate(dev.fd, capacity)
+        dev.size = capacity
+        # Zero the ring explicitly, then the header: no slot found there predates this area.
         dev.pwrite(bytes(area.slots * area.slot_size), area.ring)
         dev.flush()
         dev.pwrite(area.to_bytes(), area.offset)
