@@ -32,9 +32,16 @@ MAX_EXTENTS = (SLOT_SIZE - _ROOT_EXTENTS_AT - _DIGEST) // _EXTENT.size
 
 
 def _sha256(data: bytes | memoryview) -> bytes:
-    import hashlib  # OpenSSL: paid only by images with a write area
-
-    return hashlib.sha256(data).digest()
+    # The interpreter's own SHA-256, like objects.sha1: hashlib would load OpenSSL,
+    # which costs ~40 ms in the VM for records of a few KiB.
+    try:
+        from _sha256 import sha256  # Python 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # Python 3.12+
+        except ImportError:
+            from hashlib import sha256
+    return sha256(data).digest()
 
 
 class Binding(namedtuple("Binding", "commit idx_offset idx_checksum")):
