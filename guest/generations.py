@@ -82,6 +82,7 @@ class Store:
         self.skipped: list[Skipped] = []
         self.slots: list[Root | None] = []  # parsed slots of this area (checksum and binding valid)
         self._parts: list[_Part] = []  # newest first; generation 0 last
+        self._indexes: dict[Extent, Index] = {}  # extents whose IDX verified, read once
         self._first_part = _Part(first, PackReader(device.fd, PACK_OFFSET, layout.pack_end, first))
 
     # -- opening ------------------------------------------------------------
@@ -158,8 +159,6 @@ class Store:
     def _verify_root(self, root: Root, check: str) -> None:
         area = self.area
         assert area is not None
-        if not root.extents:
-            raise IntegrityError("the root lists no extents")
         spans = []
         for e in root.extents:
             if not (area.data_start <= e.pack_offset and e.pack_offset % BLOCK == 0):
@@ -181,10 +180,15 @@ class Store:
                 raise IntegrityError(f"PACK at byte {e.pack_offset}: its trailer does not match the root")
             if check == "pack":
                 self._hash_pack(e)
-        if not any(root.head in self._extent_index(e) for e in root.extents):
+        if root.head not in self.first_index and not any(
+            root.head in self._extent_index(e) for e in root.extents
+        ):
             raise IntegrityError(f"head commit {root.head.hex()} is in none of the root's PACKs")
 
     def _extent_index(self, e: Extent) -> Index:
+        cached = self._indexes.get(e)
+        if cached is not None:
+            return cached
         data = self.device.pread(e.idx_length, e.idx_offset)
         if data[:8] != IDX_MAGIC or len(data) != e.idx_length:
             raise IntegrityError(f"no IDX v2 at byte {e.idx_offset}")
@@ -192,9 +196,10 @@ class Store:
         if data[-20:] != e.idx_checksum or sha1(memoryview(data)[:-20]).digest() != e.idx_checksum:
             raise IntegrityError(f"IDX at byte {e.idx_offset}: checksum mismatch")
         try:
-            return Index(data)
+            index = self._indexes[e] = Index(data)
         except ImageError as exc:
             raise IntegrityError(f"IDX at byte {e.idx_offset}: {exc}") from None
+        return index
 
     def _hash_pack(self, e: Extent) -> None:
         end = e.pack_offset + e.pack_length - 20
@@ -356,14 +361,13 @@ class Store:
             message += b"\n"
         commit = Commit(tree, (self.head_commit,), author, committer, message)
         oid = writer.add(COMMIT, commit.as_raw())
-        root = self._publish([writer.finish(), *self.extents], oid, when)
+        root = self._publish([writer.finish(), *self.extents], oid)
         return oid, root.generation
 
     def _publish(
         self,
         extents: list[Extent],
         head: bytes,
-        when: int,
         copies: int = 1,
         synced: tuple[bytes, str] | None = None,
     ) -> Root:
@@ -380,7 +384,7 @@ class Store:
         if synced is None:
             synced = (old.synced, old.remote) if old else (ZERO_ID, "")
         generation = max((r.generation for r in self.slots if r is not None), default=0) + 1
-        root = Root(generation, when, self.binding, head, *synced, tuple(extents), area.uid)
+        root = Root(generation, int(time.time()), self.binding, head, *synced, tuple(extents), area.uid)
         record = root.to_bytes()
         slots = self._free_slots(copies)
         self.device.flush()
@@ -395,6 +399,7 @@ class Store:
         self.head = root
         self.skipped = []
         self._parts = self._parts_of(root)
+        self._indexes = {e: self._indexes[e] for e in root.extents if e in self._indexes}
         return root
 
     def _free_slots(self, n: int) -> list[int]:
@@ -409,9 +414,7 @@ class Store:
     def set_synced(self, commit: bytes, remote: str) -> int:
         """Record that `commit` is on `remote` (a URL without credentials and a branch):
         a root-only generation. Returns the generation."""
-        return self._publish(
-            list(self.extents), self.head_commit, int(time.time()), synced=(commit, remote)
-        ).generation
+        return self._publish(list(self.extents), self.head_commit, synced=(commit, remote)).generation
 
     def compact(self, level: int = 6) -> int:
         """Rewrite every object of the extents into one PACK (history kept), check it,
@@ -438,7 +441,7 @@ class Store:
         self._check_extent(extent)
         # Two copies of the new root: once the older slots are cleared, each copy is
         # the other's fallback.
-        root = self._publish([extent], self.head_commit, int(time.time()), copies=2)
+        root = self._publish([extent], self.head_commit, copies=2)
         self._retire_older(root)
         return root.generation
 

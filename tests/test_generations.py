@@ -17,7 +17,7 @@ from docteur.guest.errors import DocteurError, ImageError
 from docteur.guest.generations import ReadOnly, Store, grow, prepare
 from docteur.guest.layout import read_layout
 from docteur.guest.packwrite import NoSpace
-from docteur.guest.roots import SLOT_SIZE, SLOTS, ZERO_ID
+from docteur.guest.roots import SLOT_SIZE, SLOTS
 from tests.crashstates import export_packs, git_files, store_files, write_tree
 from tests.genstore import AUTHOR, FIRST_FILES, commit_files, open_store, plain_image, writable_image
 from tests.gitfixtures import git, needs_git
@@ -243,14 +243,21 @@ def _used(image: Path) -> int:
 
 def test_synced_commit_is_kept_across_generations(tmp_path: Path) -> None:
     image = writable_image(tmp_path)
+    with FileDevice(str(image), writable=True) as dev, Store.open(dev) as store:
+        first = store.head_commit
+        assert store.set_synced(first, "https://example.com/site.git main") == 1
+    dev, store = open_store(image)
+    with dev, store:  # a root with no extent: the first generation, marked synced
+        assert store.generation == 1 and store.head_commit == first and store.warnings() == []
+        assert store.head is not None and store.head.synced == first
     commit, _ = commit_files(image, {"a": b"a\n"})
     with FileDevice(str(image), writable=True) as dev, Store.open(dev) as store:
-        assert store.head is not None and store.head.synced == ZERO_ID
-        assert store.set_synced(commit, "https://example.com/site.git main") == 2
+        assert store.head is not None and store.head.synced == first
+        assert store.set_synced(commit, "https://example.com/site.git main") == 3
     commit_files(image, {"a": b"b\n"})
     dev, store = open_store(image)
     with dev, store:
-        assert store.head is not None and store.generation == 3
+        assert store.head is not None and store.generation == 4
         assert (store.head.synced, store.head.remote) == (commit, "https://example.com/site.git main")
 
 
