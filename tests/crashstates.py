@@ -85,7 +85,7 @@ def _sample(n: int, limit: int, rng: random.Random) -> list[int]:
 
 
 def crash_states(
-    ops: list[Op], *, seed: int = 8, subset_limit: int = 10, sectors: int = 12
+    ops: list[Op], *, seed: int = 8, subset_limit: int = 10, sectors: int = 8
 ) -> Iterator[tuple[str, list[Write], bool]]:
     """(label, pieces, acknowledged) for every crash state of `ops`.
 
