@@ -55,13 +55,15 @@ class TooManyExtents(DocteurError):
 
 
 class Skipped(namedtuple("Skipped", "generation reason")):
-    """A root that could not be used; `generation` None when the slot is unreadable."""
+    """A generation that could not be used, and why; `generation` None when the whole
+    write area is (then `reason` says what is wrong with it)."""
 
     __slots__ = ()
 
     def line(self, serving: int) -> str:
-        what = f"generation {self.generation}" if self.generation is not None else "a root record"
-        return f"warning: {what} skipped ({self.reason}); serving generation {serving}"
+        if self.generation is None:
+            return f"warning: {self.reason}; serving generation {serving}"
+        return f"warning: generation {self.generation} skipped ({self.reason}); serving generation {serving}"
 
 
 class _Part(namedtuple("_Part", "index reader")):
@@ -93,7 +95,10 @@ class Store:
         also hashes every PACK byte of the extents it adopts."""
         if check not in CHECKS:
             raise ValueError(f"unknown check {check!r}")
-        layout = read_layout(device.fd, device.size)
+        try:
+            layout = read_layout(device.fd, device.size)
+        except ImageError as exc:
+            raise ImageError(f"{device.name}: {exc}") from None
         idx = device.pread(layout.idx_end - layout.idx_offset, layout.idx_offset)
         store = cls(device, layout, Index(idx))
         store._find_area()
@@ -111,7 +116,7 @@ class Store:
                 try:
                     area = Area.from_bytes(at, block)
                 except ValueError as exc:
-                    self.skipped.append(Skipped(None, f"write area header at byte {at}: {exc}"))
+                    self.skipped.append(Skipped(None, f"write area header at byte {at} ignored: {exc}"))
                     return
                 if area.binding != self.binding or area.first_end < self.layout.idx_end:
                     self.skipped.append(
@@ -163,7 +168,7 @@ class Store:
         for e in root.extents:
             if not (area.data_start <= e.pack_offset and e.pack_offset % BLOCK == 0):
                 raise IntegrityError(f"extent at byte {e.pack_offset} lies outside the data area")
-            if not (e.pack_offset + e.pack_length <= e.idx_offset and e.end <= self.data_end):
+            if e.idx_offset != align_up(e.pack_offset + e.pack_length) or e.end > self.data_end:
                 raise IntegrityError(f"extent at byte {e.pack_offset} lies outside the data area")
             spans.append((e.start, e.end))
         spans.sort()
