@@ -131,6 +131,27 @@ def test_the_writer_skips_objects_the_store_holds(tmp_path: Path) -> None:
     assert _files(git_files(repo, commit))["big.bin"] == big
 
 
+def test_a_known_stream_rewinds_past_blocks_already_written(tmp_path: Path) -> None:
+    """A new big blob spills blocks to the disk; a known one after it spills more, then
+    the writer goes back into the middle of the PACK: git must read the result."""
+    image = writable_image(tmp_path, 48 << 20)
+    rng = random.Random(4)
+    known, fresh = rng.randbytes(5 << 20), rng.randbytes(5 << 20)
+    commit_files(image, {"known.bin": known})
+    with FileDevice(str(image), writable=True) as dev, Store.open(dev) as store:
+        writer = store.begin()
+        writer.add_stream("blob", len(fresh), iter([fresh[: 3 << 20], fresh[3 << 20 :]]))
+        mark = writer.pos
+        writer.add_stream("blob", len(known), iter([known]))
+        assert writer.pos == mark and mark % BLOCK and mark > 4 << 20
+        files = {"known.bin": known, "fresh.bin": fresh, "small.txt": b"after the rewind\n"}
+        commit, _ = store.commit(writer, write_tree(writer, files), "rewind", AUTHOR, when=3)
+    repo = tmp_path / "rewind.git"
+    export_packs(str(image), repo)
+    git("fsck", "--strict", "--no-dangling", cwd=repo)
+    assert _files(git_files(repo, commit)) == files
+
+
 def test_no_space_is_an_error_before_the_root(tmp_path: Path) -> None:
     image = writable_image(tmp_path, 1 << 20)
     commit, _ = commit_files(image, {**FIRST_FILES, "small.txt": b"fits\n"})
