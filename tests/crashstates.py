@@ -18,9 +18,11 @@ import errno
 import hashlib
 import os
 import random
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from docteur.guest.device import Device, FileDevice
 from docteur.guest.generations import Store
@@ -177,6 +179,90 @@ class WorkImage:
     def close(self) -> None:
         os.close(self._snap)
         os.close(self._fd)
+
+
+# -- checking every state ---------------------------------------------------------------
+Files = dict[str, bytes]
+# One state in this many (and the first of each outcome) also gets a new batch written.
+RECOVERY_EVERY = 97
+
+
+class Batch(NamedTuple):
+    """What a recorded batch may end in: `old` or `new` (head commit, generation);
+    `expected` maps each commit to its files; `first` is the first generation's bytes."""
+
+    first: bytes
+    expected: dict[bytes, Files]
+    old: tuple[bytes, int]
+    new: tuple[bytes, int]
+
+
+def check_crash_states(before: Path, ops: list[Op], batch: Batch, scratch: Path) -> int:
+    """Rebuild every crash state of `ops` on a copy of `before` (the image before the
+    batch) and check it; returns the number of distinct states checked."""
+    work = scratch / "work.img"
+    shutil.copyfile(before, work)
+    state = WorkImage(before, work)
+    seen: set[int] = set()
+    checked: set[bytes] = set()  # states that end in the same bytes are checked once
+    count = 0
+    try:
+        for label, pieces, acked in crash_states(ops):
+            state.apply(pieces)
+            try:
+                key = state.key(pieces)
+                if key in checked and not acked:
+                    continue
+                checked.add(key)
+                gen = _check_state(work, batch, acked)
+                if gen not in seen or count % RECOVERY_EVERY == 0:
+                    seen.add(gen)
+                    _check_recovery(work, scratch / "recovered.img", batch.expected)
+                count += 1
+            except AssertionError as exc:
+                raise AssertionError(f"crash state {label}: {exc}") from None
+            finally:
+                state.undo(pieces)
+    finally:
+        state.close()
+    assert seen == {batch.old[1], batch.new[1]}, "both outcomes must occur among the crash states"
+    return count
+
+
+def as_files(listing: dict[str, tuple[int, bytes]]) -> Files:
+    assert all(mode == MODE_FILE for mode, _ in listing.values())
+    return {path: data for path, (_, data) in listing.items()}
+
+
+def _check_state(work: Path, batch: Batch, acked: bool) -> int:
+    with open(work, "rb") as f:
+        assert f.read(len(batch.first)) == batch.first, "the first generation's bytes changed"
+    with FileDevice(str(work)) as dev, Store.open(dev) as store:
+        got = (store.head_commit, store.generation)
+        assert got in (batch.old, batch.new), (
+            f"head {got[0].hex()} (generation {got[1]}) is neither old nor new"
+        )
+        if acked:
+            assert got == batch.new, "an acknowledged commit was lost"
+        assert as_files(store_files(store, store.head_commit)) == batch.expected[store.head_commit]
+        return store.generation
+
+
+def _check_recovery(work: Path, scratch: Path, expected: dict[bytes, Files]) -> None:
+    """Another batch on the recovered image works, and lands on top of what was recovered."""
+    shutil.copyfile(work, scratch)
+    with FileDevice(str(scratch), writable=True) as dev, Store.open(dev) as store:
+        head, gen = store.head_commit, store.generation
+        files = {**expected[head], "after-crash.txt": os.urandom(8).hex().encode()}
+        writer = store.begin()
+        tree = write_tree(writer, files)
+        commit, new_gen = store.commit(writer, tree, "after", "R <r@example.com>", when=1)
+    with FileDevice(str(scratch)) as dev, Store.open(dev) as store:
+        assert (store.head_commit, store.generation) == (commit, new_gen)
+        assert new_gen > gen
+        assert store.commit_object().parents == (head,)
+        assert as_files(store_files(store, commit)) == files
+        assert not store.warnings()
 
 
 # -- trees -----------------------------------------------------------------------------

@@ -7,7 +7,6 @@ Git, reading the image's own PACK/IDX files, is the oracle of what each commit h
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 from collections.abc import Callable
@@ -18,26 +17,23 @@ import pytest
 from docteur.builder.make import make
 from docteur.guest.device import FileDevice
 from docteur.guest.generations import Store, prepare
-from docteur.guest.objects import MODE_FILE
 from tests.crashstates import (
+    Batch,
+    Files,
     RecordingDevice,
-    WorkImage,
-    crash_states,
+    as_files,
+    check_crash_states,
     export_packs,
     git_files,
-    store_files,
     write_tree,
 )
 from tests.gitfixtures import needs_git
 
 pytestmark = needs_git
 
-Files = dict[str, bytes]
 BIG = 5 << 20
 # Below this many states the test would not be checking what it claims to.
 MIN_STATES = 1000
-# One state in this many (and the first of each outcome) also gets a new batch written.
-RECOVERY_EVERY = 97
 AUTHOR = "Crash Test <crash@example.com>"
 WHEN = 1_800_000_000
 
@@ -93,7 +89,7 @@ def test_every_crash_state_recovers_old_or_new(base: tuple[Path, Files], tmp_pat
     expected: dict[bytes, Files] = {}
     head = export_packs(str(image), repo)
     expected[head] = files
-    assert _as_files(git_files(repo, head)) == files
+    assert as_files(git_files(repo, head)) == files
     rng = random.Random(8)
     big = rng.randbytes(BIG)
     total = 0
@@ -129,84 +125,16 @@ def test_every_crash_state_recovers_old_or_new(base: tuple[Path, Files], tmp_pat
         assert all(op[1] >= len(first_bytes) for op in ops if op[0] == "write")
         assert new_gen == old_gen + 1
         export_packs(str(image), repo)
-        assert _as_files(git_files(repo, new_head)) == new_files, f"{name}: git disagrees with the batch"
+        assert as_files(git_files(repo, new_head)) == new_files, f"{name}: git disagrees with the batch"
         expected[new_head] = new_files
 
-        work = tmp_path / "work.img"
-        shutil.copyfile(before, work)
-        state = WorkImage(before, work)
-        seen: set[int] = set()
-        checked: set[bytes] = set()  # states that end in the same bytes are checked once
-        count = 0
+        batch = Batch(first_bytes, expected, (old_head, old_gen), (new_head, new_gen))
         try:
-            for label, pieces, acked in crash_states(ops):
-                state.apply(pieces)
-                key = state.key(pieces)
-                if key in checked and not acked:
-                    state.undo(pieces)
-                    continue
-                checked.add(key)
-                try:
-                    gen = _check_state(
-                        work, first_bytes, expected, old_head, old_gen, new_head, new_gen, acked
-                    )
-                    if gen not in seen or count % RECOVERY_EVERY == 0:
-                        seen.add(gen)
-                        _check_recovery(work, tmp_path / "scratch.img", expected)
-                except AssertionError as exc:
-                    raise AssertionError(f"{name}, crash state {label}: {exc}") from None
-                finally:
-                    state.undo(pieces)
-                count += 1
-        finally:
-            state.close()
-        assert seen == {old_gen, new_gen}, f"{name}: both outcomes must occur among the crash states"
+            count = check_crash_states(before, ops, batch, tmp_path)
+        except AssertionError as exc:
+            raise AssertionError(f"{name}: {exc}") from None
         print(f"{name}: {count} distinct crash states")
         total += count
         files = new_files
     print(f"crash states checked: {total}")
     assert total >= MIN_STATES
-
-
-def _as_files(listing: dict[str, tuple[int, bytes]]) -> Files:
-    assert all(mode == MODE_FILE for mode, _ in listing.values())
-    return {path: data for path, (_, data) in listing.items()}
-
-
-def _check_state(
-    work: Path,
-    first: bytes,
-    expected: dict[bytes, Files],
-    old_head: bytes,
-    old_gen: int,
-    new_head: bytes,
-    new_gen: int,
-    acked: bool,
-) -> int:
-    with open(work, "rb") as f:
-        assert f.read(len(first)) == first, "the first generation's bytes changed"
-    with FileDevice(str(work)) as dev, Store.open(dev) as store:
-        got = (store.head_commit, store.generation)
-        assert got in ((old_head, old_gen), (new_head, new_gen)), f"head {got} is neither old nor new"
-        if acked:
-            assert got == (new_head, new_gen), "an acknowledged commit was lost"
-        assert _as_files(store_files(store, store.head_commit)) == expected[store.head_commit]
-        return store.generation
-
-
-def _check_recovery(work: Path, scratch: Path, expected: dict[bytes, Files]) -> None:
-    """Another batch on the recovered image works, and lands on top of what was recovered."""
-    shutil.copyfile(work, scratch)
-    with FileDevice(str(scratch), writable=True) as dev, Store.open(dev) as store:
-        head, gen = store.head_commit, store.generation
-        files = {**expected[head], "after-crash.txt": os.urandom(8).hex().encode()}
-        writer = store.begin()
-        commit, new_gen = store.commit(
-            writer, write_tree(writer, files), "after", "R <r@example.com>", when=1
-        )
-    with FileDevice(str(scratch)) as dev, Store.open(dev) as store:
-        assert (store.head_commit, store.generation) == (commit, new_gen)
-        assert new_gen > gen
-        assert store.commit_object().parents == (head,)
-        assert _as_files(store_files(store, commit)) == files
-        assert not store.warnings()
