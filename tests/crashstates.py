@@ -19,6 +19,7 @@ import hashlib
 import os
 import random
 import shutil
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,6 +78,39 @@ class FaultyDevice(FileDevice):
         if self.flushes == self.fail_flush:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         super()._raw_flush()
+
+
+# -- QEMU's blklogwrites log (dm-log-writes format) -----------------------------------------
+LOG_WRITES_MAGIC = 0x6A736677736872
+LOG_FLUSH, LOG_FUA, LOG_DISCARD, LOG_MARK = 1, 2, 4, 8
+
+
+def read_log_writes(path: Path) -> list[Op]:
+    """The operations a blklogwrites log records, as RecordingDevice records them.
+
+    Little-endian throughout: sector 0 holds magic, version, entry count (updated at
+    each flush) and the log's sector size; from sector 1 on, each entry is one sector
+    (sector, sector count, flags, data length) followed by the written data. FUA,
+    discards and marks never come from the store (virtio-blk has no FUA), so they
+    are refused rather than modelled."""
+    data = path.read_bytes()
+    magic, version, count, sector = struct.unpack_from("<QQQI", data)
+    if magic != LOG_WRITES_MAGIC or version != 1:
+        raise ValueError(f"{path}: not a dm-log-writes log (version 1)")
+    ops: list[Op] = []
+    pos = sector
+    for i in range(count):
+        first, sectors, flags, _ = struct.unpack_from("<QQQQ", data, pos)
+        pos += sector
+        if flags & (LOG_FUA | LOG_DISCARD | LOG_MARK):
+            raise ValueError(f"{path}: entry {i} has flags {flags:#x}, which the store never issues")
+        if flags & LOG_FLUSH:
+            ops.append(("flush",))
+            continue
+        size = sectors * sector
+        ops.append(("write", first * sector, data[pos : pos + size]))
+        pos += size
+    return ops
 
 
 # -- crash states ------------------------------------------------------------------
