@@ -42,6 +42,11 @@ _HASH_READ = 1 << 20
 # Below this much room for data, preparing an image for writes is refused.
 MIN_DATA = 64 * 1024
 CHECKS = ("cheap", "pack")
+# zlib levels, as git chooses them: batches are written fast (git's loose objects use 1:
+# a 64 MiB text file deflates ~1.5x faster than at 6 for ~8% more bytes), compaction
+# packs tighter (git's packs use zlib's default, 6).
+BATCH_LEVEL = 1
+COMPACT_LEVEL = 6
 
 __all__ = ["NoSpace", "ReadOnly", "Skipped", "Store", "TooManyExtents", "grow", "prepare"]
 
@@ -331,7 +336,7 @@ class Store:
         return sum(n for _, n in self.holes())
 
     # -- writing ------------------------------------------------------------------
-    def begin(self, level: int = 6) -> PackWriter:
+    def begin(self, level: int = BATCH_LEVEL) -> PackWriter:
         """A writer in the largest free span; add objects to it, then `commit` it."""
         if self.area is None:
             raise ReadOnly(f"{self.device.name}: the image has no room for writes (see docteur grow)")
@@ -421,7 +426,7 @@ class Store:
         a root-only generation. Returns the generation."""
         return self._publish(list(self.extents), self.head_commit, synced=(commit, remote)).generation
 
-    def compact(self, level: int = 6) -> int:
+    def compact(self, level: int = COMPACT_LEVEL) -> int:
         """Rewrite every object of the extents into one PACK (history kept), check it,
         and commit it as the only extent. Returns the new generation."""
         if not self.extents:

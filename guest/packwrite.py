@@ -50,7 +50,7 @@ class PackWriter:
     skipped (for a stream, the writer rewinds to where the object began)."""
 
     def __init__(
-        self, device: Device, offset: int, limit: int, known: Callable[[bytes], bool], level: int = 6
+        self, device: Device, offset: int, limit: int, known: Callable[[bytes], bool], level: int = 1
     ):
         if offset % BLOCK:
             raise ValueError(f"unaligned PACK offset {offset}")
