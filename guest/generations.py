@@ -340,6 +340,11 @@ class Store:
         """A writer in the largest free span; add objects to it, then `commit` it."""
         if self.area is None:
             raise ReadOnly(f"{self.device.name}: the image has no room for writes (see docteur grow)")
+        self._check_extent_room(len(self.extents) + 1)
+        return self._writer(level)
+
+    def _writer(self, level: int) -> PackWriter:
+        assert self.area is not None
         self.device.refuse_if_failed()
         holes = self.holes()
         if not holes:
@@ -385,11 +390,7 @@ class Store:
         commit point. Nothing in memory changes unless it succeeds."""
         area = self.area
         assert area is not None
-        if len(extents) > MAX_EXTENTS:
-            raise TooManyExtents(
-                f"{self.device.name}: {len(extents) - 1} generations since the last compaction, "
-                "the most one root holds: run docteur compact"
-            )
+        self._check_extent_room(len(extents))
         old = self.head
         if synced is None:
             synced = (old.synced, old.remote) if old else (ZERO_ID, "")
@@ -412,6 +413,13 @@ class Store:
         self._indexes = {e: self._indexes[e] for e in root.extents if e in self._indexes}
         return root
 
+    def _check_extent_room(self, count: int) -> None:
+        if count > MAX_EXTENTS:
+            raise TooManyExtents(
+                f"{self.device.name}: {count - 1} batches since the last compaction, the most "
+                "one root record lists: run docteur compact"
+            )
+
     def _free_slots(self, n: int) -> list[int]:
         """`n` slots to write a root into: empty or unreadable ones first, then the
         oldest; never one holding the head (a torn write there could lose it)."""
@@ -432,7 +440,7 @@ class Store:
         if not self.extents:
             return self.generation
         first = self.first_index
-        writer = self.begin(level)
+        writer = self._writer(level)
         writer.known = first.__contains__  # only generation 0 counts as stored
         for part in self._parts[:-1]:
             for oid, _, off in sorted(part.index.entries(), key=lambda e: e[2]):

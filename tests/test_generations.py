@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import signal
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from docteur.guest import generations
 from docteur.guest.device import BLOCK, FileDevice, Locked, align_up
 from docteur.guest.errors import DocteurError, ImageError
-from docteur.guest.generations import ReadOnly, Store, grow, prepare
+from docteur.guest.generations import ReadOnly, Store, TooManyExtents, grow, prepare
 from docteur.guest.layout import read_layout
 from docteur.guest.packwrite import NoSpace
 from docteur.guest.roots import SLOT_SIZE, SLOTS
@@ -348,3 +350,36 @@ def _wait_for_lock(image: Path, qemu: subprocess.Popen) -> None:
                 return
         time.sleep(0.05)
     raise AssertionError("QEMU never locked the image")
+
+
+def test_a_full_root_record_asks_for_compaction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(generations, "MAX_EXTENTS", 3)  # 221 in the real format
+    image = writable_image(tmp_path)
+    commits = [commit_files(image, {"n": b"%d\n" % i}, when=i)[0] for i in range(3)]
+    before = image.read_bytes()
+    with pytest.raises(TooManyExtents, match=r"3 batches since the last compaction.*run docteur compact"):
+        commit_files(image, {"n": b"too many\n"})
+    assert image.read_bytes() == before
+    with FileDevice(str(image), writable=True) as dev, Store.open(dev) as store:
+        assert store.compact() == 4 and len(store.extents) == 1
+    commit, gen = commit_files(image, {"n": b"after compaction\n"}, when=9)
+    dev, store = open_store(image)
+    with dev, store:
+        assert gen == 5 and [c for c, _ in store.log()][:4] == [commit, *commits[::-1]]
+
+
+def test_a_truncated_write_area_serves_the_first_generation(tmp_path: Path) -> None:
+    image = writable_image(tmp_path)
+    commit_files(image, {"n": b"lost with the tail\n"})
+    dev, store = open_store(image)
+    with dev, store:
+        assert store.area is not None
+        cut, first = store.area.ring + BLOCK, store.layout.commit
+    os.truncate(image, cut)
+    dev, store = open_store(image)
+    with dev, store:
+        assert (store.generation, store.head_commit, store.writable) == (0, first, False)
+        assert store.warnings() == [
+            f"warning: the write area at byte {store.layout.idx_end + (-store.layout.idx_end) % BLOCK} "
+            "is truncated; serving generation 0"
+        ]
