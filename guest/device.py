@@ -49,6 +49,7 @@ class Device:
 
     size: int = 0
     name: str = "device"
+    writable: bool = True
     failed: BaseException | None = None
 
     def pread(self, n: int, off: int) -> bytes:
@@ -106,6 +107,7 @@ class FileDevice(Device):
 
     def __init__(self, path: str, writable: bool = False, direct: bool | None = None):
         self.name = path
+        self.writable = writable
         flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC
         try:
             self.fd = os.open(path, flags)

@@ -340,6 +340,8 @@ class Store:
         """A writer in the largest free span; add objects to it, then `commit` it."""
         if self.area is None:
             raise ReadOnly(f"{self.device.name}: the image has no room for writes (see docteur grow)")
+        if not self.device.writable:
+            raise ReadOnly(f"{self.device.name}: opened for reading only")
         self._check_extent_room(len(self.extents) + 1)
         return self._writer(level)
 

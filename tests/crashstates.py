@@ -44,6 +44,7 @@ class RecordingDevice(Device):
         self.fd = inner.fd
         self.size = inner.size
         self.name = inner.name
+        self.writable = inner.writable
         self.ops: list[Op] = []
 
     def pread(self, n: int, off: int) -> bytes:

@@ -57,6 +57,8 @@ def test_prepare_appends_after_the_first_generation_only(tmp_path: Path) -> None
     with dev, store:
         assert store.writable and store.generation == 0 and store.warnings() == []
         assert store.free_space() == (4 << 20) - area.data_start
+        with pytest.raises(ReadOnly, match="opened for reading only"):
+            store.begin()
     # The file is sparse: the room costs (almost) no disk.
     assert image.stat().st_blocks * 512 < 1 << 20
 
