@@ -237,6 +237,11 @@ class Store:
         return self.head.head if self.head else self.layout.commit
 
     @property
+    def head_tree(self) -> bytes:
+        """The head commit's root tree (a batch whose tree is this changes nothing)."""
+        return self.commit_object().tree
+
+    @property
     def extents(self) -> tuple[Extent, ...]:
         """The head's extents, newest first (generation 0 is implicit, always last)."""
         return self.head.extents if self.head else ()
@@ -366,7 +371,8 @@ class Store:
     ) -> tuple[bytes, int]:
         """Make the commit of `tree` (its objects added to `writer` or already stored),
         parent the current head, and make it the new head. Returns (commit id,
-        generation) once the root record is durable."""
+        generation) once the root record is durable. It always commits: a caller
+        that wants no empty commits compares `tree` with `head_tree` first."""
         if tree not in writer and tree not in self:
             raise NotFound(f"tree {tree.hex()} is neither in the batch nor in the image")
         when = int(time.time()) if when is None else when

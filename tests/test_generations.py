@@ -99,6 +99,7 @@ def test_commits_are_git_history_that_git_checks(tmp_path: Path) -> None:
         assert [oid for oid, _ in log] == [c for c, _ in reversed(commits)] + [first_commit]
         assert log[0][1].message == b"batch 2\n" and log[0][1].author.raw.startswith(AUTHOR.encode())
         assert log[0][1].author.timestamp == 1_700_000_002
+        assert store.head_tree == log[0][1].tree
     repo = tmp_path / "export.git"
     assert export_packs(str(image), repo) == commits[-1][0]
     git("fsck", "--strict", "--no-dangling", cwd=repo)
