@@ -117,22 +117,26 @@ class PackWriter:
         comp = zlib.compressobj(self.level)
         head = entry_header(kind, size)
         crc = zlib.crc32(head)
-        self._write(head)
         got = 0
-        for chunk in chunks:
-            got += len(chunk)
-            if got > size:
-                break
-            h.update(chunk)
-            data = comp.compress(chunk)
+        try:
+            self._write(head)
+            for chunk in chunks:
+                got += len(chunk)
+                if got > size:
+                    break
+                h.update(chunk)
+                data = comp.compress(chunk)
+                crc = zlib.crc32(data, crc)
+                self._write(data)
+            if got != size:
+                raise ValueError(f"the {kind} changed while it was read: {got} bytes, expected {size}")
+            data = comp.flush()
             crc = zlib.crc32(data, crc)
             self._write(data)
-        if got != size:
+        except BaseException:
+            # A source that fails (or lies about its size) leaves the writer as it was.
             self._rewind(start, written, tail)
-            raise ValueError(f"the {kind} changed while it was read: {got} bytes, expected {size}")
-        data = comp.flush()
-        crc = zlib.crc32(data, crc)
-        self._write(data)
+            raise
         oid = h.digest()
         if oid in self.entries or self.known(oid):
             self._rewind(start, written, tail)
@@ -151,6 +155,8 @@ class PackWriter:
 
     def finish(self) -> Extent:
         """Write the count, the trailer and the IDX; return the extent. No flush."""
+        if self.finished is not None:
+            raise ValueError("this PACK is finished already")
         count = len(self.entries)
         fixed = struct.pack(">I", count)
         if self._written == 0:

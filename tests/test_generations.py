@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,14 @@ def test_a_known_stream_rewinds_past_blocks_already_written(tmp_path: Path) -> N
         mark = writer.pos
         writer.add_stream("blob", len(known), iter([known]))
         assert writer.pos == mark and mark % BLOCK and mark > 4 << 20
+
+        def failing() -> Iterator[bytes]:
+            yield fresh[::-1]  # spills, then the source breaks
+            raise OSError(5, "the source file could not be read")
+
+        with pytest.raises(OSError, match="could not be read"):
+            writer.add_stream("blob", 2 * len(fresh), failing())
+        assert writer.pos == mark
         files = {"known.bin": known, "fresh.bin": fresh, "small.txt": b"after the rewind\n"}
         commit, _ = store.commit(writer, write_tree(writer, files), "rewind", AUTHOR, when=3)
     repo = tmp_path / "rewind.git"
