@@ -5,6 +5,13 @@ written again. Each later generation is one root record naming its head commit a
 the extents (PACK + IDX) it adds on top of generation 0, newest first. Opening picks
 the newest root that verifies; committing writes data, flush, root, flush.
 See FORMAT.md for the format and the reasons.
+
+    with FileDevice(path, writable=True) as dev, Store.open(dev) as store:
+        writer = store.begin()                      # a PACK in free space
+        blob = writer.add_stream("blob", size, chunks)
+        for oid, body in new_trees:                 # e.g. a tree editor's output
+            writer.add("tree", body)
+        commit, generation = store.commit(writer, root_tree, "message", "Name <email>")
 """
 
 from __future__ import annotations
