@@ -199,7 +199,8 @@ def _lock_holder(fd: int) -> int | None:
     /proc tells (OFD locks report no pid through F_GETLK)."""
     st = os.fstat(fd)
     me = os.getpid()
-    tag = f":{st.st_ino} "
+    # As /proc shows a lock's file: device major:minor in hex, then the inode.
+    tag = f" {os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino} "
     try:
         pids = [p for p in os.listdir("/proc") if p.isdigit() and int(p) != me]
     except OSError:
