@@ -16,13 +16,12 @@ See FORMAT.md for the format and the reasons.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import namedtuple
 from collections.abc import Iterator
 from itertools import pairwise
 
-from .device import BLOCK, Device, FileDevice, align_up
+from .device import BLOCK, Device, align_up
 from .errors import DocteurError, ImageError, IntegrityError, NotFound
 from .idx import MAGIC as IDX_MAGIC
 from .idx import Index
@@ -33,8 +32,6 @@ from .packwrite import NoSpace, PackWriter
 from .roots import (
     MAX_EXTENTS,
     MAX_PAD,
-    SLOT_SIZE,
-    SLOTS,
     ZERO_ID,
     Area,
     Binding,
@@ -46,8 +43,6 @@ from .roots import (
 # Objects up to this size are copied whole by compaction; bigger whole blobs are streamed.
 _STREAM = 4 << 20
 _HASH_READ = 1 << 20
-# Below this much room for data, preparing an image for writes is refused.
-MIN_DATA = 64 * 1024
 CHECKS = ("cheap", "pack")
 # zlib levels, as git chooses them: batches are written fast (git's loose objects use 1:
 # a 64 MiB text file deflates ~1.5x faster than at 6 for ~8% more bytes), compaction
@@ -55,7 +50,7 @@ CHECKS = ("cheap", "pack")
 BATCH_LEVEL = 1
 COMPACT_LEVEL = 6
 
-__all__ = ["NoSpace", "ReadOnly", "Skipped", "Store", "TooManyExtents", "grow", "prepare"]
+__all__ = ["NoSpace", "ReadOnly", "Skipped", "Store", "TooManyExtents"]
 
 
 class ReadOnly(DocteurError):
@@ -533,56 +528,3 @@ def _signature(who: Signature | str, when: int, tz: str) -> Signature:
     if not email.endswith(">") or "\n" in who or "<" in email or not name.strip():
         raise ValueError(f"bad author {who!r}: give 'Name <email>'")
     return Signature.make(name.strip(), email[:-1], when, tz)
-
-
-def prepare(path: str, capacity: int) -> Area:
-    """Give the plain image file at `path` room for writes up to `capacity` bytes in
-    all: the file grows (sparse), the root ring is zeroed, the area header written,
-    then flushed. The first generation is not touched."""
-    import uuid
-
-    with FileDevice(path, writable=True) as dev:
-        layout = read_layout(dev.fd, dev.size)
-        store = Store(dev, layout, Index(dev.pread(layout.idx_end - layout.idx_offset, layout.idx_offset)))
-        store._find_area()
-        if store.area is not None:
-            raise DocteurError(f"{path} already has room for writes (use docteur grow)")
-        if store.skipped:
-            raise ImageError(f"{path}: {store.skipped[0].reason}: rebuild the image with docteur make")
-        if dev.is_block:
-            # Where the first generation's padding ends is only known from the file's size.
-            raise DocteurError(f"{path} is a block device: give the image file room instead")
-        end = dev.size
-        tail = dev.pread(min(end - layout.idx_end, MAX_PAD), layout.idx_end)
-        if end - layout.idx_end > MAX_PAD or tail.strip(b"\0"):
-            raise ImageError(f"{path}: unexpected data after the IDX: not a plain docteur image")
-        area = Area(align_up(end), SLOTS, SLOT_SIZE, uuid.uuid4().bytes, end, store.binding)
-        capacity -= capacity % BLOCK
-        if capacity < area.data_start + MIN_DATA:
-            raise DocteurError(
-                f"capacity {capacity} is too small: the image needs at least {area.data_start + MIN_DATA}"
-            )
-        os.ftruncate(dev.fd, capacity)
-        dev.size = capacity
-        # Zero the ring explicitly, then the header: no slot found there predates this area.
-        dev.pwrite(bytes(area.slots * area.slot_size), area.ring)
-        dev.flush()
-        dev.pwrite(area.to_bytes(), area.offset)
-        dev.flush()
-        return area
-
-
-def grow(path: str, size: int) -> int:
-    """Make the image at `path` `size` bytes long (sparse); returns the free space.
-    An image without a write area gets one."""
-    with FileDevice(path, writable=True) as dev:
-        if size < dev.size:
-            raise DocteurError(f"{path} is {dev.size} bytes already; give a bigger size")
-        with Store.open(dev) as store:
-            has_area = store.writable
-        if has_area and not dev.is_block:
-            os.ftruncate(dev.fd, size - size % BLOCK)
-    if not has_area:
-        prepare(path, size)
-    with FileDevice(path) as dev, Store.open(dev) as store:
-        return store.free_space()

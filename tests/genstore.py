@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from docteur.builder.make import make
+from docteur.guest.capacity import prepare
 from docteur.guest.device import FileDevice
-from docteur.guest.generations import Store, prepare
+from docteur.guest.generations import Store
 from tests.crashstates import write_tree
 
 AUTHOR = "Gen Test <gen@example.com>"

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from docteur.builder.make import make
+from docteur.guest.capacity import prepare
 from docteur.guest.device import FileDevice
-from docteur.guest.generations import Store, prepare
+from docteur.guest.generations import Store
 from tests.crashstates import (
     Batch,
     Files,

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from docteur.guest import generations
+from docteur.guest.capacity import grow, prepare
 from docteur.guest.device import BLOCK, FileDevice, Locked, align_up
 from docteur.guest.errors import DocteurError, ImageError
-from docteur.guest.generations import ReadOnly, Store, TooManyExtents, grow, prepare
+from docteur.guest.generations import ReadOnly, Store, TooManyExtents
 from docteur.guest.layout import read_layout
 from docteur.guest.packwrite import NoSpace
 from docteur.guest.roots import SLOT_SIZE, SLOTS

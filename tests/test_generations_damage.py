@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from docteur.guest.capacity import prepare
 from docteur.guest.device import DeviceFailed, FileDevice
 from docteur.guest.errors import IntegrityError
-from docteur.guest.generations import Store, prepare
+from docteur.guest.generations import Store
 from docteur.guest.roots import SLOT_SIZE, Extent
 from tests.crashstates import FaultyDevice, store_files, write_tree
 from tests.genstore import AUTHOR, FIRST_FILES, commit_files, open_store, plain_image, writable_image
