@@ -19,7 +19,9 @@ from docteur.guest.capacity import grow, prepare
 from docteur.guest.device import BLOCK, FileDevice, Locked, align_up
 from docteur.guest.errors import DocteurError, ImageError
 from docteur.guest.generations import ReadOnly, Store, TooManyExtents
+from docteur.guest.image import Image
 from docteur.guest.layout import read_layout
+from docteur.guest.objects import Tree
 from docteur.guest.packwrite import NoSpace
 from docteur.guest.roots import SLOT_SIZE, SLOTS
 from tests.crashstates import export_packs, git_files, store_files, write_tree
@@ -396,3 +398,15 @@ def test_a_truncated_write_area_serves_the_first_generation(tmp_path: Path) -> N
             f"warning: the write area at byte {store.layout.idx_end + (-store.layout.idx_end) % BLOCK} "
             "is truncated; serving generation 0"
         ]
+
+
+def test_the_read_only_reader_still_sees_the_first_generation(tmp_path: Path) -> None:
+    """What is appended lies past the first IDX, where a reader of the original format
+    never looks: it keeps serving the first generation, whatever was written after."""
+    image = writable_image(tmp_path)
+    commit_files(image, {"new.txt": b"invisible to the original reader\n"})
+    with Image.open(str(image)) as old_reader, FileDevice(str(image)) as dev, Store.open(dev) as store:
+        assert old_reader.commit == store.layout.commit != store.head_commit
+        tree = old_reader.commit_object().tree
+        kind, body = old_reader.read_object(tree)
+        assert kind == "tree" and [e.name for e in Tree.from_raw(body).entries] == [b"readme.txt", b"sub"]
