@@ -64,6 +64,7 @@ BATCHES: list[tuple[str, Callable[[Files], Files] | None]] = [
     ("a 5 MiB blob", None),  # streamed, see _run_batch
     ("a directory replaced by many files", _many),
     ("rename and recursive remove", _rename_and_remove),
+    ("a root-only generation (synced)", None),
     ("compaction", None),
 ]
 
@@ -105,6 +106,9 @@ def test_every_crash_state_recovers_old_or_new(base: tuple[Path, Files], tmp_pat
                     new_files = files
                     new_gen = store.compact()
                     new_head = store.head_commit
+                elif name.startswith("a root-only"):
+                    new_files, new_head = files, old_head
+                    new_gen = store.set_synced(old_head, "https://example.com/site.git main")
                 else:
                     writer = store.begin()
                     if change is None:
