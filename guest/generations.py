@@ -26,7 +26,18 @@ from .errors import DocteurError, ImageError, IntegrityError, NotFound
 from .idx import MAGIC as IDX_MAGIC
 from .idx import Index
 from .layout import PACK_OFFSET, Layout, read_layout
-from .objects import COMMIT, TYPE_NUMBERS, Commit, Signature, object_header, object_id, sha1
+from .objects import (
+    COMMIT,
+    MODE_GITLINK,
+    MODE_TREE,
+    TYPE_NUMBERS,
+    Commit,
+    Signature,
+    iter_tree,
+    object_header,
+    object_id,
+    sha1,
+)
 from .pack import PackReader
 from .packwrite import NoSpace, PackWriter
 from .roots import (
@@ -42,6 +53,9 @@ from .roots import (
 
 # Objects up to this size are copied whole by compaction; bigger whole blobs are streamed.
 _STREAM = 4 << 20
+# Compaction stores versions up to this size as deltas (making one is a Python loop
+# over the bytes that changed).
+_DELTA_MAX = 256 << 10
 _HASH_READ = 1 << 20
 CHECKS = ("cheap", "pack")
 # zlib levels, as git chooses them: batches are written fast (git's loose objects use 1:
@@ -452,6 +466,8 @@ class Store:
         first = self.first_index
         writer = self._writer(level)
         writer.known = first.__contains__  # only generation 0 counts as stored
+        self._copy_versions(writer)
+        # What the history walk did not reach (commits, big blobs) goes whole.
         for part in self._parts[:-1]:
             for oid, _, off in sorted(part.index.entries(), key=lambda e: e[2]):
                 if oid in writer or oid in first:
@@ -472,6 +488,42 @@ class Store:
         root = self._publish([extent], self.head_commit, copies=2)
         self._retire_older(root)
         return root.generation
+
+    def _copy_versions(self, writer: PackWriter) -> None:
+        """The trees and small blobs of the history, path by path: the newest version
+        whole, each older one as a delta against the next newer (git's order, so that
+        recent versions read fastest)."""
+        first = self.first_index
+        versions: dict[bytes, list[bytes]] = {}  # path -> ids, newest first
+        seen: set[bytes] = set()
+
+        def walk(tree: bytes, path: bytes) -> None:
+            if tree in seen or tree in first:
+                return
+            seen.add(tree)
+            versions.setdefault(path, []).append(tree)
+            for entry in iter_tree(self.read_object(tree)[1]):
+                child = path + b"/" + entry.name
+                if entry.mode == MODE_TREE:
+                    walk(entry.id, child)
+                elif entry.mode != MODE_GITLINK and entry.id not in seen and entry.id not in first:
+                    seen.add(entry.id)
+                    versions.setdefault(child, []).append(entry.id)
+
+        for _, commit in self.log():
+            walk(commit.tree, b"")
+        for oids in versions.values():
+            newer: tuple[bytes, bytes] | None = None
+            for oid in oids:
+                reader, off = self.find(oid) or (None, 0)
+                if reader is None or reader.type_and_size(off)[1] > _DELTA_MAX:
+                    newer = None
+                    continue
+                kind, body = self.read_object(oid)
+                got = writer.add_delta(kind, body, *newer) if newer else writer.add(kind, body)
+                if got != oid:
+                    raise IntegrityError(f"object {oid.hex()} does not hash to its id")
+                newer = (oid, body)
 
     def _retire_older(self, root: Root) -> None:
         """Clear every slot but `root`'s copies, then flush: the extents only those
@@ -506,14 +558,16 @@ class Store:
         try:
             for oid, _, off in index.entries():
                 entry = reader.entry(off)
-                kind = TYPE_NUMBERS.get(entry.type)
-                if kind is None:
-                    raise IntegrityError(f"a delta at offset {off}")
-                h = sha1(object_header(kind, entry.size), entry.size)
-                for piece in reader.inflate_chunks(entry, 1 << 20):
-                    h.update(piece)
-                if h.digest() != oid:
-                    raise IntegrityError(f"object {oid.hex()} at offset {off} hashes to {h.hexdigest()}")
+                if entry.is_delta:  # small: rebuilt from its base in memory
+                    num, body = reader.resolve(off)
+                    digest = object_id(TYPE_NUMBERS[num], body)
+                else:
+                    h = sha1(object_header(TYPE_NUMBERS[entry.type], entry.size), entry.size)
+                    for piece in reader.inflate_chunks(entry, 1 << 20):
+                        h.update(piece)
+                    digest = h.digest()
+                if digest != oid:
+                    raise IntegrityError(f"object {oid.hex()} at offset {off} hashes to {digest.hex()}")
         except IntegrityError as exc:
             raise IntegrityError(f"PACK at byte {e.pack_offset}: {exc}") from None
         finally:

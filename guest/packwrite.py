@@ -1,6 +1,7 @@
 """A streaming PACK v2 writer onto a device, followed by its IDX.
 
-Every object is stored whole (no deltas, so each PACK is self-contained). Bytes
+Objects are stored whole, or (compaction) as OFS_DELTAs against an object of the
+same PACK, never of another: each PACK is self-contained. Bytes
 are gathered in a buffer and written as whole 4096-byte blocks at aligned
 offsets, so a blob of any size passes through a bounded amount of memory. The
 PACK header's object count is only known at the end: `finish` rewrites the first
@@ -14,25 +15,40 @@ import struct
 import zlib
 from collections.abc import Callable, Iterable
 
+from .deltaenc import make_delta
 from .device import BLOCK, Device, align_up
 from .errors import DocteurError
 from .idx import build_idx
 from .objects import TYPE_CODES, object_header, object_id, sha1
+from .pack import OFS_DELTA
 from .roots import Extent
 
 # Pending bytes above this are written out (whole blocks), so a small batch's
 # PACK stays in memory until `finish` and is written once.
 _SPILL = 4 << 20
 _READ_BACK = 1 << 20
+# git's default delta chain limit (pack.depth).
+MAX_DEPTH = 50
+
+
+def _ofs_bytes(rel: int) -> bytes:
+    """An OFS_DELTA's distance back to its base, as git encodes it."""
+    out = [rel & 0x7F]
+    rel >>= 7
+    while rel:
+        rel -= 1
+        out.append(0x80 | (rel & 0x7F))
+        rel >>= 7
+    return bytes(reversed(out))
 
 
 class NoSpace(DocteurError):
     """The batch does not fit in the image's free space; nothing was committed."""
 
 
-def entry_header(kind: str, size: int) -> bytes:
-    """A PACK entry header: type and size, little-endian base-128."""
-    byte = (TYPE_CODES[kind] << 4) | (size & 0x0F)
+def entry_header(kind: str | int, size: int) -> bytes:
+    """A PACK entry header: type (a kind or a type number) and size, little-endian base-128."""
+    byte = ((TYPE_CODES[kind] if isinstance(kind, str) else kind) << 4) | (size & 0x0F)
     size >>= 4
     out = bytearray()
     while size:
@@ -60,6 +76,7 @@ class PackWriter:
         self.known = known
         self.level = level
         self.entries: dict[bytes, tuple[int, int]] = {}  # oid -> (crc32, PACK offset)
+        self._depth: dict[bytes, int] = {}  # delta chain length of the objects stored as deltas
         self._buf = bytearray(b"PACK" + struct.pack(">II", 2, 0))
         self._written = 0  # PACK-relative bytes on the device (whole blocks)
         self._first_block: bytes | None = None  # as written, count still 0
@@ -104,6 +121,25 @@ class PackWriter:
             return oid
         data = entry_header(kind, len(body)) + zlib.compress(body, self.level)
         self.entries[oid] = (zlib.crc32(data), self.pos)
+        self._write(data)
+        return oid
+
+    def add_delta(self, kind: str, body: bytes, base: bytes, base_body: bytes) -> bytes:
+        """Store an object as an OFS_DELTA against `base` (an object of this PACK, whose
+        body is `base_body`) when that is worth it, else whole; returns its id."""
+        oid = object_id(kind, body)
+        if oid in self.entries or self.known(oid):
+            return oid
+        depth = self._depth.get(base, 0) + 1
+        if base not in self.entries or depth > MAX_DEPTH:
+            return self.add(kind, body)
+        delta = make_delta(base_body, body)
+        if len(delta) > len(body) // 2:
+            return self.add(kind, body)
+        rel = self.pos - self.entries[base][1]
+        data = entry_header(OFS_DELTA, len(delta)) + _ofs_bytes(rel) + zlib.compress(delta, self.level)
+        self.entries[oid] = (zlib.crc32(data), self.pos)
+        self._depth[oid] = depth
         self._write(data)
         return oid
 
