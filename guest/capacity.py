@@ -20,8 +20,6 @@ def prepare(path: str, capacity: int) -> Area:
     """Give the plain image file at `path` room for writes up to `capacity` bytes in
     all: the file grows (sparse), the root ring is zeroed, the area header written,
     then flushed. The first generation is not touched."""
-    import uuid
-
     with FileDevice(path, writable=True) as dev:
         with Store.open(dev) as store:
             layout, binding = store.layout, store.binding
@@ -36,7 +34,7 @@ def prepare(path: str, capacity: int) -> Area:
         tail = dev.pread(min(end - layout.idx_end, MAX_PAD), layout.idx_end)
         if end - layout.idx_end > MAX_PAD or tail.strip(b"\0"):
             raise ImageError(f"{path}: unexpected data after the IDX: not a plain docteur image")
-        area = Area(align_up(end), SLOTS, SLOT_SIZE, uuid.uuid4().bytes, end, binding)
+        area = Area(align_up(end), SLOTS, SLOT_SIZE, os.urandom(16), end, binding)
         capacity -= capacity % BLOCK
         if capacity < area.data_start + MIN_DATA:
             raise DocteurError(

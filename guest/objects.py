@@ -19,6 +19,7 @@ except ImportError:  # a Python built without it
 COMMIT, TREE, BLOB, TAG = "commit", "tree", "blob", "tag"
 # Type numbers as they appear in a PACK entry header.
 TYPE_NUMBERS = {1: COMMIT, 2: TREE, 3: BLOB, 4: TAG}
+TYPE_CODES = {name: num for num, name in TYPE_NUMBERS.items()}  # what a PACK writer needs
 
 MODE_TREE = 0o040000
 MODE_FILE = 0o100644
