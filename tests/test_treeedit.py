@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from docteur.guest import kv
+from docteur.guest import treeview
 from docteur.guest.errors import IntegrityError, NotFound
 from docteur.guest.kverrors import (
     AlreadyPresent,
@@ -765,17 +765,17 @@ PATHS = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(path=PATHS)
 def test_write_paths_read_back_the_same(path: bytes) -> None:
-    """The lenient parser is the read side's (kv.split_path), and every path a
+    """The lenient parser is the read side's (treeview.split_path), and every path a
     write accepts means the same segments to a read."""
     try:
         read = split_path(path)
     except InvalidPath as exc:
-        with pytest.raises(kv.InvalidPath) as info:
-            kv.split_path(path)
+        with pytest.raises(treeview.InvalidPath) as info:
+            treeview.split_path(path)
         assert str(info.value) == str(exc)
         read = None
     else:
-        assert kv.split_path(path) == read
+        assert treeview.split_path(path) == read
     try:
         written = split_path(path, strict=True)
     except InvalidPath:
