@@ -18,6 +18,7 @@ from docteur.guest.errors import DocteurError
 from docteur.guest.layout import DEFAULT_BLOCK_SIZE
 
 from . import log
+from .defaults import DEFAULT_TIMEOUT
 from .errors import Terminated
 from .redact import redact
 
@@ -88,6 +89,13 @@ def _make_args(p: argparse.ArgumentParser) -> None:
         help=f"block size the image is padded to (default: {DEFAULT_BLOCK_SIZE})",
     )
     p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up when the server sends nothing for this long (default: {DEFAULT_TIMEOUT:g})",
+    )
+    p.add_argument(
         "source",
         metavar="SOURCE",
         help="https://, http://, git://, ssh://, user@host:path, file://ABS, relativize://DIR or a path",
@@ -117,7 +125,8 @@ def cmd_make(args: argparse.Namespace) -> int:
     from .make import make
     from .progress import human_bytes
 
-    s = make(args.source, args.image, ref=args.ref, date=args.date, block_size=args.bs)
+    s = make(args.source, args.image, ref=args.ref, date=args.date, block_size=args.bs,
+             timeout=args.timeout)
     log.notice(
         f"{s.image}: commit {s.commit.hex()}, {s.objects} objects, {human_bytes(s.size)} ({s.size} bytes)",
         "image written", image=s.image, commit=s.commit.hex(), objects=s.objects, size=s.size,

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -27,14 +28,17 @@ from dulwich.pack import Pack, PackData, write_pack_index_v2, write_pack_objects
 
 from docteur.guest.objects import MODE_GITLINK, MODE_TREE
 
+from .defaults import DEFAULT_TIMEOUT
 from .errors import BuildError
 from .gittools import git_argv, git_env, git_failure, git_path, run_git
 from .log import get_logger
 from .progress import Progress
 from .redact import redact
 from .source import Source
+from .transport import client_for, is_stall
 
 log = get_logger("docteur.fetch")
+_X509_V_ERR_HOSTNAME_MISMATCH = 62  # OpenSSL's verify code; the ssl module names none
 
 
 @dataclass(frozen=True)
@@ -62,19 +66,6 @@ class _NoHaves:
         pass
 
 
-def _client(source: Source) -> tuple[dclient.GitClient, str]:
-    if source.kind == "local-git":
-        if git_path():
-            # git-upload-pack does what a server would (depth, deltas reused), in C.
-            return dclient.SubprocessGitClient(thin_packs=False), source.location
-        return dclient.LocalGitClient(thin_packs=False), source.location
-    ssh = os.environ.get("GIT_SSH_COMMAND") or os.environ.get("GIT_SSH") or None
-    try:
-        return dclient.get_transport_and_path(source.location, thin_packs=False, ssh_command=ssh, quiet=True)
-    except ValueError as e:
-        raise BuildError(f"bad URL {source.display!r}: {redact(str(e))}") from None
-
-
 def resolve_ref(refs: dict[bytes, bytes], ref: str | None, display: str) -> tuple[bytes, bytes]:
     """(ref name, object id) for `-b REF`, or the source's HEAD."""
     if ref is None:
@@ -95,9 +86,10 @@ def resolve_ref(refs: dict[bytes, bytes], ref: str | None, display: str) -> tupl
     raise BuildError(f"no ref {ref!r} in {display}{hint if branches else ''}")
 
 
-def fetch(source: Source, ref: str | None, workdir: str) -> PackFiles:
-    """Fetch into `workdir`; return the finished PACK and IDX."""
-    gc, path = _client(source)
+def fetch(source: Source, ref: str | None, workdir: str, timeout: float = DEFAULT_TIMEOUT) -> PackFiles:
+    """Fetch into `workdir`; return the finished PACK and IDX. A server silent for
+    `timeout` seconds ends it."""
+    gc, path = client_for(source, timeout)
     chosen: list[tuple[bytes, bytes]] = []
 
     def determine_wants(refs: dict[bytes, bytes], depth: int | None = None) -> list[bytes]:
@@ -127,7 +119,7 @@ def fetch(source: Source, ref: str | None, workdir: str) -> PackFiles:
             except BuildError:
                 raise
             except Exception as e:  # dulwich, urllib3 and sockets all raise their own kinds
-                raise _fetch_error(e, source) from None
+                raise _fetch_error(e, source, timeout) from None
         if not chosen:
             raise BuildError(f"{source.display}: the server sent no references")
         if received == 0:
@@ -351,6 +343,16 @@ def write_plain_pack(objects: list[ShaFile], out: str, commit: bytes) -> PackFil
     return PackFiles(out + ".pack", out + ".idx", commit, len(objects))
 
 
+def _certificate_error(e: ssl.SSLCertVerificationError, where: str) -> BuildError:
+    why = e.verify_message or e.reason or str(e)
+    if e.verify_code == _X509_V_ERR_HOSTNAME_MISMATCH:
+        return BuildError(f"TLS certificate of {where} is for another host: {why}")
+    return BuildError(
+        f"untrusted TLS certificate from {where}: {why} "
+        "(trust its CA with GIT_SSL_CAINFO, http.sslCAInfo or SSL_CERT_FILE)"
+    )
+
+
 def _chain(e: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
     stack: list[BaseException | None] = [e]
@@ -364,13 +366,18 @@ def _chain(e: BaseException) -> list[BaseException]:
     return seen
 
 
-def _fetch_error(e: Exception, source: Source) -> BuildError:
+def _fetch_error(e: Exception, source: Source, timeout: float) -> BuildError:
     """One line saying what went wrong, for any transport's exception."""
     where = source.display
     chain = _chain(e)
     for x in chain:
         if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
             return BuildError(f"disk full while fetching {where}: no room for the scratch copy (TMPDIR)")
+    for x in chain:
+        if is_stall(x):
+            return BuildError(f"timed out: nothing from {where} for {timeout:g} s (see --timeout)")
+        if isinstance(x, ssl.SSLCertVerificationError):
+            return _certificate_error(x, where)
     text = " ".join(str(x) for x in chain)
     for x in chain:
         if isinstance(x, socket.gaierror) or type(x).__name__ == "NameResolutionError":

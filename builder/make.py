@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import tempfile
 from dataclasses import dataclass
 
 from docteur.guest.layout import DEFAULT_BLOCK_SIZE, write_image
 
+from .defaults import DEFAULT_TIMEOUT
 from .directory import pack_directory
 from .errors import BuildError
 from .fetch import PackFiles, fetch
@@ -41,9 +43,12 @@ def make(
     ref: str | None = None,
     date: str | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> Summary:
     if block_size <= 0:
         raise BuildError(f"bad block size {block_size}: give a positive size (512, 4096, ...)")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise BuildError(f"bad timeout {timeout:g}: give a positive number of seconds")
     _check_destination(image)
     src = parse_source(source)
     if src.kind == "directory" and ref is not None:
@@ -53,7 +58,7 @@ def make(
     with tempfile.TemporaryDirectory(prefix="docteur-") as work:
         try:
             if src.is_git:
-                files = fetch(src, ref, work)
+                files = fetch(src, ref, work, timeout)
             else:
                 files = pack_directory(src.location, date, work, image=image)
         except OSError as e:
