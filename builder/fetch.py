@@ -38,7 +38,9 @@ from .source import Source
 from .transport import client_for, is_stall
 
 log = get_logger("docteur.fetch")
-_X509_V_ERR_HOSTNAME_MISMATCH = 62  # OpenSSL's verify code; the ssl module names none
+# OpenSSL's verify codes for a certificate valid, but for another host name or IP
+# address (the ssl module names none of them).
+_NAME_MISMATCH = (62, 64)
 
 
 @dataclass(frozen=True)
@@ -345,7 +347,7 @@ def write_plain_pack(objects: list[ShaFile], out: str, commit: bytes) -> PackFil
 
 def _certificate_error(e: ssl.SSLCertVerificationError, where: str) -> BuildError:
     why = e.verify_message or e.reason or str(e)
-    if e.verify_code == _X509_V_ERR_HOSTNAME_MISMATCH:
+    if e.verify_code in _NAME_MISMATCH:
         return BuildError(f"TLS certificate of {where} is for another host: {why}")
     return BuildError(
         f"untrusted TLS certificate from {where}: {why} "
@@ -361,8 +363,9 @@ def _chain(e: BaseException) -> list[BaseException]:
         if cur is None or any(cur is s for s in seen):
             continue
         seen.append(cur)
-        stack += [cur.__cause__, cur.__context__, getattr(cur, "reason", None)]
-        stack += [a for a in getattr(cur, "args", ()) if isinstance(a, BaseException)]
+        # urllib3 keeps the cause in `reason`; ssl's `reason` is a word, not an exception.
+        linked = [cur.__cause__, cur.__context__, getattr(cur, "reason", None), *getattr(cur, "args", ())]
+        stack += [x for x in linked if isinstance(x, BaseException)]
     return seen
 
 

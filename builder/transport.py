@@ -170,8 +170,12 @@ def _http_pool(url: str, timeout: float) -> urllib3.PoolManager:
     host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname or ""
     base = urlunsplit((parts.scheme, f"{host}:{parts.port}" if parts.port else host, parts.path, "", ""))
     config = ConfigDict()
-    cafile = ca_file()
-    if cafile:
+    named = ca_file() if parts.scheme == "https" else None
+    if named:
+        cafile, origin = named
+        if not os.access(cafile, os.R_OK):  # else urllib3 says only "No such file", no name
+            why = "no such file" if not os.path.exists(cafile) else "permission denied"
+            raise BuildError(f"cannot read the CA certificates {cafile} (from {origin}): {why}")
         config.set((b"http",), b"sslCAInfo", cafile.encode())
     pool = dclient.default_urllib3_manager(config, base_url=base, timeout=timeout)
     # No retry after a timeout or a failed connection (git makes none either): each
@@ -180,16 +184,16 @@ def _http_pool(url: str, timeout: float) -> urllib3.PoolManager:
     return pool
 
 
-def ca_file() -> str | None:
-    """The CA bundle a git user named for https (GIT_SSL_CAINFO, else http.sslCAInfo);
-    None: OpenSSL's default store."""
+def ca_file() -> tuple[str, str] | None:
+    """The CA bundle a git user named for https, and where it was named: GIT_SSL_CAINFO,
+    else http.sslCAInfo. None: OpenSSL's default store."""
     named = os.environ.get("GIT_SSL_CAINFO")
     if named:
-        return named
+        return named, "GIT_SSL_CAINFO"
     try:
         value = StackedConfig.default().get((b"http",), b"sslCAInfo")
     except KeyError:
         return None
     except (OSError, ValueError) as e:  # a configuration file git itself would refuse
         raise BuildError(f"cannot read git's configuration: {e}") from None
-    return os.path.expanduser(value.decode()) if value else None
+    return (os.path.expanduser(value.decode()), "http.sslCAInfo") if value else None
