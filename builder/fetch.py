@@ -73,19 +73,41 @@ def resolve_ref(refs: dict[bytes, bytes], ref: str | None, display: str) -> tupl
     if ref is None:
         if b"HEAD" in refs:
             return b"HEAD", refs[b"HEAD"]
-        raise BuildError(f"{display} has no HEAD (an empty repository?); name a ref with -b")
+        if not refs:
+            raise BuildError(f"{display} has no HEAD and no refs (an empty repository?)")
+        raise BuildError(f"{display} has no HEAD; name a ref with -b ({_ref_choices(refs)})")
     name = ref.encode()
     candidates = [name] if name.startswith(b"refs/") else [b"refs/heads/" + name, b"refs/tags/" + name, name]
     for cand in candidates:
         if cand in refs:
             return cand, refs[cand]
-    branches = sorted(
-        r.removeprefix(b"refs/heads/").decode("utf-8", "replace")
-        for r in refs
-        if r.startswith(b"refs/heads/")
-    )
-    hint = f" (branches: {', '.join(branches[:8])}{', …' if len(branches) > 8 else ''})"
-    raise BuildError(f"no ref {ref!r} in {display}{hint if branches else ''}")
+    choices = _ref_choices(refs)
+    raise BuildError(f"no ref {ref!r} in {display}{f' ({choices})' if choices else ''}")
+
+
+_SHOWN_REFS = 8  # per kind, in an error line
+
+
+def _ref_choices(refs: dict[bytes, bytes]) -> str:
+    """`branches: a, b; tags: v2, v1` for a user to pick a -b from: branches by name,
+    tags newest version first (v1.10 before v1.9), a few of each."""
+
+    def names(prefix: bytes) -> list[str]:
+        return [r[len(prefix) :].decode("utf-8", "replace") for r in refs if r.startswith(prefix)]
+
+    def version(name: str) -> tuple[str | int, ...]:
+        return tuple(int(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+)", name)))
+
+    parts = []
+    for kind, listed in (
+        ("branches", sorted(names(b"refs/heads/"))),
+        ("tags", sorted(names(b"refs/tags/"), key=version, reverse=True)),
+    ):
+        if listed:
+            more = len(listed) - _SHOWN_REFS
+            tail = f", … ({more} more)" if more > 0 else ""
+            parts.append(f"{kind}: {', '.join(listed[:_SHOWN_REFS])}{tail}")
+    return "; ".join(parts)
 
 
 def fetch(source: Source, ref: str | None, workdir: str, timeout: float = DEFAULT_TIMEOUT) -> PackFiles:

@@ -135,6 +135,15 @@ def make_repo(path: Path, *, bare: bool = False, history: int = 3) -> Path:
     return work
 
 
+def without_head(bare: Path, *, keep_branches: tuple[str, ...] = ()) -> Path:
+    """Delete the branches of a bare repository (but `keep_branches`): HEAD points at
+    nothing, the tags remain. Many mirrors of releases look like this."""
+    for line in git("for-each-ref", "--format=%(refname)", "refs/heads/", cwd=bare).decode().split():
+        if line.removeprefix("refs/heads/") not in keep_branches:
+            git("update-ref", "-d", line, cwd=bare)
+    return bare
+
+
 # -- checks against git -------------------------------------------------------
 
 
