@@ -218,7 +218,7 @@ class _IndexPackSink(_Sink):
     def __init__(self, workdir: str, base: str) -> None:
         repo = os.path.join(workdir, "index.git")  # index-pack --stdin wants a repository
         run_git(["init", "-q", "--bare", repo], what="git init")
-        # Its stderr is drained into memory: a file in TMPDIR could not even hold
+        # Its stderr is drained into memory: a file on a full disk could not even hold
         # the "No space left on device" of a full disk.
         self.err = bytearray()
         self.proc = subprocess.Popen(
@@ -397,7 +397,7 @@ def _fetch_error(e: Exception, source: Source, timeout: float) -> BuildError:
     chain = _chain(e)
     for x in chain:
         if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
-            return BuildError(f"disk full while fetching {where}: no room for the scratch copy (TMPDIR)")
+            return BuildError(f"disk full while fetching {where}: no room for the scratch copy")
     for x in chain:
         if is_stall(x):
             return BuildError(f"timed out: nothing from {where} for {timeout:g} s (see --timeout)")
