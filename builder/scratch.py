@@ -44,13 +44,17 @@ def scratch_dir(image: str) -> Iterator[str]:
         sweep(parent)
     path = tempfile.mkdtemp(prefix=f".{name}{MARK}", dir=parent)
     try:
-        fd = os.open(os.path.join(path, OWNER_LOCK), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        # Locked before it gets its name: a sweeper never finds an unlocked owner.lock
+        # (O_CLOEXEC: a child that outlives us must not keep the directory alive).
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        fd = os.open(os.path.join(path, ".owner.tmp"), flags, 0o600)
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise
     try:
         with contextlib.suppress(OSError):  # a filesystem without locks: no sweeping it
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.rename(os.path.join(path, ".owner.tmp"), os.path.join(path, OWNER_LOCK))
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)

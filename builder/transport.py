@@ -138,7 +138,8 @@ class _SSHVendor(dclient.SubprocessSSHVendor):
 
 class _WatchedPipe(io.RawIOBase):
     """The stdout of `proc`; when nothing comes for `timeout` seconds, `proc` is killed
-    (a stalled ssh may never exit on its own) and the read raises `Stalled`."""
+    (a stalled ssh may never exit on its own) and the read raises `Stalled`. Closing
+    this view leaves the pipe open: it is the process wrapper's to close."""
 
     def __init__(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
         assert proc.stdout is not None
@@ -156,10 +157,6 @@ class _WatchedPipe(io.RawIOBase):
             self.proc.wait()
             raise Stalled(f"no data for {self.timeout:g} s")
         return self.pipe.readinto(buffer)  # type: ignore[attr-defined]
-
-    def close(self) -> None:
-        # The pipe is the process wrapper's to close; only this view of it ends here.
-        super().close()
 
 
 # -- http(s):// ------------------------------------------------------------------------
