@@ -10,18 +10,13 @@ which reuses the server's deltas, so it costs little.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import shutil
-import socket
-import ssl
 import subprocess
 import threading
 from dataclasses import dataclass
 
-from dulwich import client as dclient
-from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
 from dulwich.object_format import SHA1
 from dulwich.objects import Commit, ShaFile, Tag, Tree
 from dulwich.pack import Pack, PackData, write_pack_index_v2, write_pack_objects
@@ -33,14 +28,10 @@ from .errors import BuildError
 from .gittools import git_argv, git_env, git_failure, git_path, run_git
 from .log import get_logger
 from .progress import Progress
-from .redact import redact
 from .source import Source
-from .transport import client_for, is_stall
+from .transport import client_for, describe_failure
 
 log = get_logger("docteur.fetch")
-# OpenSSL's verify codes for a certificate valid, but for another host name or IP
-# address (the ssl module names none of them).
-_NAME_MISMATCH = (62, 64)
 
 
 @dataclass(frozen=True)
@@ -143,7 +134,7 @@ def fetch(source: Source, ref: str | None, workdir: str, timeout: float = DEFAUL
             except BuildError:
                 raise
             except Exception as e:  # dulwich, urllib3 and sockets all raise their own kinds
-                raise _fetch_error(e, source, timeout) from None
+                raise describe_failure(e, source, timeout) from None
         if not chosen:
             raise BuildError(f"{source.display}: the server sent no references")
         if received == 0:
@@ -365,85 +356,3 @@ def write_plain_pack(objects: list[ShaFile], out: str, commit: bytes) -> PackFil
     with open(out + ".idx", "wb") as f:
         write_pack_index_v2(f, sorted((k, off, crc) for k, (off, crc) in entries.items()), checksum)
     return PackFiles(out + ".pack", out + ".idx", commit, len(objects))
-
-
-def _certificate_error(e: ssl.SSLCertVerificationError, where: str) -> BuildError:
-    why = e.verify_message or e.reason or str(e)
-    if e.verify_code in _NAME_MISMATCH:
-        return BuildError(f"TLS certificate of {where} is for another host: {why}")
-    return BuildError(
-        f"untrusted TLS certificate from {where}: {why} "
-        "(trust its CA with GIT_SSL_CAINFO, http.sslCAInfo or SSL_CERT_FILE)"
-    )
-
-
-def _chain(e: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    stack: list[BaseException | None] = [e]
-    while stack:
-        cur = stack.pop()
-        if cur is None or any(cur is s for s in seen):
-            continue
-        seen.append(cur)
-        # urllib3 keeps the cause in `reason`; ssl's `reason` is a word, not an exception.
-        linked = [cur.__cause__, cur.__context__, getattr(cur, "reason", None), *getattr(cur, "args", ())]
-        stack += [x for x in linked if isinstance(x, BaseException)]
-    return seen
-
-
-def _fetch_error(e: Exception, source: Source, timeout: float) -> BuildError:
-    """One line saying what went wrong, for any transport's exception."""
-    where = source.display
-    chain = _chain(e)
-    for x in chain:
-        if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
-            return BuildError(f"disk full while fetching {where}: no room for the scratch copy")
-    for x in chain:
-        if is_stall(x):
-            return BuildError(f"timed out: nothing from {where} for {timeout:g} s (see --timeout)")
-        if isinstance(x, ssl.SSLCertVerificationError):
-            return _certificate_error(x, where)
-    text = " ".join(str(x) for x in chain)
-    for x in chain:
-        if isinstance(x, socket.gaierror) or type(x).__name__ == "NameResolutionError":
-            return BuildError(f"unknown host in {where}")
-        if isinstance(x, ConnectionRefusedError):
-            return BuildError(f"connection refused: {where}")
-    if "Name or service not known" in text or "nodename nor servname" in text:
-        return BuildError(f"unknown host in {where}")
-    if "Connection refused" in text:
-        return BuildError(f"connection refused: {where}")
-    for x in chain:
-        if isinstance(x, NotGitRepository):
-            return BuildError(f"not a git repository: {where}")
-        if isinstance(x, dclient.HTTPUnauthorized):
-            return BuildError(f"authentication failed: {where}")
-        if isinstance(x, HangupException | GitProtocolError):
-            lines = [
-                ln.decode("utf-8", "replace") if isinstance(ln, bytes) else str(ln)
-                for ln in getattr(x, "stderr_lines", None) or []
-            ]
-            detail = "; ".join(ln.strip() for ln in lines if ln.strip()) or str(x)
-            low = detail.lower()
-            if any(
-                s in low
-                for s in (
-                    "not a git repository",
-                    "not exported",
-                    "not found",
-                    "does not appear to be a git",
-                    "no such",
-                )
-            ):
-                return BuildError(f"not a git repository: {where} ({redact(detail)})")
-            return BuildError(f"{where}: {redact(detail)}")
-    for x in chain:
-        if isinstance(x, OSError) and x.errno in (errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH):
-            return BuildError(f"cannot reach {where}: {x.strerror}")
-    for x in chain:
-        if isinstance(x, FileNotFoundError) and x.filename:  # the ssh command itself
-            return BuildError(f"fetching {where} failed: cannot run {x.filename}: {x.strerror}")
-        if isinstance(x, OSError) and x.strerror:  # not "[Errno N] ..."
-            detail = f"{x.filename}: {x.strerror}" if x.filename else x.strerror
-            return BuildError(f"fetching {where} failed: {redact(detail)}")
-    return BuildError(f"fetching {where} failed: {redact(str(e)) or type(e).__name__}")
