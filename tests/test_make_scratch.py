@@ -57,9 +57,11 @@ def test_kill_9_leftovers_go_with_the_next_make(served: Path, tmp_path: Path) ->
     with run_git_daemon(served) as upstream:
         port = int(upstream.rsplit(":", 1)[1])
         with stalling_relay(port, PARTIAL) as r1, stalling_relay(port, PARTIAL) as r2:
-            doomed = start_cli("make", f"git://127.0.0.1:{r1.port}/project.git", out / "a.img",
+            # --timeout 600: held for as long as the test needs, however slow the machine.
+            held = ("make", "--timeout", "600")
+            doomed = start_cli(*held, f"git://127.0.0.1:{r1.port}/project.git", out / "a.img",
                                env=env, mark=marks["doomed"])  # fmt: skip
-            live = start_cli("make", f"git://127.0.0.1:{r2.port}/project.git", out / "b.img",
+            live = start_cli(*held, f"git://127.0.0.1:{r2.port}/project.git", out / "b.img",
                              env=env, mark=marks["live"])  # fmt: skip
             try:
                 # Both are mid-pack, their scratch directories part full.

@@ -92,7 +92,8 @@ def test_server_that_stops_mid_pack(scheme: str, served: Path, tmp_path: Path) -
         port = int(upstream.rsplit(":", 1)[1])
         with stalling_relay(port, budget=PARTIAL) as relay:
             url = f"{scheme}://127.0.0.1:{relay.port}/project.git"
-            run = run_cli("make", "--timeout", "2", url, tmp_path / "disk.img", env=_env(tmp_path))
+            # 3 s: the server may take a while to start answering on a loaded machine.
+            run = run_cli("make", "--timeout", "3", url, tmp_path / "disk.img", env=_env(tmp_path))
             assert relay.forwarded == PARTIAL  # the server had more to say
     _timed_out(run, url, tmp_path)
 
@@ -119,7 +120,7 @@ def test_ssh_that_stalls(remote: str, served: Path, tmp_path: Path) -> None:
     env = _env(tmp_path, GIT_SSH=str(ssh))
     env.pop("GIT_SSH_COMMAND", None)
     url = f"ssh://git@example.org{served / 'project.git'}"
-    run = run_cli("make", "--timeout", "2", url, tmp_path / "disk.img", env=env)
+    run = run_cli("make", "--timeout", "3", url, tmp_path / "disk.img", env=env)
     for p in ssh.parent.iterdir():  # the stand-in and its log are the test's own files
         p.unlink()
     ssh.parent.rmdir()
