@@ -104,9 +104,16 @@ class StallingRelay:
         self._lock = threading.Lock()
         self._socks: list[socket.socket] = []
         self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._start(self._accept)
+
+    def _start(self, target, *args: object) -> None:  # type: ignore[no-untyped-def]
+        t = threading.Thread(target=target, args=args, daemon=True)
+        with self._lock:
+            self._threads.append(t)
+        t.start()
 
     def _accept(self) -> None:
         while not self._stop.is_set():
@@ -118,13 +125,13 @@ class StallingRelay:
                 self.accepted += 1
                 self._socks.append(client)
             if self.upstream is None:
-                threading.Thread(target=self._swallow, args=(client,), daemon=True).start()
+                self._start(self._swallow, client)
                 continue
             server = socket.create_connection(("127.0.0.1", self.upstream))
             with self._lock:
                 self._socks.append(server)
-            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+            self._start(self._pipe, client, server, False)
+            self._start(self._pipe, server, client, True)
 
     @staticmethod
     def _swallow(sock: socket.socket) -> None:
@@ -146,12 +153,21 @@ class StallingRelay:
                 dst.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
+        """Wake every thread of the relay and wait for it: a thread left blocked on a
+        closed socket would read from whatever socket next gets its descriptor."""
         self._stop.set()
-        self.listener.close()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self._threads[0].join(10)  # the accepting thread: no new connection after it
         with self._lock:
-            for s in self._socks:
-                with contextlib.suppress(OSError):
-                    s.close()
+            socks, threads = list(self._socks), self._threads[1:]
+        for s in socks:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        for t in threads:
+            t.join(10)
+        for s in [self.listener, *socks]:
+            s.close()
 
 
 @contextlib.contextmanager
