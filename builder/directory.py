@@ -13,7 +13,6 @@ pack is written with dulwich (and a warning says so).
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import stat
@@ -22,6 +21,7 @@ from datetime import UTC, datetime
 
 from dulwich.object_store import DiskObjectStore
 
+from docteur.cli.errors import describe_os_error, is_disk_full
 from docteur.cli.log import get_logger
 from docteur.cli.progress import Progress
 from docteur.guest.objects import (
@@ -43,6 +43,7 @@ from docteur.guest.objects import (
 from .errors import BuildError
 from .fetch import PackFiles, pack_objects, write_plain_pack
 from .gittools import git_path
+from .scratch import is_scratch_name
 
 log = get_logger("docteur.directory")
 # Files above this size are hashed and stored in chunks instead of read whole.
@@ -73,8 +74,8 @@ def parse_date(text: str | None) -> int:
 
 def _scratch_error(exc: OSError, where: str) -> BuildError:
     """Writing the scratch copy failed: say so (not "cannot read" the user's file)."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return BuildError(f"disk full: no room for the scratch copy in {where} (set TMPDIR elsewhere)")
+    if is_disk_full(exc):
+        return BuildError(describe_os_error(exc, f"no room for the scratch copy in {where}"))
     return BuildError(f"cannot write the scratch copy in {where}: {exc.strerror or exc}")
 
 
@@ -162,7 +163,7 @@ def _display(path: bytes) -> str:
 
 
 def _read_tree(
-    store: LooseStore, top: bytes, rel: bytes, bar: Progress, skip: bytes | None = None
+    store: LooseStore, top: bytes, rel: bytes, bar: Progress, skip: frozenset[bytes] = frozenset()
 ) -> bytes | None:
     """Store the tree of `top/rel`; None when it holds nothing (git keeps no empty dirs)."""
     here = os.path.join(top, rel) if rel else top
@@ -179,9 +180,11 @@ def _read_tree(
             continue
         sub = rel + b"/" + name if rel else name
         path = os.path.join(here, name)
-        if skip is not None and name == os.path.basename(skip) and os.path.realpath(path) == skip:
-            # The image being written (or an older one) must not end up inside itself.
-            log.warning("skipping the image itself", path=_display(path))
+        if skip and any(name == os.path.basename(s) for s in skip) and os.path.realpath(path) in skip:
+            # The image being written (or an older one), and the scratch directory
+            # beside it, must not end up inside the image.
+            if not is_scratch_name(os.fsdecode(name)):
+                log.warning("skipping the image itself", path=_display(path))
             continue
         try:
             st = os.lstat(path)
@@ -217,9 +220,10 @@ def _read_tree(
     return store.add(TREE, Tree.from_entries(entries).as_raw(), rel)
 
 
-def directory_commit(store: LooseStore, top: str, timestamp: int, skip: str | None = None) -> bytes:
-    """Store every object of `top` (but `skip`) and its commit; return the commit's raw id."""
-    skip_b = os.fsencode(os.path.realpath(skip)) if skip else None
+def directory_commit(store: LooseStore, top: str, timestamp: int, skip: tuple[str, ...] = ()) -> bytes:
+    """Store every object of `top` (but the paths in `skip`) and its commit; return the
+    commit's raw id."""
+    skip_b = frozenset(os.fsencode(os.path.realpath(p)) for p in skip)
     with Progress("reading", unit="files") as bar:
         tree = _read_tree(store, os.fsencode(top), b"", bar, skip_b)
     if tree is None:
@@ -234,9 +238,11 @@ def snapshot_commit(tree: bytes, timestamp: int) -> Commit:
 
 
 def pack_directory(top: str, date: str | None, workdir: str, image: str | None = None) -> PackFiles:
+    """One commit of `top`, packed in `workdir`; `image` and `workdir` are left out of it
+    (both may lie inside `top`)."""
     timestamp = parse_date(date)
     store = LooseStore(os.path.join(workdir, "dir.git"))
-    commit = directory_commit(store, top, timestamp, image)
+    commit = directory_commit(store, top, timestamp, (workdir,) if image is None else (image, workdir))
     # Commit first, then trees and blobs: the order git itself writes them in.
     order = [store.order[-1], *store.order[:-1]]
     out = os.path.join(workdir, "dir")

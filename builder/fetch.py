@@ -10,29 +10,27 @@ which reuses the server's deltas, so it costs little.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import shutil
-import socket
 import subprocess
 import threading
 from dataclasses import dataclass
 
-from dulwich import client as dclient
-from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
 from dulwich.object_format import SHA1
 from dulwich.objects import Commit, ShaFile, Tag, Tree
 from dulwich.pack import Pack, PackData, write_pack_index_v2, write_pack_objects
 
+from docteur.cli.errors import DISK_FULL_LINE
 from docteur.cli.log import get_logger
 from docteur.cli.progress import Progress
-from docteur.cli.redact import redact
 from docteur.guest.objects import MODE_GITLINK, MODE_TREE
 
+from .defaults import DEFAULT_TIMEOUT
 from .errors import BuildError
 from .gittools import git_argv, git_env, git_failure, git_path, run_git
 from .source import Source
+from .transport import client_for, describe_failure
 
 log = get_logger("docteur.fetch")
 
@@ -62,42 +60,52 @@ class _NoHaves:
         pass
 
 
-def _client(source: Source) -> tuple[dclient.GitClient, str]:
-    if source.kind == "local-git":
-        if git_path():
-            # git-upload-pack does what a server would (depth, deltas reused), in C.
-            return dclient.SubprocessGitClient(thin_packs=False), source.location
-        return dclient.LocalGitClient(thin_packs=False), source.location
-    ssh = os.environ.get("GIT_SSH_COMMAND") or os.environ.get("GIT_SSH") or None
-    try:
-        return dclient.get_transport_and_path(source.location, thin_packs=False, ssh_command=ssh, quiet=True)
-    except ValueError as e:
-        raise BuildError(f"bad URL {source.display!r}: {redact(str(e))}") from None
-
-
 def resolve_ref(refs: dict[bytes, bytes], ref: str | None, display: str) -> tuple[bytes, bytes]:
     """(ref name, object id) for `-b REF`, or the source's HEAD."""
     if ref is None:
         if b"HEAD" in refs:
             return b"HEAD", refs[b"HEAD"]
-        raise BuildError(f"{display} has no HEAD (an empty repository?); name a ref with -b")
+        if not refs:
+            raise BuildError(f"{display} has no HEAD and no refs (an empty repository?)")
+        raise BuildError(f"{display} has no HEAD; name a ref with -b ({_ref_choices(refs)})")
     name = ref.encode()
     candidates = [name] if name.startswith(b"refs/") else [b"refs/heads/" + name, b"refs/tags/" + name, name]
     for cand in candidates:
         if cand in refs:
             return cand, refs[cand]
-    branches = sorted(
-        r.removeprefix(b"refs/heads/").decode("utf-8", "replace")
-        for r in refs
-        if r.startswith(b"refs/heads/")
-    )
-    hint = f" (branches: {', '.join(branches[:8])}{', …' if len(branches) > 8 else ''})"
-    raise BuildError(f"no ref {ref!r} in {display}{hint if branches else ''}")
+    choices = _ref_choices(refs)
+    raise BuildError(f"no ref {ref!r} in {display}{f' ({choices})' if choices else ''}")
 
 
-def fetch(source: Source, ref: str | None, workdir: str) -> PackFiles:
-    """Fetch into `workdir`; return the finished PACK and IDX."""
-    gc, path = _client(source)
+_SHOWN_REFS = 8  # per kind, in an error line
+
+
+def _ref_choices(refs: dict[bytes, bytes]) -> str:
+    """`branches: a, b; tags: v2, v1` for a user to pick a -b from: branches by name,
+    tags newest version first (v1.10 before v1.9), a few of each."""
+
+    def names(prefix: bytes) -> list[str]:
+        return [r[len(prefix) :].decode("utf-8", "replace") for r in refs if r.startswith(prefix)]
+
+    def version(name: str) -> tuple[str | int, ...]:
+        return tuple(int(p) if i % 2 else p for i, p in enumerate(re.split(r"(\d+)", name)))
+
+    parts = []
+    for kind, listed in (
+        ("branches", sorted(names(b"refs/heads/"))),
+        ("tags", sorted(names(b"refs/tags/"), key=version, reverse=True)),
+    ):
+        if listed:
+            more = len(listed) - _SHOWN_REFS
+            tail = f", … ({more} more)" if more > 0 else ""
+            parts.append(f"{kind}: {', '.join(listed[:_SHOWN_REFS])}{tail}")
+    return "; ".join(parts)
+
+
+def fetch(source: Source, ref: str | None, workdir: str, timeout: float = DEFAULT_TIMEOUT) -> PackFiles:
+    """Fetch into `workdir`; return the finished PACK and IDX. A server silent for
+    `timeout` seconds ends it."""
+    gc, path = client_for(source, timeout)
     chosen: list[tuple[bytes, bytes]] = []
 
     def determine_wants(refs: dict[bytes, bytes], depth: int | None = None) -> list[bytes]:
@@ -127,7 +135,7 @@ def fetch(source: Source, ref: str | None, workdir: str) -> PackFiles:
             except BuildError:
                 raise
             except Exception as e:  # dulwich, urllib3 and sockets all raise their own kinds
-                raise _fetch_error(e, source) from None
+                raise describe_failure(e, source, timeout) from None
         if not chosen:
             raise BuildError(f"{source.display}: the server sent no references")
         if received == 0:
@@ -202,7 +210,7 @@ class _IndexPackSink(_Sink):
     def __init__(self, workdir: str, base: str) -> None:
         repo = os.path.join(workdir, "index.git")  # index-pack --stdin wants a repository
         run_git(["init", "-q", "--bare", repo], what="git init")
-        # Its stderr is drained into memory: a file in TMPDIR could not even hold
+        # Its stderr is drained into memory: a file on a full disk could not even hold
         # the "No space left on device" of a full disk.
         self.err = bytearray()
         self.proc = subprocess.Popen(
@@ -231,7 +239,7 @@ class _IndexPackSink(_Sink):
             self.drain.join(5)
             err = bytes(self.err)
             failure = git_failure("git index-pack", err, self.proc.returncode)
-            if failure.args[0].startswith("disk full"):
+            if failure.args[0].startswith(DISK_FULL_LINE):
                 raise failure
             lines = err.decode("utf-8", "replace").strip().splitlines()
             raise BuildError(f"the fetched pack is broken: {lines[-1] if lines else 'index-pack failed'}")
@@ -349,69 +357,3 @@ def write_plain_pack(objects: list[ShaFile], out: str, commit: bytes) -> PackFil
     with open(out + ".idx", "wb") as f:
         write_pack_index_v2(f, sorted((k, off, crc) for k, (off, crc) in entries.items()), checksum)
     return PackFiles(out + ".pack", out + ".idx", commit, len(objects))
-
-
-def _chain(e: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    stack: list[BaseException | None] = [e]
-    while stack:
-        cur = stack.pop()
-        if cur is None or any(cur is s for s in seen):
-            continue
-        seen.append(cur)
-        stack += [cur.__cause__, cur.__context__, getattr(cur, "reason", None)]
-        stack += [a for a in getattr(cur, "args", ()) if isinstance(a, BaseException)]
-    return seen
-
-
-def _fetch_error(e: Exception, source: Source) -> BuildError:
-    """One line saying what went wrong, for any transport's exception."""
-    where = source.display
-    chain = _chain(e)
-    for x in chain:
-        if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
-            return BuildError(f"disk full while fetching {where}: no room for the scratch copy (TMPDIR)")
-    text = " ".join(str(x) for x in chain)
-    for x in chain:
-        if isinstance(x, socket.gaierror) or type(x).__name__ == "NameResolutionError":
-            return BuildError(f"unknown host in {where}")
-        if isinstance(x, ConnectionRefusedError):
-            return BuildError(f"connection refused: {where}")
-    if "Name or service not known" in text or "nodename nor servname" in text:
-        return BuildError(f"unknown host in {where}")
-    if "Connection refused" in text:
-        return BuildError(f"connection refused: {where}")
-    for x in chain:
-        if isinstance(x, NotGitRepository):
-            return BuildError(f"not a git repository: {where}")
-        if isinstance(x, dclient.HTTPUnauthorized):
-            return BuildError(f"authentication failed: {where}")
-        if isinstance(x, HangupException | GitProtocolError):
-            lines = [
-                ln.decode("utf-8", "replace") if isinstance(ln, bytes) else str(ln)
-                for ln in getattr(x, "stderr_lines", None) or []
-            ]
-            detail = "; ".join(ln.strip() for ln in lines if ln.strip()) or str(x)
-            low = detail.lower()
-            if any(
-                s in low
-                for s in (
-                    "not a git repository",
-                    "not exported",
-                    "not found",
-                    "does not appear to be a git",
-                    "no such",
-                )
-            ):
-                return BuildError(f"not a git repository: {where} ({redact(detail)})")
-            return BuildError(f"{where}: {redact(detail)}")
-    for x in chain:
-        if isinstance(x, OSError) and x.errno in (errno.ETIMEDOUT, errno.EHOSTUNREACH, errno.ENETUNREACH):
-            return BuildError(f"cannot reach {where}: {x.strerror}")
-    for x in chain:
-        if isinstance(x, FileNotFoundError) and x.filename:  # the ssh command itself
-            return BuildError(f"fetching {where} failed: cannot run {x.filename}: {x.strerror}")
-        if isinstance(x, OSError) and x.strerror:  # not "[Errno N] ..."
-            detail = f"{x.filename}: {x.strerror}" if x.filename else x.strerror
-            return BuildError(f"fetching {where} failed: {redact(detail)}")
-    return BuildError(f"fetching {where} failed: {redact(str(e)) or type(e).__name__}")

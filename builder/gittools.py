@@ -9,6 +9,8 @@ import subprocess
 import threading
 from collections.abc import Callable, Sequence
 
+from docteur.cli.errors import DISK_FULL_LINE
+
 from .errors import BuildError
 
 # Settings that would make our output depend on the user's configuration.
@@ -71,7 +73,7 @@ def git_failure(what: str, stderr: bytes, status: int) -> BuildError:
     err = stderr.decode("utf-8", "replace").strip().splitlines()
     last = err[-1] if err else f"exit {status}"
     if any("No space left on device" in line or "Disk quota exceeded" in line for line in err):
-        return BuildError(f"disk full: {what} failed: {last}")
+        return BuildError(f"{DISK_FULL_LINE}: {what} failed: {last}")
     return BuildError(f"{what} failed: {last}")
 
 

@@ -1,25 +1,28 @@
 """`docteur make`: a source in, a docteur image out, atomically.
 
-The image is written to a hidden temporary file beside IMAGE, synced and
-renamed over IMAGE at the very end: a failure or Ctrl-C leaves no image,
-no temporary file, and an existing IMAGE as it was.
+Everything is written in a scratch directory beside IMAGE (scratch.py), the
+image last, synced and renamed over IMAGE at the very end: a failure or
+Ctrl-C leaves no image, no temporary file, and an existing IMAGE as it was;
+the next make removes what a kill -9 leaves.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
+import math
 import os
-import tempfile
 from dataclasses import dataclass
 
+from docteur.cli.errors import describe_os_error, is_disk_full
 from docteur.cli.log import get_logger
 from docteur.cli.progress import Progress
 from docteur.guest.layout import DEFAULT_BLOCK_SIZE, write_image
 
+from .defaults import DEFAULT_TIMEOUT
 from .directory import pack_directory
 from .errors import BuildError
 from .fetch import PackFiles, fetch
+from .scratch import scratch_dir
 from .source import parse_source
 
 log = get_logger("docteur.make")
@@ -41,26 +44,34 @@ def make(
     ref: str | None = None,
     date: str | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> Summary:
     if block_size <= 0:
         raise BuildError(f"bad block size {block_size}: give a positive size (512, 4096, ...)")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise BuildError(f"bad timeout {timeout:g}: give a positive number of seconds")
     _check_destination(image)
     src = parse_source(source)
     if src.kind == "directory" and ref is not None:
         log.warning("-b is ignored for a plain directory", ref=ref)
     if src.is_git and date is not None:
         log.warning("-d only applies to a plain directory; ignored", date=date)
-    with tempfile.TemporaryDirectory(prefix="docteur-") as work:
+    with contextlib.ExitStack() as stack:
+        try:
+            work = stack.enter_context(scratch_dir(image))
+        except OSError as e:
+            raise _write_error(e, os.path.abspath(image)) from None
         try:
             if src.is_git:
-                files = fetch(src, ref, work)
+                files = fetch(src, ref, work, timeout)
             else:
                 files = pack_directory(src.location, date, work, image=image)
         except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise BuildError(f"disk full: no room for the scratch copy in {work} (TMPDIR)") from None
+            if is_disk_full(e):
+                where = os.path.dirname(work)
+                raise BuildError(describe_os_error(e, f"no room for the scratch copy in {where}")) from None
             raise
-        size = write_atomically(image, files, block_size)
+        size = write_atomically(image, files, block_size, work)
     log.info("image written", image=image, commit=files.commit.hex(), objects=files.objects, size=size)
     return Summary(image, files.commit, files.objects, size, src.display)
 
@@ -75,13 +86,17 @@ def _check_destination(image: str) -> None:
         raise BuildError(f"{image}: cannot write in {parent}: permission denied")
 
 
-def write_atomically(image: str, files: PackFiles, block_size: int) -> int:
+def write_atomically(image: str, files: PackFiles, block_size: int, workdir: str) -> int:
+    """Write the image in `workdir` (beside IMAGE, so on its filesystem), sync it and
+    rename it over IMAGE."""
     image = os.path.abspath(image)
-    parent, name = os.path.split(image)
+    parent = os.path.dirname(image)
     with open(files.idx, "rb") as f:
         idx = f.read()
+    tmp = os.path.join(workdir, "image")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+        # 0666 less the umask: what a plain open() gives a new IMAGE.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     except OSError as e:
         raise _write_error(e, image) from None
     try:
@@ -93,9 +108,6 @@ def write_atomically(image: str, files: PackFiles, block_size: int) -> int:
                 )
             out.flush()
             os.fsync(out.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # what a plain open() would give, not mkstemp's 0600
         os.replace(tmp, image)
     except BaseException as e:
         with contextlib.suppress(OSError):
@@ -115,6 +127,6 @@ def write_atomically(image: str, files: PackFiles, block_size: int) -> int:
 def _write_error(e: OSError, image: str) -> BuildError:
     """Writing the image failed: the line names IMAGE, never the temporary file
     (the user never asked for that one)."""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return BuildError(f"disk full while writing {image}")
+    if is_disk_full(e):
+        return BuildError(describe_os_error(e, f"writing {image}"))
     return BuildError(f"cannot write {image}: {e.strerror or e}")

@@ -23,6 +23,7 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as a shell reports Ctrl-C
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # 141
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)  # cleaned up like Ctrl-C (see Terminated)
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+DISK_FULL_LINE = "disk full"  # how every line about ENOSPC/EDQUOT starts
 # Whose errors are a user's problem (a network, a server, a path), not a bug of ours.
 _FOREIGN_MODULES = ("dulwich", "urllib3", "docteur.vm.client")
 
@@ -62,7 +63,7 @@ def describe_os_error(exc: OSError, what: str | None = None) -> str:
     that says so), otherwise "WHAT: reason"; WHAT defaults to the error's file name."""
     what = what or (str(exc.filename) if exc.filename else None)
     if exc.errno in DISK_FULL:
-        return f"disk full: {what}" if what else "disk full"
+        return f"{DISK_FULL_LINE}: {what}" if what else DISK_FULL_LINE
     reason = exc.strerror or str(exc)
     return f"{what}: {reason}" if what else reason
 

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from docteur.builder.defaults import DEFAULT_TIMEOUT
 from docteur.guest.defaults import DEFAULT_VERIFY, VERIFY_MODES
 from docteur.guest.layout import DEFAULT_BLOCK_SIZE
 from docteur.guest.protocol import DEFAULT_DISK
@@ -21,8 +22,6 @@ from . import log
 from .errors import EXIT_USAGE
 
 PROG = "docteur"
-# A fetch that receives no byte for this long fails (docteur.builder.fetch's stall timeout).
-MAKE_TIMEOUT = 60.0
 QUERY_TIMEOUT = 30.0  # seconds to connect and for each answer
 
 Command = Callable[[argparse.Namespace], int]
@@ -96,9 +95,9 @@ def make_args(p: argparse.ArgumentParser, func: Command) -> None:
     p.add_argument(
         "--timeout",
         type=seconds,
-        default=MAKE_TIMEOUT,
+        default=DEFAULT_TIMEOUT,
         metavar="SECONDS",
-        help=f"give up on a source that sends nothing for this long (default: {MAKE_TIMEOUT:g})",
+        help=f"give up on a source that sends nothing for this long (default: {DEFAULT_TIMEOUT:g})",
     )
     p.add_argument(
         "source",

@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -132,6 +133,15 @@ def make_repo(path: Path, *, bare: bool = False, history: int = 3) -> Path:
         git("clone", "-q", "--bare", work, path)
         return path
     return work
+
+
+def without_head(bare: Path, *, keep_branches: tuple[str, ...] = ()) -> Path:
+    """Delete the branches of a bare repository (but `keep_branches`): HEAD points at
+    nothing, the tags remain. Many mirrors of releases look like this."""
+    for line in git("for-each-ref", "--format=%(refname)", "refs/heads/", cwd=bare).decode().split():
+        if line.removeprefix("refs/heads/") not in keep_branches:
+            git("update-ref", "-d", line, cwd=bare)
+    return bare
 
 
 # -- checks against git -------------------------------------------------------
@@ -324,16 +334,36 @@ class _GitHTTPHandler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
 
+class _QuietHTTPServer(ThreadingHTTPServer):
+    """Handshakes a client rejects (an untrusted certificate) are part of the tests, not noise."""
+
+    tls: ssl.SSLContext | None = None
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        sock, addr = super().get_request()
+        if self.tls is not None:
+            # The handshake happens in the handler's thread, on its first read: a client
+            # that stalls or hangs up mid-handshake holds up nobody else.
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass
+
+
 @contextlib.contextmanager
-def run_http_git(base: Path, credentials: tuple[str, str] | None = None) -> Iterator[str]:
-    """Smart HTTP on loopback for the repositories under `base`; yields http://127.0.0.1:PORT"""
+def run_http_git(base: Path, credentials: tuple[str, str] | None = None,
+                 tls: ssl.SSLContext | None = None) -> Iterator[str]:
+    """Smart HTTP on loopback for the repositories under `base`; yields http://127.0.0.1:PORT
+    (https:// with `tls`, a server-side context)."""
     handler = type("Handler", (_GitHTTPHandler,), {"root": str(base),
                                                    "credentials": credentials})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _QuietHTTPServer(("127.0.0.1", 0), handler)
+    server.tls = tls
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()

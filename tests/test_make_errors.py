@@ -98,6 +98,34 @@ def test_empty_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "HEAD" in line or "empty" in line
 
 
+def test_tags_only_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """No HEAD, only tags: the line says so and lists them (and any branch) for -b."""
+    from tests.gitfixtures import check_image, rev, without_head
+
+    tags = without_head(make_repo(tmp_path / "tags.git", bare=True))
+    line = fails(capsys, "make", f"file://{tags}", tmp_path / "x.img")
+    assert f"{tags} has no HEAD" in line and "empty" not in line, line
+    assert "tags: v1, light" in line and "branches" not in line, line
+    assert not (tmp_path / "x.img").exists()
+    assert docteur(capsys, "make", "-b", "light", f"file://{tags}", tmp_path / "x.img")[0] == 0
+    check_image(tmp_path / "x.img", tags, rev(tags, "light"), tmp_path)
+    mixed = without_head(make_repo(tmp_path / "mixed.git", bare=True), keep_branches=("feature",))
+    line = fails(capsys, "make", mixed, tmp_path / "y.img")
+    assert "has no HEAD" in line and "branches: feature" in line and "tags: v1, light" in line, line
+
+
+def test_ref_lists_are_cut_short(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Hundreds of release tags: the newest few (in version order) and how many more."""
+    from tests.gitfixtures import git, without_head
+
+    repo = make_repo(tmp_path / "many.git", bare=True, history=1)
+    git("update-ref", "--stdin", cwd=repo,
+        input="".join(f"create refs/tags/v1.{i} HEAD\n" for i in range(1, 31)).encode())  # fmt: skip
+    line = fails(capsys, "make", without_head(repo), tmp_path / "x.img")
+    # v1 and v1.1 … v1.30: 31 tags.
+    assert "tags: v1.30, v1.29, v1.28, v1.27, v1.26, v1.25, v1.24, v1.23, … (23 more)" in line, line
+
+
 def test_bad_date_and_block_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     populate(tmp_path / "t")
     assert "bad date" in fails(capsys, "make", "-d", "yesterday", tmp_path / "t",

@@ -18,6 +18,7 @@ from tests.gitfixtures import (
     one_error_line,
     rev,
     run_http_git,
+    without_head,
 )
 
 pytestmark = needs_git
@@ -54,6 +55,19 @@ def test_git_daemon_errors(git_daemon: tuple[Path, str], tmp_path: Path,
     _base, url = git_daemon
     assert "not a git repository" in fails(capsys, "make", f"{url}/nothing-here.git", tmp_path / "x.img")
     assert not list(tmp_path.iterdir())
+
+
+def test_tags_only_over_git_daemon(bare: Path, git_daemon: tuple[Path, str], tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    base, url = git_daemon
+    _serve(bare, base)
+    without_head(base / "project.git")
+    line = fails(capsys, "make", f"{url}/project.git", tmp_path / "x.img")
+    assert f"{url}/project.git has no HEAD" in line and "tags: v1, light" in line, line
+    assert not list(tmp_path.iterdir())
+    rc, _, err = docteur(capsys, "make", "-b", "v1", f"{url}/project.git", tmp_path / "x.img")
+    assert rc == 0, err
+    check_image(tmp_path / "x.img", bare, rev(bare, "v1^{commit}"), tmp_path)
 
 
 def test_smart_http(bare: Path, http_git: tuple[Path, str], tmp_path: Path,

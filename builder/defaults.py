@@ -1,0 +1,4 @@
+"""Defaults of `docteur make` that the command line shows, in a module cheap to import
+(the CLI must not pay for dulwich and urllib3 just to print its help)."""
+
+DEFAULT_TIMEOUT = 60.0  # seconds without a byte from the server before a fetch gives up
