@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from docteur.builder.scratch import OWNER_LOCK, is_scratch_name, scratch_dir, sweep
+from docteur.builder.scratch import is_scratch_name, scratch_dir, sweep
+from docteur.cli.owned import OWNER_LOCK
 from tests.gitfixtures import git, make_repo, needs_git, run_git_daemon
 from tests.netfixtures import kill_all, marked_processes, run_cli, stalling_relay, start_cli
 

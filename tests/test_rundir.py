@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from docteur.cli.owned import OWNER_LOCK
 from docteur.vm.runtime import rundir
 
 CHILD = """
@@ -30,7 +31,7 @@ def test_stale_rundirs_of_dead_owners_are_removed(tmp_path: Path) -> None:
     alive, alive_dir = _owner(tmp_path)
     dead, dead_dir = _owner(tmp_path)
     try:
-        assert (dead_dir / rundir.OWNER_LOCK).read_text().strip() == str(dead.pid)
+        assert (dead_dir / OWNER_LOCK).read_text().strip() == str(dead.pid)
         dead.kill()  # kill -9: nothing of ours runs to clean up
         dead.wait(5)
         # No lock at all (an older docteur's, or being created): only when old and unused.
