@@ -33,8 +33,7 @@ from docteur.guest.objects import MODE_EXEC, MODE_FILE, MODE_GITLINK, MODE_LINK,
 from docteur.guest.objects import object_id as git_object_id
 from docteur.guest.paths import split_path
 from docteur.guest.treeedit import EMPTY_TREE, PUT_MODES, TreeEditor
-
-from .gitfixtures import git, git_env, needs_git
+from tests.support.git import git, git_env, needs_git
 
 pytestmark = needs_git
 
