@@ -1,12 +1,15 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures shared by several test modules (the helpers they use are in tests/support/)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.runtime_images import generated_image
+from tests.support.images import generated_image
+from tests.support.repos import history_repo as make_history_repo
+from tests.support.servers import run_git_daemon, run_http_git, ssh_standin
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -29,3 +32,38 @@ def runtime_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def gen(runtime_base: Path) -> tuple[Path, Path]:
     """(bare repository, image) of the generated repository with thousands of files."""
     return generated_image(runtime_base)
+
+
+@pytest.fixture(scope="session")
+def history_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository whose files change over many commits, so its pack has delta chains."""
+    return make_history_repo(tmp_path_factory.mktemp("history"))
+
+
+# -- git servers on loopback -----------------------------------------------------------------
+
+
+@pytest.fixture
+def git_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """(base directory, git:// URL): put bare repositories under base."""
+    base = tmp_path_factory.mktemp("daemon")
+    with run_git_daemon(base) as url:
+        yield base, url
+
+
+@pytest.fixture
+def http_git(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """(base directory, http:// URL): smart HTTP for the bare repositories under base."""
+    base = tmp_path_factory.mktemp("http")
+    with run_http_git(base) as url:
+        yield base, url
+
+
+@pytest.fixture
+def ssh_git(tmp_path_factory: pytest.TempPathFactory,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The ssh stand-in script, with GIT_SSH pointing at it (GIT_SSH_COMMAND unset)."""
+    script = ssh_standin(tmp_path_factory.mktemp("ssh"))
+    monkeypatch.delenv("GIT_SSH_COMMAND", raising=False)
+    monkeypatch.setenv("GIT_SSH", str(script))
+    yield script

@@ -8,8 +8,8 @@ import os
 import subprocess
 
 from docteur.cli.errors import describe_os_error
-from tests.runtime_images import serving
-from tests.vm_helpers import DOCTEUR
+from tests.support.cli import DOCTEUR
+from tests.support.servers import serving
 
 
 def _into_a_closed_pipe(*args: str) -> subprocess.CompletedProcess[bytes]:

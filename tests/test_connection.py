@@ -16,8 +16,8 @@ from docteur.guest.boot import boot
 from docteur.guest.protocol import ClientCodec, Data, End, Error, Hello, Request
 from docteur.guest.service import Service
 from docteur.guest.values import Answer, Body
-from tests.conn_pair import Pair
-from tests.runtime_images import cat_blobs, ls_tree
+from tests.support.git import cat_blobs, ls_tree
+from tests.support.protocol import Pair
 
 BIG = 6 << 20
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import io
-import os
 import random
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,66 +10,28 @@ import pytest
 from docteur.guest.errors import DocteurError, ImageError, IntegrityError, NotFound
 from docteur.guest.idx import Index, build_idx, idx_size
 from docteur.guest.image import Image
-from docteur.guest.layout import read_layout, write_image
+from docteur.guest.layout import read_layout
 from docteur.guest.objects import Commit, Tree, object_id
 from docteur.guest.verify import verify_full, verify_pack
-
-
-def git(*args: str, cwd: Path, input: bytes | None = None) -> bytes:
-    env = dict(os.environ, GIT_AUTHOR_DATE="2020-01-01T00:00:00Z", GIT_COMMITTER_DATE="2020-01-01T00:00:00Z")
-    return subprocess.run(
-        ["git", *args], cwd=cwd, input=input, capture_output=True, check=True, env=env
-    ).stdout
-
-
-@pytest.fixture(scope="module")
-def history_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A repository whose files change over many commits, so its pack has delta chains."""
-    repo = tmp_path_factory.mktemp("history")
-    git("init", "-q", "-b", "main", cwd=repo)
-    git("config", "user.name", "Tester", cwd=repo)
-    git("config", "user.email", "t@example.com", cwd=repo)
-    rng = random.Random(7)
-    words = [f"word{i}" for i in range(500)]
-    (repo / "big.bin").write_bytes(rng.randbytes(300_000))
-    for rev in range(40):
-        for n in range(8):
-            path = repo / f"dir{n % 3}" / f"file{n}.txt"
-            path.parent.mkdir(exist_ok=True)
-            lines = [" ".join(rng.choices(words, k=12)) for _ in range(200 + rev)]
-            path.write_text("\n".join(lines) + "\n")
-        git("add", "-A", cwd=repo)
-        git("commit", "-q", "-m", f"revision {rev}\n\nbody {rev}", cwd=repo)
-    git("repack", "-adq", "--depth=50", "--window=50", cwd=repo)
-    return repo
-
-
-def make_image(repo: Path, dest: Path, rev: str = "HEAD", all_history: bool = True) -> Path:
-    """An image holding every object reachable from `rev` (history included)."""
-    head = git("rev-parse", rev, cwd=repo).strip().decode()
-    objs = git("rev-list", "--objects", rev if all_history else f"{rev}^!", cwd=repo)
-    names = b"".join(line.split(b" ")[0] + b"\n" for line in objs.splitlines())
-    pack = git("pack-objects", "--stdout", cwd=repo, input=names)
-    (dest.parent / "x.pack").write_bytes(pack)
-    git("index-pack", "-o", str(dest.parent / "x.idx"), str(dest.parent / "x.pack"), cwd=repo)
-    with dest.open("wb") as out:
-        write_image(out, bytes.fromhex(head), io.BytesIO(pack), (dest.parent / "x.idx").read_bytes())
-    return dest
+from tests.support.corrupt import corrupt
+from tests.support.git import git
+from tests.support.images import packed_image
 
 
 @pytest.fixture
 def image_path(history_repo: Path, tmp_path: Path) -> Path:
-    return make_image(history_repo, tmp_path / "disk.img")
+    """Every object of the history, git's PACK and IDX kept beside (disk.pack, disk.idx)."""
+    return packed_image(history_repo, tmp_path / "disk.img", history=True, ref_deltas=True, keep=True)
 
 
-def test_layout_follows_the_original(image_path: Path, tmp_path: Path) -> None:
+def test_layout_follows_the_original(image_path: Path) -> None:
     data = image_path.read_bytes()
     idx_offset = int.from_bytes(data[20:28], "little")
-    pack = (tmp_path / "x.pack").read_bytes()
+    pack = image_path.with_suffix(".pack").read_bytes()
     assert data[28 : 28 + len(pack)] == pack
     assert idx_offset % 512 == 0 and 0 < idx_offset - (28 + len(pack)) <= 512
     assert not data[28 + len(pack) : idx_offset].strip(b"\0")
-    idx = (tmp_path / "x.idx").read_bytes()
+    idx = image_path.with_suffix(".idx").read_bytes()
     assert data[idx_offset : idx_offset + len(idx)] == idx
     assert len(data) % 512 == 0 and 0 < len(data) - idx_offset - len(idx) <= 512
     with image_path.open("rb") as f:
@@ -80,14 +39,14 @@ def test_layout_follows_the_original(image_path: Path, tmp_path: Path) -> None:
     assert layout.pack_end == 28 + len(pack)
 
 
-def test_build_idx_is_byte_identical_to_git(image_path: Path, tmp_path: Path) -> None:
-    idx = Index((tmp_path / "x.idx").read_bytes())
+def test_build_idx_is_byte_identical_to_git(image_path: Path) -> None:
+    idx = Index(image_path.with_suffix(".idx").read_bytes())
     assert build_idx(list(idx.entries()), idx.pack_checksum) == idx.data
 
 
-def test_idx_size_is_the_length_git_writes(image_path: Path, tmp_path: Path) -> None:
+def test_idx_size_is_the_length_git_writes(image_path: Path) -> None:
     """The one IDX size formula, against git's IDX and against 64-bit offsets."""
-    data = (tmp_path / "x.idx").read_bytes()
+    data = image_path.with_suffix(".idx").read_bytes()
     assert idx_size(Index(data).count) == len(data)
     entries = [(bytes([i]) * 20, i, off) for i, off in enumerate((12, 1 << 31, 1 << 33, 99))]
     big = build_idx(entries, b"\0" * 20)
@@ -169,16 +128,14 @@ def test_corruption_anywhere_is_detected_by_full_verify(image_path: Path) -> Non
 
 
 def test_pack_verification_catches_pack_bytes(image_path: Path) -> None:
-    data = bytearray(image_path.read_bytes())
-    data[200] ^= 1
-    image_path.write_bytes(data)
+    corrupt(image_path, 200, mask=1)
     with Image.open(str(image_path)) as img, pytest.raises(IntegrityError, match="PACK checksum"):
         verify_pack(img)
 
 
 def test_reads_check_each_object_without_boot_verification(history_repo: Path, tmp_path: Path) -> None:
     """With no boot check at all, a damaged object is an error, never wrong bytes."""
-    image_path = make_image(history_repo, tmp_path / "disk.img", all_history=False)
+    image_path = packed_image(history_repo, tmp_path / "disk.img", ref_deltas=True)
     data = image_path.read_bytes()
     oids = [
         line.split()[2].decode()

@@ -1,7 +1,7 @@
 """Crash-state enumeration: every way a batch can be cut short recovers to the old or the new commit.
 
 Each batch runs through a RecordingDevice on a real image file; every crash state
-of its writes (tests/crashstates.py) is rebuilt on a copy of the image and opened.
+of its writes (tests/support/crash.py) is rebuilt on a copy of the image and opened.
 Git, reading the image's own PACK/IDX files, is the oracle of what each commit holds.
 """
 
@@ -14,21 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from docteur.builder.make import make
 from docteur.guest.capacity import prepare
 from docteur.guest.device import FileDevice
 from docteur.guest.generations import Store
-from tests.crashstates import (
-    Batch,
-    Files,
-    RecordingDevice,
-    as_files,
-    check_crash_states,
-    export_packs,
-    git_files,
-    write_tree,
-)
-from tests.gitfixtures import needs_git
+from tests.support.crash import Batch, Files, RecordingDevice, as_files, check_crash_states
+from tests.support.git import needs_git
+from tests.support.oracle import export_packs, git_files
+from tests.support.store import plain_image, write_tree
 
 pytestmark = needs_git
 
@@ -71,14 +63,8 @@ BATCHES: list[tuple[str, Callable[[Files], Files] | None]] = [
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Files]:
-    root = tmp_path_factory.mktemp("crash")
-    src = root / "src"
-    (src / "sub").mkdir(parents=True)
-    (src / "readme.txt").write_bytes(b"first generation\n")
-    (src / "sub" / "old.txt").write_bytes(b"replaced by many files\n")
-    image = root / "base.img"
-    make(f"file://{src}", str(image), date="2024-01-01T00:00:00Z")
-    return image, {"readme.txt": b"first generation\n", "sub/old.txt": b"replaced by many files\n"}
+    files = {"readme.txt": b"first generation\n", "sub/old.txt": b"replaced by many files\n"}
+    return plain_image(tmp_path_factory.mktemp("crash"), files), files
 
 
 def test_every_crash_state_recovers_old_or_new(base: tuple[Path, Files], tmp_path: Path) -> None:

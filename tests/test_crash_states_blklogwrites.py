@@ -16,9 +16,9 @@ import pytest
 
 from docteur.guest.device import FileDevice
 from docteur.guest.generations import Store
-from tests.crashstates import Batch, RecordingDevice, check_crash_states, read_log_writes, write_tree
-from tests.genstore import AUTHOR, FIRST_FILES, commit_files, writable_image
-from tests.gitfixtures import needs_git
+from tests.support.crash import Batch, RecordingDevice, check_crash_states, read_log_writes
+from tests.support.git import needs_git
+from tests.support.store import AUTHOR, FIRST_FILES, commit_files, writable_image, write_tree
 
 QEMU = shutil.which("qemu-system-x86_64")
 pytestmark = [needs_git, pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed")]

@@ -20,8 +20,9 @@ from docteur.guest.errors import IntegrityError
 from docteur.guest.image import Image
 from docteur.guest.pack import PackReader
 from docteur.guest.verify import verify_pack
-
-from .test_core import git, history_repo, make_image  # noqa: F401 - history_repo is a fixture
+from tests.support.corrupt import corrupt
+from tests.support.git import git
+from tests.support.images import packed_image
 
 
 @pytest.fixture
@@ -48,14 +49,14 @@ def direct(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[int]:
     return opened
 
 
-def _big(history_repo: Path) -> tuple[bytes, bytes]:  # noqa: F811
+def _big(history_repo: Path) -> tuple[bytes, bytes]:
     oid = git("rev-parse", "HEAD:big.bin", cwd=history_repo).strip().decode()
     return bytes.fromhex(oid), (history_repo / "big.bin").read_bytes()
 
 
-def test_big_blob_read_directly(history_repo: Path, tmp_path: Path, direct: list[int]) -> None:  # noqa: F811
+def test_big_blob_read_directly(history_repo: Path, tmp_path: Path, direct: list[int]) -> None:
     oid, expected = _big(history_repo)
-    image = make_image(history_repo, tmp_path / "disk.img")
+    image = packed_image(history_repo, tmp_path / "disk.img", history=True, ref_deltas=True)
     with Image.open(str(image)) as img:
         assert b"".join(img.open_blob(oid).chunks(chunk_size=10_000)) == expected
         for offset, length in ((0, 1), (4095, 4098), (65_530, 70_000), (299_990, 100)):
@@ -76,14 +77,12 @@ def test_big_blob_read_directly(history_repo: Path, tmp_path: Path, direct: list
     assert direct, "the direct path was not taken"
 
 
-def test_direct_reads_still_catch_corruption(history_repo: Path, tmp_path: Path, direct: list[int]) -> None:  # noqa: F811
+def test_direct_reads_still_catch_corruption(history_repo: Path, tmp_path: Path, direct: list[int]) -> None:
     oid, expected = _big(history_repo)
-    image = make_image(history_repo, tmp_path / "disk.img")
-    data = bytearray(image.read_bytes())
-    at = data.find(expected[100_000:100_064])  # stored in the pack as is (incompressible)
+    image = packed_image(history_repo, tmp_path / "disk.img", history=True, ref_deltas=True)
+    at = image.read_bytes().find(expected[100_000:100_064])  # stored in the pack as is (incompressible)
     assert at > 0
-    data[at + 7] ^= 1
-    image.write_bytes(data)
+    corrupt(image, at + 7, mask=1)
     with Image.open(str(image)) as img:
         with pytest.raises(IntegrityError, match="PACK checksum"):
             verify_pack(img)

@@ -3,16 +3,15 @@ hash right but make no sense (a crafted tree: a bad mode, a blob entry that is a
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pytest
 
 from docteur.guest.errors import IntegrityError
 from docteur.guest.image import Image
-from docteur.guest.layout import write_image
 from docteur.guest.treeview import Disk
-from tests.runtime_images import git
+from tests.support.git import git
+from tests.support.images import packed_image
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +27,7 @@ def crafted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     commit = git("-c", "user.name=T", "-c", "user.email=t@example.com", "commit-tree", tree.decode(),
                  "-m", "crafted", cwd=work).strip()  # fmt: skip
     # An explicit object list: pack-objects does not parse the trees then.
-    names = b"\n".join([commit, tree, blob, empty]) + b"\n"
-    pack = git("pack-objects", "--stdout", "-q", cwd=work, input=names)
-    (work / "x.pack").write_bytes(pack)
-    git("index-pack", "-o", "x.idx", "x.pack", cwd=work)
-    image = work / "crafted.img"
-    with image.open("wb") as out:
-        write_image(out, bytes.fromhex(commit.decode()), io.BytesIO(pack), (work / "x.idx").read_bytes())
-    return image
+    return packed_image(work, work / "crafted.img", commit.decode(), objects=[commit, tree, blob, empty])
 
 
 def test_errors_from_a_crafted_tree_name_the_image(crafted: Path) -> None:

@@ -24,9 +24,18 @@ from docteur.guest.layout import read_layout
 from docteur.guest.objects import Tree
 from docteur.guest.packwrite import NoSpace
 from docteur.guest.roots import SLOT_SIZE, SLOTS
-from tests.crashstates import export_packs, git_files, store_files, write_tree
-from tests.genstore import AUTHOR, FIRST_FILES, commit_files, open_store, plain_image, writable_image
-from tests.gitfixtures import git, needs_git
+from tests.support.git import git, needs_git
+from tests.support.oracle import export_packs, git_files
+from tests.support.store import (
+    AUTHOR,
+    FIRST_FILES,
+    commit_files,
+    open_store,
+    plain_image,
+    store_files,
+    writable_image,
+    write_tree,
+)
 
 pytestmark = needs_git
 

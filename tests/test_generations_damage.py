@@ -14,9 +14,19 @@ from docteur.guest.device import DeviceFailed, FileDevice
 from docteur.guest.errors import IntegrityError
 from docteur.guest.generations import Store
 from docteur.guest.roots import SLOT_SIZE, Extent
-from tests.crashstates import FaultyDevice, store_files, write_tree
-from tests.genstore import AUTHOR, FIRST_FILES, commit_files, open_store, plain_image, writable_image
-from tests.gitfixtures import needs_git
+from tests.support.corrupt import corrupt
+from tests.support.git import needs_git
+from tests.support.store import (
+    AUTHOR,
+    FIRST_FILES,
+    FaultyDevice,
+    commit_files,
+    open_store,
+    plain_image,
+    store_files,
+    writable_image,
+    write_tree,
+)
 
 pytestmark = needs_git
 
@@ -28,14 +38,6 @@ def three(tmp_path: Path) -> tuple[Path, list[bytes]]:
     """An image with generations 1..3; the commit ids, oldest first."""
     image = writable_image(tmp_path)
     return image, [commit_files(image, files, when=i)[0] for i, files in enumerate(TREES)]
-
-
-def _flip(image: Path, offset: int) -> None:
-    with open(image, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0x40]))
 
 
 def _newest(image: Path) -> tuple[int, Extent]:
@@ -56,19 +58,19 @@ def _serves(image: Path, generation: int, commit: bytes, files: dict, check: str
 
 
 def _damage_root(image: Path, slot: int, extent: Extent) -> None:
-    _flip(image, slot + 200)
+    corrupt(image, slot + 200, mask=0x40)
 
 
 def _damage_pack(image: Path, slot: int, extent: Extent) -> None:
-    _flip(image, extent.pack_offset + extent.pack_length // 2)
+    corrupt(image, extent.pack_offset + extent.pack_length // 2, mask=0x40)
 
 
 def _damage_pack_trailer(image: Path, slot: int, extent: Extent) -> None:
-    _flip(image, extent.pack_offset + extent.pack_length - 5)
+    corrupt(image, extent.pack_offset + extent.pack_length - 5, mask=0x40)
 
 
 def _damage_idx(image: Path, slot: int, extent: Extent) -> None:
-    _flip(image, extent.idx_offset + 8 + 4 * 200)  # the fanout table
+    corrupt(image, extent.idx_offset + 8 + 4 * 200, mask=0x40)  # the fanout table
 
 
 @pytest.mark.parametrize(
@@ -125,7 +127,7 @@ def test_all_roots_damaged_serves_the_first_generation(three: tuple[Path, list[b
         assert area is not None
         slots = [area.slot_offset(i) for i, r in enumerate(store.slots) if r is not None]
     for offset in slots:
-        _flip(image, offset + SLOT_SIZE - 1)
+        corrupt(image, offset + SLOT_SIZE - 1, mask=0x40)
     warnings = _serves(image, 0, first, FIRST_FILES)
     assert [w.split(" (")[0] for w in warnings] == [f"warning: generation {g} skipped" for g in (3, 2, 1)]
     assert all(w.endswith("serving generation 0") for w in warnings)
@@ -137,7 +139,7 @@ def test_a_damaged_area_header_serves_the_first_generation_read_only(three: tupl
     with dev, store:
         assert store.area is not None
         header, first = store.area.offset, store.layout.commit
-    _flip(image, header + 40)
+    corrupt(image, header + 40, mask=0x40)
     (warning,) = _serves(image, 0, first, FIRST_FILES)
     assert "write area header" in warning and "checksum" in warning
     dev, store = open_store(image)
@@ -218,7 +220,7 @@ def test_verify_checks_every_live_extent(three: tuple[Path, list[bytes]], mode: 
     with dev, store:
         store.verify(mode)
         oldest = store.extents[-1]
-    _flip(image, oldest.pack_offset + 12 + 3)  # inside the first entry
+    corrupt(image, oldest.pack_offset + 12 + 3, mask=0x40)  # inside the first entry
     dev, store = open_store(image)
     with dev, store:
         assert store.generation == 3

@@ -12,9 +12,9 @@ from docteur.guest.delta import apply_delta
 from docteur.guest.deltaenc import make_delta
 from docteur.guest.device import FileDevice
 from docteur.guest.generations import Store
-from tests.crashstates import export_packs, git_files, store_files
-from tests.genstore import FIRST_FILES, commit_files, open_store, writable_image
-from tests.gitfixtures import git, needs_git
+from tests.support.git import git, needs_git
+from tests.support.oracle import export_packs, git_files
+from tests.support.store import FIRST_FILES, commit_files, open_store, store_files, writable_image
 
 
 @settings(max_examples=300, deadline=None)

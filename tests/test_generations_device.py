@@ -11,9 +11,8 @@ import pytest
 
 from docteur.guest.device import BLOCK, FileDevice
 from docteur.guest.generations import Store
-from tests.crashstates import store_files, write_tree
-from tests.genstore import AUTHOR, FIRST_FILES, open_store, writable_image
-from tests.gitfixtures import needs_git
+from tests.support.git import needs_git
+from tests.support.store import AUTHOR, FIRST_FILES, open_store, store_files, writable_image, write_tree
 
 pytestmark = needs_git
 

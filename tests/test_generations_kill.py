@@ -10,9 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from tests.crashstates import store_files
-from tests.genstore import FIRST_FILES, open_store, writable_image
-from tests.gitfixtures import needs_git
+from tests.support.git import needs_git
+from tests.support.store import FIRST_FILES, open_store, store_files, writable_image
 
 pytestmark = needs_git
 
@@ -23,7 +22,7 @@ _WRITER = """
 import sys
 from docteur.guest.device import FileDevice
 from docteur.guest.generations import Store
-from tests.crashstates import write_tree
+from tests.support.store import write_tree
 from tests.test_generations_kill import files_of
 
 image, start = sys.argv[1], int(sys.argv[2])

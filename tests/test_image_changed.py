@@ -23,7 +23,9 @@ from docteur.guest.objects import sha1
 from docteur.guest.verify import verify_full
 from docteur.vm.client import Client, ConnectionLost, IntegrityError
 from tests.bench.bench_runtime import Served
-from tests.runtime_images import git, make_image
+from tests.support.corrupt import corrupt
+from tests.support.git import git
+from tests.support.images import packed_image
 
 SIZE = 3000
 
@@ -43,7 +45,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, bytes,
     git("init", "-q", "-b", "main", cwd=work)
     git("add", "-A", cwd=work)
     git("-c", "user.name=T", "-c", "user.email=t@example.com", "commit", "-qm", "two", cwd=work)
-    a = make_image(work, base / "a.img")
+    a = packed_image(work, base / "a.img")
     data = a.read_bytes()
     with Image.open(str(a)) as img:
         ids = {c: bytes.fromhex(git("rev-parse", f"HEAD:{c}", cwd=work).decode().strip()) for c in "xy"}
@@ -85,14 +87,6 @@ def _overwrite(target: Path, data: bytes) -> None:
         f.write(data)
 
 
-def _flip(target: Path, at: int) -> None:
-    with target.open("r+b") as f:
-        f.seek(at)
-        byte = f.read(1)
-        f.seek(at)
-        f.write(bytes([byte[0] ^ 0x41]))
-
-
 @pytest.mark.parametrize("mode", ["pack", "full", "none"])
 @pytest.mark.parametrize("how", ["another image", "a flipped byte"])
 async def test_a_rewritten_image_is_an_integrity_error(
@@ -113,7 +107,7 @@ async def test_a_rewritten_image_is_an_integrity_error(
             if how == "another image":
                 _overwrite(served, b.read_bytes())
             else:
-                _flip(served, x_entry + 40)  # inside /x's deflate data
+                corrupt(served, x_entry + 40, mask=0x41)  # inside /x's deflate data
             for path in ("/x", "/y"):
                 with pytest.raises(IntegrityError) as caught:
                     await client.get(path)
@@ -129,17 +123,17 @@ def test_a_blob_rewritten_while_it_streams(tmp_path: Path) -> None:
     """A big blob is hashed, then inflated again as it is sent: a write between or
     during those passes ends the stream in ImageChanged, not in the new bytes."""
     from docteur.guest.errors import ImageChanged
-    from tests.runtime_images import generate_repo
+    from tests.support.repos import generate_repo
 
     repo = generate_repo(tmp_path / "big.git", files=3, commits=1, big=(4 << 20) + 999)
-    image = make_image(repo, tmp_path / "big.img")
+    image = packed_image(repo, tmp_path / "big.img")
     oid = bytes.fromhex(git("rev-parse", "HEAD:big.bin", cwd=repo).decode().strip())
     with Image.open(str(image)) as img:
         blob = img.open_blob(oid)  # hashed: the id is right
         chunks = blob.chunks(chunk_size=1 << 16)
         first = next(chunks)
         assert first and len(first) < blob.size
-        _flip(image, img.layout.pack_end - 1000)  # anywhere: the file is no longer the one checked
+        corrupt(image, img.layout.pack_end - 1000, mask=0x41)  # anywhere: not the file checked
         with pytest.raises(ImageChanged, match=str(image)):
             b"".join(chunks)
         with pytest.raises(ImageChanged):  # for good

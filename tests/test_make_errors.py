@@ -12,7 +12,10 @@ from docteur.builder import make as make_mod
 from docteur.builder.source import parse_source
 from docteur.cli.main import make_main
 from docteur.cli.redact import redact, register_secret
-from tests.gitfixtures import docteur, fails, free_port, make_repo, needs_git, one_error_line, populate
+from tests.support.cli import docteur, fails, one_error_line
+from tests.support.git import needs_git
+from tests.support.repos import make_repo, populate
+from tests.support.servers import free_port
 
 pytestmark = needs_git
 
@@ -91,7 +94,7 @@ def test_not_a_git_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_empty_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.gitfixtures import git
+    from tests.support.git import git
 
     git("init", "-q", "--bare", tmp_path / "e.git")
     line = fails(capsys, "make", tmp_path / "e.git", tmp_path / "x.img")
@@ -100,7 +103,9 @@ def test_empty_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
 
 def test_tags_only_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """No HEAD, only tags: the line says so and lists them (and any branch) for -b."""
-    from tests.gitfixtures import check_image, rev, without_head
+    from tests.support.git import rev
+    from tests.support.oracle import check_image
+    from tests.support.repos import without_head
 
     tags = without_head(make_repo(tmp_path / "tags.git", bare=True))
     line = fails(capsys, "make", f"file://{tags}", tmp_path / "x.img")
@@ -116,7 +121,8 @@ def test_tags_only_repository(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 def test_ref_lists_are_cut_short(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Hundreds of release tags: the newest few (in version order) and how many more."""
-    from tests.gitfixtures import git, without_head
+    from tests.support.git import git
+    from tests.support.repos import without_head
 
     repo = make_repo(tmp_path / "many.git", bare=True, history=1)
     git("update-ref", "--stdin", cwd=repo,

@@ -7,19 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.gitfixtures import (
-    check_image,
-    directory_tree_id,
-    docteur,
-    extract,
-    git,
-    make_repo,
-    needs_git,
-    populate,
-    repo_from_image,
-    rev,
-    tree_entries,
-)
+from tests.support.cli import docteur
+from tests.support.git import git, ls_tree, needs_git, rev
+from tests.support.oracle import check_image, directory_tree_id, extract, repo_from_image
+from tests.support.repos import make_repo, populate
 
 pytestmark = needs_git
 DATE = "2024-02-03T04:05:06Z"
@@ -126,12 +117,12 @@ def test_directory(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert rev(oracle, f"{commit}^{{tree}}") == tree_id
     check_image(img, oracle, commit, tmp_path)
     # What the tree holds, from the files themselves.
-    modes = {path: mode for mode, _kind, _oid, path in tree_entries(oracle, commit)}
-    assert modes[b"bin/run.sh"] == "100755"
-    assert modes[b"link-to-readme"] == "120000"
-    assert modes[b"bin/outside"] == "120000"
-    assert modes[b".hidden"] == "100644" and b".config/settings.ini" in modes
-    assert modes[b"empty"] == "100644"
+    modes = {path: mode for mode, _kind, _oid, path in ls_tree(oracle, commit)}
+    assert modes[b"bin/run.sh"] == 0o100755
+    assert modes[b"link-to-readme"] == 0o120000
+    assert modes[b"bin/outside"] == 0o120000
+    assert modes[b".hidden"] == 0o100644 and b".config/settings.ini" in modes
+    assert modes[b"empty"] == 0o100644
     assert any(p.endswith(b"d29/deep.txt") for p in modes)
     assert git("cat-file", "blob", f"{commit}:bin/outside", cwd=oracle) == b"/etc/passwd"
     rc, out, _ = docteur(capsys, "verify", img)

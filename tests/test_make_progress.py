@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from docteur.cli.progress import Progress, human_bytes, is_terminal
-from tests.gitfixtures import docteur, make_repo, needs_git
+from tests.support.cli import docteur
+from tests.support.git import needs_git
+from tests.support.repos import make_repo
 
 
 def test_disabled_writes_nothing() -> None:

@@ -8,24 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests import gitfixtures
-from tests.gitfixtures import (
-    check_image,
-    docteur,
-    fails,
-    make_repo,
-    needs_git,
-    one_error_line,
-    rev,
-    run_http_git,
-    without_head,
-)
+from tests.support.cli import docteur, fails, one_error_line
+from tests.support.git import needs_git, rev
+from tests.support.oracle import check_image
+from tests.support.repos import make_repo, without_head
+from tests.support.servers import run_http_git
 
 pytestmark = needs_git
-# Fixtures from the shared helpers (assigned, so that they are visible to pytest here).
-git_daemon = gitfixtures.git_daemon
-http_git = gitfixtures.http_git
-ssh_git = gitfixtures.ssh_git
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,11 @@ import pytest
 
 from docteur.builder.scratch import is_scratch_name, scratch_dir, sweep
 from docteur.cli.owned import OWNER_LOCK
-from tests.gitfixtures import git, make_repo, needs_git, run_git_daemon
-from tests.netfixtures import kill_all, marked_processes, run_cli, stalling_relay, start_cli
+from tests.support.cli import kill_all, marked_processes, run_cli, start_cli
+from tests.support.git import git, needs_git
+from tests.support.relay import stalling_relay
+from tests.support.repos import make_repo
+from tests.support.servers import run_git_daemon
 
 pytestmark = needs_git
 PARTIAL = 8192

@@ -15,17 +15,11 @@ from pathlib import Path
 import pytest
 
 from docteur.builder.defaults import DEFAULT_TIMEOUT
-from tests.gitfixtures import (
-    SSH_STANDIN,
-    docteur,
-    git,
-    make_repo,
-    needs_git,
-    one_error_line,
-    run_git_daemon,
-    run_http_git,
-)
-from tests.netfixtures import CLIRun, run_cli, stalling_relay
+from tests.support.cli import CLIRun, docteur, one_error_line, run_cli
+from tests.support.git import git, needs_git
+from tests.support.relay import stalling_relay
+from tests.support.repos import make_repo
+from tests.support.servers import SSH_STANDIN, run_git_daemon, run_http_git
 
 pytestmark = needs_git
 SECRET = "t1meout-Passw0rd"

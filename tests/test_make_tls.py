@@ -16,8 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.gitfixtures import check_image, docteur, fails, make_repo, needs_git, rev, run_http_git
-from tests.netfixtures import TLSMaterial, needs_openssl, tls_material
+from tests.support.cli import docteur, fails
+from tests.support.git import needs_git, rev
+from tests.support.oracle import check_image
+from tests.support.repos import make_repo
+from tests.support.servers import run_http_git
+from tests.support.tls import TLSMaterial, needs_openssl, tls_material
 
 pytestmark = [needs_git, needs_openssl]
 SECRET = "tl5-Passw0rd"

@@ -17,7 +17,7 @@ import pytest
 
 from docteur.guest.errors import ImageError
 from docteur.guest.image import Image
-from tests.vm_helpers import DOCTEUR
+from tests.support.cli import DOCTEUR
 
 TIMEOUT = 30
 

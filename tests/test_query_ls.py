@@ -6,8 +6,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from tests.runtime_images import git, make_image, serving
-from tests.vm_helpers import DOCTEUR
+from tests.support.cli import DOCTEUR
+from tests.support.git import git
+from tests.support.images import packed_image
+from tests.support.servers import serving
 
 NAMES = [b"plain.txt", b"new\nline", b'quo"te', b"back\\slash", b"tab\there", b"caf\xc3\xa9",
          b"\x01ctl", b"del\x7f", b"bell\x07\x08\x0b\x0c\r", b"with space"]  # fmt: skip
@@ -26,7 +28,7 @@ def _repo(path: Path) -> Path:
 
 def test_ls_quotes_names_as_git_does_and_z_is_raw(tmp_path: Path) -> None:
     repo = _repo(tmp_path)
-    image = make_image(repo, tmp_path / "odd.img")
+    image = packed_image(repo, tmp_path / "odd.img")
     # git's own output is the oracle: its default quoting, and -z raw.
     quoted = git("ls-tree", "--name-only", "HEAD", cwd=repo).decode().splitlines()
     raw = git("ls-tree", "-z", "--name-only", "HEAD", cwd=repo).split(b"\0")[:-1]

@@ -19,7 +19,9 @@ from docteur.guest.idx import Index
 from docteur.guest.image import Image
 from docteur.guest.layout import PACK_OFFSET
 from docteur.guest.treeview import Disk
-from tests.runtime_images import cat_blobs, generate_repo, ls_tree, make_image
+from tests.support.git import cat_blobs, ls_tree
+from tests.support.images import packed_image
+from tests.support.repos import generate_repo
 
 
 class Case:
@@ -45,7 +47,7 @@ class Case:
 def case(tmp_path_factory: pytest.TempPathFactory) -> Case:
     base = tmp_path_factory.mktemp("ranged")
     repo = generate_repo(base / "r.git", files=12, commits=3, big=(4 << 20) + 4321)
-    return Case(make_image(repo, base / "r.img"), repo)
+    return Case(packed_image(repo, base / "r.img"), repo)
 
 
 def _size_bytes(data: bytes, at: int) -> list[int]:

@@ -18,7 +18,10 @@ from docteur.vm.client import (
     NotAFileError,
     NotFoundError,
 )
-from tests.runtime_images import cat_blobs, git, ls_tree, self_image, serving
+from tests.support.corrupt import corrupt
+from tests.support.git import cat_blobs, git, ls_tree
+from tests.support.images import self_image
+from tests.support.servers import serving
 
 
 @pytest.fixture(scope="module")
@@ -146,10 +149,7 @@ async def test_stream_can_be_abandoned(socket_path) -> None:
 
 
 async def test_boot_failure_is_the_only_answer(runtime_base: Path, gen) -> None:
-    bad = runtime_base / "corrupt-pack.img"
-    data = bytearray(gen[1].read_bytes())
-    data[1000] ^= 0xFF
-    bad.write_bytes(data)
+    bad = corrupt(gen[1], 1000, dest=runtime_base / "corrupt-pack.img")
     with serving({"docteur": bad}, verify="pack") as path:
         async with await Client.open_unix(path) as client:
             assert client.hello is not None and not client.hello.ok

@@ -12,46 +12,32 @@ from pathlib import Path
 
 import pytest
 
-from tests.runtime_images import cat_blobs, ls_tree
-from tests.vm_helpers import DOCTEUR
-
-
-def docteur(*args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([*DOCTEUR, *args], input=input, capture_output=True, timeout=120)
-
-
-def one_line_error(proc: subprocess.CompletedProcess[bytes], *needles: str) -> None:
-    err = proc.stderr.decode()
-    assert proc.returncode != 0
-    assert "Traceback" not in err and err.strip().count("\n") == 0, err
-    for needle in needles:
-        assert needle in err, err
+from tests.support.cli import DOCTEUR, fails_in_one_line, run_cli
+from tests.support.corrupt import corrupt
+from tests.support.git import cat_blobs, ls_tree
 
 
 def test_run_filename_prints_the_file_exactly(gen) -> None:
     repo, image = gen
     oid = next(o for _, _, o, p in ls_tree(repo) if p == b"big.bin")
-    proc = docteur("run", "--target", "unix", str(image), "--filename", "/big.bin")
+    proc = run_cli("run", "--target", "unix", str(image), "--filename", "/big.bin")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == cat_blobs(repo, [oid])[oid]
-    proc = docteur("run", "--target", "unix", "--block", f"docteur={image}", "--block",
+    proc = run_cli("run", "--target", "unix", "--block", f"docteur={image}", "--block",
                    f"second={image}", "--disk", "second", "--filename", "/bin/run.sh")  # fmt: skip
     assert proc.stdout == b"#!/bin/sh\necho hi\n"
 
 
 def test_run_errors_are_one_line(gen, tmp_path: Path) -> None:
     image = str(gen[1])
-    one_line_error(docteur("run", "--target", "unix", image, "--filename", "/nope"), "/nope")
-    one_line_error(docteur("run", "--target", "unix", image, "--filename", "/bin"), "directory")
-    one_line_error(
-        docteur("run", "--target", "unix", str(tmp_path / "x.img"), "--filename", "/a"), "x.img"
+    fails_in_one_line(run_cli("run", "--target", "unix", image, "--filename", "/nope"), "/nope")
+    fails_in_one_line(run_cli("run", "--target", "unix", image, "--filename", "/bin"), "directory")
+    fails_in_one_line(
+        run_cli("run", "--target", "unix", str(tmp_path / "x.img"), "--filename", "/a"), "x.img"
     )
-    bad = tmp_path / "bad.img"
-    data = bytearray(gen[1].read_bytes())
-    data[5000] ^= 1
-    bad.write_bytes(data)
-    one_line_error(
-        docteur("run", "--target", "unix", "--verify", "full", str(bad), "--filename", "/README.md"),
+    bad = corrupt(gen[1], 5000, mask=1, dest=tmp_path / "bad.img")
+    fails_in_one_line(
+        run_cli("run", "--target", "unix", "--verify", "full", str(bad), "--filename", "/README.md"),
         "verify full failed",
     )
 
@@ -68,18 +54,18 @@ def test_run_socket_then_query(gen) -> None:
         ready = proc.stdout.readline().decode()
         assert sock in ready, ready
         q = ["query", "--socket", sock]
-        assert docteur(*q, "get", "/README.md").stdout.startswith(b"# generated")
-        assert docteur(*q, "get", "/README.md", "2", "9").stdout == b"generated"
-        ls = docteur(*q, "ls", "/bin").stdout.decode(errors="replace")
+        assert run_cli(*q, "get", "/README.md").stdout.startswith(b"# generated")
+        assert run_cli(*q, "get", "/README.md", "2", "9").stdout == b"generated"
+        ls = run_cli(*q, "ls", "/bin").stdout.decode(errors="replace")
         assert "100755 file      /bin/run.sh" in ls and "120000 symlink   /bin/dangling" in ls
-        stat = docteur(*q, "stat", "/bin/run.sh").stdout.decode()
+        stat = run_cli(*q, "stat", "/bin/run.sh").stdout.decode()
         assert "mode:   100755" in stat and "size:   18" in stat
-        assert docteur(*q, "exists", "/sub/module").stdout == b"submodule\n"
-        assert len(docteur(*q, "digest", "/README.md").stdout.strip()) == 40
-        assert b"commit:" in docteur(*q, "info").stdout
-        one_line_error(docteur(*q, "get", "/missing"), "/missing")
-        one_line_error(docteur(*q, "frobnicate"), "unknown command")
-        console = docteur(*q, input=b"help\nls /\nget /link-to-readme\nstat /nope\nquit\n")
+        assert run_cli(*q, "exists", "/sub/module").stdout == b"submodule\n"
+        assert len(run_cli(*q, "digest", "/README.md").stdout.strip()) == 40
+        assert b"commit:" in run_cli(*q, "info").stdout
+        fails_in_one_line(run_cli(*q, "get", "/missing"), "/missing")
+        fails_in_one_line(run_cli(*q, "frobnicate"), "unknown command")
+        console = run_cli(*q, input=b"help\nls /\nget /link-to-readme\nstat /nope\nquit\n")
         out = console.stdout.decode(errors="replace")
         assert console.returncode == 0
         assert "README.md" in out and "/big.bin" in out and "error:" in out and "ls [PATH]" in out
@@ -88,7 +74,7 @@ def test_run_socket_then_query(gen) -> None:
         assert proc.wait(20) == 0
         assert not os.path.exists(sock)
         shutil.rmtree(where, ignore_errors=True)
-    one_line_error(docteur("query", "--socket", sock, "info"), "cannot connect")
+    fails_in_one_line(run_cli("query", "--socket", sock, "info"), "cannot connect")
 
 
 def test_output_disk_full_is_one_plain_line(gen) -> None:
@@ -108,16 +94,16 @@ def test_socket_path_never_replaces_a_file_or_a_live_server(gen, tmp_path: Path)
     victim = tmp_path / "precious.img"
     victim.write_bytes(b"keep me")
     for target in ("unix", "microvm"):
-        proc = docteur("run", "--target", target, image, "--socket", str(victim))
-        one_line_error(proc, "not a socket")
+        proc = run_cli("run", "--target", target, image, "--socket", str(victim))
+        fails_in_one_line(proc, "not a socket")
         assert victim.read_bytes() == b"keep me"
-        one_line_error(docteur("run", "--target", target, image, "--socket", str(tmp_path)),
+        fails_in_one_line(run_cli("run", "--target", target, image, "--socket", str(tmp_path)),
                        "directory")  # fmt: skip
-        one_line_error(docteur("run", "--target", target, image, "--socket", "/nonexistent/d/s"),
+        fails_in_one_line(run_cli("run", "--target", target, image, "--socket", "/nonexistent/d/s"),
                        "no directory")  # fmt: skip
-        one_line_error(docteur("run", "--target", target, image, "--socket", "/tmp/" + "x" * 120),
+        fails_in_one_line(run_cli("run", "--target", target, image, "--socket", "/tmp/" + "x" * 120),
                        "107")  # fmt: skip
-    one_line_error(docteur("query", "--socket", "/tmp/" + "x" * 120, "ls"), "107")
+    fails_in_one_line(run_cli("query", "--socket", "/tmp/" + "x" * 120, "ls"), "107")
     where = tempfile.mkdtemp(prefix="dtl", dir="/tmp")
     try:
         live = so.socket(so.AF_UNIX, so.SOCK_STREAM)
@@ -156,17 +142,17 @@ def test_kill9_of_run_socket_stops_the_guest_server(gen, tmp_path: Path) -> None
     finally:
         proc.kill()
         shutil.rmtree(where, ignore_errors=True)
-    one_line_error(docteur("run", "--target", "unix", str(tmp_path), "--filename", "/a"), "directory")
+    fails_in_one_line(run_cli("run", "--target", "unix", str(tmp_path), "--filename", "/a"), "directory")
 
 
 def test_console_output_is_clean(gen) -> None:
     """Commands piped into the console: no prompts, no stray blank lines, an error on its
     own line even after a file that does not end with a newline; unknown disks refused;
     info's long keys keep a space."""
-    from tests.runtime_images import serving
+    from tests.support.servers import serving
 
     with serving({"docteur": gen[1]}) as sock:
-        proc = docteur("query", "--socket", sock, input=b"get /README.md 2 9\nget /nope\n"
+        proc = run_cli("query", "--socket", sock, input=b"get /README.md 2 9\nget /nope\n"
                        b"get /README.md 0 2\nstat /nope\ndisk zz\nls /\ninfo\n")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.decode(errors="replace").splitlines()
@@ -175,14 +161,14 @@ def test_console_output_is_clean(gen) -> None:
     assert lines[5] == "error: no disk named 'zz' (disks: docteur)"
     with serving({"docteur": gen[1]}) as sock:
         for args in (["99999999999999999999999"], ["0", str(1 << 64)]):  # over a u64
-            one_line_error(docteur("query", "--socket", sock, "get", "/README.md", *args), "2^64")
+            fails_in_one_line(run_cli("query", "--socket", sock, "get", "/README.md", *args), "2^64")
     assert not any(ln.startswith("docteur:docteur>") for ln in lines)  # no prompts in a pipe
     assert "" not in lines and any(ln.startswith("verified.docteur: ") for ln in lines)
 
 
 def test_console_ends_when_the_server_goes_away(gen) -> None:
     """The server stops under the console: one error, exit 1 (not an error per command)."""
-    from tests.runtime_images import serving, shutdown
+    from tests.support.servers import serving, shutdown
 
     with serving({"docteur": gen[1]}) as sock:
         proc = subprocess.Popen([*DOCTEUR, "query", "--socket", sock], stdin=subprocess.PIPE,
@@ -212,15 +198,15 @@ def test_console_history_command(gen) -> None:
     assert console._history() == ["ls /", "get /README.md"]
     readline.clear_history()
     assert "history" in console.HELP
-    from tests.runtime_images import serving
+    from tests.support.servers import serving
 
     with serving({"docteur": gen[1]}) as sock:
-        one_line_error(docteur("query", "--socket", sock, "history"), "only in the console")
+        fails_in_one_line(run_cli("query", "--socket", sock, "history"), "only in the console")
 
 
 def test_console_ends_on_sigterm(gen) -> None:
     """Ctrl-C at the prompt is a fresh prompt; SIGTERM ends the console (exit 143)."""
-    from tests.runtime_images import serving
+    from tests.support.servers import serving
 
     with serving({"docteur": gen[1]}) as sock:
         proc = subprocess.Popen([*DOCTEUR, "query", "--socket", sock], stdin=subprocess.PIPE,
@@ -239,7 +225,7 @@ def test_console_ends_on_sigterm(gen) -> None:
 def test_unix_serve_ends_on_a_client_shutdown_like_the_microvm(gen) -> None:
     """A client's `shutdown`: exit 0 and a plain line (as the microVM's power-off), not
     "error: the guest server stopped: <its last log line>"."""
-    from tests.runtime_images import shutdown
+    from tests.support.servers import shutdown
 
     where = tempfile.mkdtemp(prefix="dtu", dir="/tmp")
     sock = os.path.join(where, "s")

@@ -23,7 +23,7 @@ from docteur.guest.protocol import OP_CODES, Error, ServerCodec
 from docteur.vm.client import Client, ConnectionLost, NotFoundError, Timeout
 from docteur.vm.targets import unix
 from docteur.vm.targets.config import TargetConfig
-from tests.conn_pair import ask
+from tests.support.protocol import ask
 
 
 @pytest.fixture

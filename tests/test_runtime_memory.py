@@ -9,13 +9,15 @@ import pytest
 
 from docteur.vm.client import Client
 from tests.bench.bench_runtime import Served
-from tests.runtime_images import generate_repo, ls_tree, make_image
+from tests.support.git import ls_tree
+from tests.support.images import packed_image
+from tests.support.repos import generate_repo
 
 
 @pytest.mark.slow
 async def test_100k_files_served_under_64_mib(tmp_path) -> None:
     repo = generate_repo(tmp_path / "many.git", files=100_000, commits=1, big=1 << 20)
-    image = make_image(repo, tmp_path / "many.img")
+    image = packed_image(repo, tmp_path / "many.img")
     files = [b"/" + p for _, kind, _, p in ls_tree(repo) if kind == "blob"]
     served = Served(image, verify="pack")
     try:

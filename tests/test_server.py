@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from docteur.guest import protocol as p
-from docteur.guest.protocol import ClientCodec, Data, End, Error, Hello
+from docteur.guest.protocol import ClientCodec, End, Error, Hello
 from docteur.vm.client import Client
-from tests.runtime_images import serving
+from tests.support.protocol import RawSocket
+from tests.support.servers import serving
 
 
 @pytest.fixture(scope="module")
@@ -25,61 +25,15 @@ def sock(gen: tuple[Path, Path]):
         yield path
 
 
-class Raw:
-    """A blocking client that sends whatever bytes it is told to."""
-
-    def __init__(self, path: str):
-        self.s = socket.socket(socket.AF_UNIX)
-        self.s.settimeout(10)
-        self.s.connect(path)
-        self.codec = ClientCodec()
-        self.events: list = []
-        self.closed = False
-        self._fill(lambda: self.codec.hello is not None)
-
-    def send(self, data: bytes) -> None:
-        self.s.sendall(data)
-
-    def request(self, op: str, path: bytes = b"", **kw) -> int:
-        rid, data = self.codec.request(op, "", path, **kw)
-        self.send(data)
-        return rid
-
-    def _fill(self, done) -> None:
-        while not done():
-            data = self.s.recv(1 << 20)
-            if not data:
-                self.closed = True
-                return
-            self.events += self.codec.receive(data)
-
-    def until_end(self, rid: int) -> tuple[bytes, object]:
-        def done() -> bool:
-            return any(isinstance(e, End | Error) and e.id in (rid, 0) for e in self.events)
-
-        self._fill(done)
-        mine = [e for e in self.events if getattr(e, "id", None) in (rid, 0)]
-        self.events = [e for e in self.events if e not in mine]
-        data = b"".join(e.data for e in mine if isinstance(e, Data))
-        return data, (mine[-1] if mine else None)
-
-    def until_closed(self) -> None:
-        with contextlib.suppress(p.ProtocolError, ConnectionResetError):
-            self._fill(lambda: False)
-
-    def close(self) -> None:
-        self.s.close()
-
-
 def still_served(path: str) -> None:
-    raw = Raw(path)
+    raw = RawSocket(path)
     data, end = raw.until_end(raw.request("get", b"/README.md"))
     assert isinstance(end, End) and data.startswith(b"# generated")
     raw.close()
 
 
 def test_unknown_op_and_bad_payload_keep_the_connection(sock: str) -> None:
-    raw = Raw(sock)
+    raw = RawSocket(sock)
     raw.send(p.frame(p.REQUEST, 200, 5, b"\0\0\0"))
     _, err = raw.until_end(5)
     assert isinstance(err, Error) and err.code == "unknown_op"
@@ -95,8 +49,8 @@ def test_unknown_op_and_bad_payload_keep_the_connection(sock: str) -> None:
 
 
 def test_huge_length_closes_only_that_connection(sock: str) -> None:
-    other = Raw(sock)
-    raw = Raw(sock)
+    other = RawSocket(sock)
+    raw = RawSocket(sock)
     raw.send(p.HEADER.pack(p.REQUEST, 4, 9, 0xFFFFFFFF) + b"x" * 100)
     _, err = raw.until_end(9)
     assert isinstance(err, Error) and err.code == "too_large"
@@ -108,7 +62,7 @@ def test_huge_length_closes_only_that_connection(sock: str) -> None:
 
 
 def test_wrong_frame_type_closes_the_connection(sock: str) -> None:
-    raw = Raw(sock)
+    raw = RawSocket(sock)
     raw.send(p.frame(p.DATA, 0, 1, b"data from a client?"))
     _, err = raw.until_end(0)
     assert isinstance(err, Error) and err.code == "protocol"
@@ -118,18 +72,18 @@ def test_wrong_frame_type_closes_the_connection(sock: str) -> None:
 
 def test_disconnect_mid_body(sock: str) -> None:
     for _ in range(10):
-        raw = Raw(sock)
+        raw = RawSocket(sock)
         raw.request("get", b"/big.bin")
         raw.s.recv(1000)
         raw.close()
-    truncated = Raw(sock)
+    truncated = RawSocket(sock)
     truncated.send(ClientCodec().request("get", "", b"/README.md")[1][:7])
     truncated.close()
     still_served(sock)
 
 
 def test_cancel_a_stream_then_go_on(sock: str) -> None:
-    raw = Raw(sock)
+    raw = RawSocket(sock)
     # Sent together, the cancel is seen before the reply starts.
     rid, data = raw.codec.request("get", "", b"/big.bin")
     raw.send(data + p.frame(p.CANCEL, 0, rid))
@@ -149,7 +103,7 @@ def test_cancel_a_stream_then_go_on(sock: str) -> None:
 @given(junk=st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=4),
        prefix=st.sampled_from([b"", p.HEADER.pack(p.REQUEST, 4, 1, 12)]))  # fmt: skip
 def test_fuzzed_clients_only_hurt_themselves(sock: str, junk: list[bytes], prefix: bytes) -> None:
-    raw = Raw(sock)
+    raw = RawSocket(sock)
     with contextlib.suppress(OSError):
         for piece in [prefix, *junk]:
             raw.send(piece)
@@ -224,7 +178,7 @@ def test_a_client_that_never_reads_stays_bounded(sock: str) -> None:
 
     from docteur.guest import connection, server
 
-    greedy = Raw(sock)
+    greedy = RawSocket(sock)
     codec = ClientCodec()
     burst = b"".join(codec.request("get", "", b"/big.bin")[1] for _ in range(2000))
     greedy.s.setblocking(False)

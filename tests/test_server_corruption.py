@@ -10,15 +10,17 @@ from docteur.guest.boot import boot
 from docteur.guest.image import Image
 from docteur.guest.layout import PACK_OFFSET
 from docteur.guest.protocol import End, Entry, Error, decode_entries
-from tests.conn_pair import ask
-from tests.runtime_images import cat_blobs, generate_repo, ls_tree, make_image
+from tests.support.git import cat_blobs, ls_tree
+from tests.support.images import packed_image
+from tests.support.protocol import ask
+from tests.support.repos import generate_repo
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("corrupt")
     repo = generate_repo(base / "small.git", files=40, commits=2, big=(4 << 20) + 12345)
-    return repo, make_image(repo, base / "small.img")
+    return repo, packed_image(repo, base / "small.img")
 
 
 @pytest.mark.slow  # every answer of the image, for some 100 corrupted copies

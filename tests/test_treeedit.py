@@ -33,8 +33,7 @@ from docteur.guest.objects import MODE_EXEC, MODE_FILE, MODE_GITLINK, MODE_LINK,
 from docteur.guest.objects import object_id as git_object_id
 from docteur.guest.paths import split_path
 from docteur.guest.treeedit import EMPTY_TREE, PUT_MODES, TreeEditor
-
-from .gitfixtures import git, git_env, needs_git
+from tests.support.git import git, git_env, git_try, needs_git
 
 pytestmark = needs_git
 
@@ -434,14 +433,12 @@ def test_names_agree_with_git(trees: GitTrees, tmp_path: Path, name: bytes) -> N
     index = tmp_path / "index"
     env = git_env(GIT_INDEX_FILE=str(index))
     line = b"100644 blob %s\tdir/%s\0" % (one.hex().encode(), name)
-    git_takes = subprocess.run(
-        ["git", "update-index", "-z", "--index-info"], cwd=repo, input=line, env=env, capture_output=True,
-    ).returncode == 0 and git("ls-files", cwd=repo, env=env) != b""
+    git_takes = git_try("update-index", "-z", "--index-info", cwd=repo, input=line, env=env,
+                        ).returncode == 0 and git("ls-files", cwd=repo, env=env) != b""
     if git_takes:
         tree = git("write-tree", cwd=repo, env=env).decode().strip()
         commit = git("commit-tree", "-m", "n", tree, cwd=repo).decode().strip()
-        fsck = subprocess.run(["git", "fsck", "--strict", "--no-dangling", commit], cwd=repo,
-                              env=git_env(), capture_output=True)
+        fsck = git_try("fsck", "--strict", "--no-dangling", commit, cwd=repo)
         git_takes = b"hasDotgit" not in fsck.stderr and fsck.returncode == 0
     ed = TreeEditor(trees, None)
     try:
@@ -471,8 +468,7 @@ def test_special_names_agree_with_fsck(repo: Path, trees: GitTrees, tmp_path: Pa
                                    else target.hex().encode(), name)
     tree = git("mktree", cwd=fresh, input=entry).decode().strip()
     commit = git("commit-tree", "-m", "n", tree, cwd=fresh).decode().strip()
-    fsck = subprocess.run(["git", "fsck", "--strict", "--no-dangling", commit], cwd=fresh,
-                          env=git_env(), capture_output=True)
+    fsck = git_try("fsck", "--strict", "--no-dangling", commit, cwd=fresh)
     git_takes = fsck.returncode == 0 and b"warning" not in fsck.stderr and b"error" not in fsck.stderr
     ed = TreeEditor(trees, tree_of(repo))
     tries = [

@@ -8,7 +8,11 @@ import pytest
 
 from docteur.cli.main import verify_main
 from docteur.guest.layout import read_layout
-from tests.gitfixtures import docteur, fails, make_repo, needs_git, one_error_line, rev
+from tests.support.cli import docteur, fails, one_error_line
+from tests.support.corrupt import corrupt
+from tests.support.git import needs_git, rev
+from tests.support.images import image_of
+from tests.support.repos import make_repo
 
 pytestmark = needs_git
 
@@ -17,11 +21,7 @@ pytestmark = needs_git
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("verify")
     repo = make_repo(tmp / "repo.git", bare=True, history=2)
-    img = tmp / "good.img"
-    from docteur.builder.make import make
-
-    make(str(repo), str(img))
-    return repo, img
+    return repo, image_of(repo, tmp / "good.img")
 
 
 def test_report(built: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -74,16 +74,6 @@ def test_quiet(built: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> 
     assert capsys.readouterr().out == ""
 
 
-def _corrupt(src: Path, dest: Path, offset: int, value: bytes | None = None) -> Path:
-    data = bytearray(src.read_bytes())
-    if value is None:
-        data[offset] ^= 0xFF
-    else:
-        data[offset : offset + len(value)] = value
-    dest.write_bytes(bytes(data))
-    return dest
-
-
 def _where(img: Path) -> dict[str, int]:
     with open(img, "rb") as f:
         layout = read_layout(f.fileno())
@@ -106,7 +96,7 @@ def test_corruption(built: tuple[Path, Path], tmp_path: Path, where: str,
                     capsys: pytest.CaptureFixture[str]) -> None:
     _repo, good = built
     offsets = {"commit": 3, "idx_offset": 21, "pack_magic": 29, **_where(good)}
-    bad = _corrupt(good, tmp_path / "bad.img", offsets[where])
+    bad = corrupt(good, offsets[where], dest=tmp_path / "bad.img")
     rc, out, err = docteur(capsys, "verify", bad)
     assert rc == 1
     assert out == ""
@@ -124,7 +114,7 @@ def test_a_flip_in_the_padding_says_padding(built: tuple[Path, Path], tmp_path: 
         layout = read_layout(f.fileno())
     at = {"after the PACK": layout.pack_end + 3, "before the IDX": layout.idx_offset - 1,
           "after the IDX": layout.idx_end + 7}[where]  # fmt: skip
-    bad = _corrupt(good, tmp_path / "bad.img", at, b"\x01")
+    bad = corrupt(good, at, b"\x01", dest=tmp_path / "bad.img")
     line = fails(capsys, "verify", bad)
     assert "padding" in line and str(bad) in line and str(at) in line, line
 
@@ -134,7 +124,7 @@ def test_wrong_commit_in_header(built: tuple[Path, Path], tmp_path: Path,
     """The header names an object of the pack that is not a commit (its tree)."""
     repo, good = built
     tree = bytes.fromhex(rev(repo, "HEAD^{tree}"))
-    bad = _corrupt(good, tmp_path / "bad.img", 0, tree)
+    bad = corrupt(good, 0, tree, dest=tmp_path / "bad.img")
     assert "commit" in fails(capsys, "verify", bad)
 
 
@@ -160,7 +150,7 @@ def test_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_the_originals_git_cram_test(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The original docteur's test/git-simple.t, replayed: same repository, same ids, same report."""
-    from tests.gitfixtures import git, git_env
+    from tests.support.git import git, git_env
 
     store = tmp_path / "git-store"
     store.mkdir()

@@ -14,37 +14,35 @@ from pathlib import Path
 import pytest
 
 from docteur.vm.runtime.appliance import Appliance, BootError
-from tests import gitfixtures as gf
-from tests.vm_helpers import (
-    DOCTEUR,
-    GuestError,
-    RawClient,
-    docteur_make,
-    needs_vm,
-    process_gone,
-)
+from tests.support.cli import DOCTEUR
+from tests.support.corrupt import corrupt
+from tests.support.git import cat_blobs, git, ls_tree, needs_git
+from tests.support.images import image_of
+from tests.support.protocol import GuestError, RawStream
+from tests.support.repos import make_repo
+from tests.support.vm import needs_vm, process_gone
 
-pytestmark = [pytest.mark.vm, needs_vm, gf.needs_git]
+pytestmark = [pytest.mark.vm, needs_vm, needs_git]
 
 
 @pytest.fixture(scope="module")
 def repo_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("vmrepo")
-    repo = gf.make_repo(tmp / "repo")
-    return repo, docteur_make(repo, tmp / "repo.img")
+    repo = make_repo(tmp / "repo")
+    return repo, image_of(repo, tmp / "repo.img")
 
 
 async def test_every_file_identical_to_git_and_clean_power_off(
     repo_image: tuple[Path, Path],
 ) -> None:
     repo, image = repo_image
-    rows = gf.tree_entries(repo, "HEAD")
+    rows = ls_tree(repo, "HEAD")
     blobs = [(mode, oid, path) for mode, kind, oid, path in rows if kind == "blob"]
-    expected = gf._cat_blobs(repo, [oid for _, oid, _ in blobs])
+    expected = cat_blobs(repo, [oid for _, oid, _ in blobs])
     async with Appliance(blocks={"docteur": image}, verify="full", timeout=90, make_client=None) as vm:
-        client = RawClient(vm)
+        client = RawStream(vm)
         for mode, oid, path in blobs:
-            if mode == "120000":
+            if mode == 0o120000:
                 continue  # a symlink: its target is a blob too, checked via stat below
             data = await asyncio.wait_for(client.get(b"/" + path), 30)
             assert data == expected[oid], path
@@ -58,33 +56,30 @@ async def test_two_disks(repo_image: tuple[Path, Path], tmp_path: Path) -> None:
     repo, image = repo_image
     other = tmp_path / "other"
     other.mkdir()
-    gf.git("init", "-q", "-b", "main", other)
+    git("init", "-q", "-b", "main", other)
     (other / "README.md").write_text("the other disk\n")
-    gf.git("add", "-A", cwd=other)
-    gf.git("commit", "-q", "-m", "other", cwd=other)
-    other_img = docteur_make(other, tmp_path / "other.img")
+    git("add", "-A", cwd=other)
+    git("commit", "-q", "-m", "other", cwd=other)
+    other_img = image_of(other, tmp_path / "other.img")
     blocks = {"docteur": image, "second": other_img}
     async with Appliance(blocks=blocks, verify="pack", make_client=None) as vm:
         assert vm.greeting is not None and set(vm.greeting.disks) == {"docteur", "second"}
-        client = RawClient(vm)
+        client = RawStream(vm)
         assert await client.get(b"/README.md") == (repo / "README.md").read_bytes()
         assert await client.get(b"/README.md", disk="second") == b"the other disk\n"
         with pytest.raises(GuestError):
             await client.get(b"/absent")
 
 
-def _corrupt(image: Path, dest: Path) -> Path:
-    """Flip one byte in the middle of the PACK data."""
-    data = bytearray(image.read_bytes())
-    data[len(data) // 3] ^= 0xFF
-    dest.write_bytes(data)
-    return dest
+def _mid_pack(image: Path) -> int:
+    """An offset in the middle of the PACK data."""
+    return image.stat().st_size // 3
 
 
 @pytest.mark.parametrize("verify", ["full", "pack"])
 async def test_corrupt_image_refused(repo_image: tuple[Path, Path], tmp_path: Path,
                                      verify: str) -> None:  # fmt: skip
-    bad = _corrupt(repo_image[1], tmp_path / "bad.img")
+    bad = corrupt(repo_image[1], _mid_pack(repo_image[1]), dest=tmp_path / "bad.img")
     t0 = time.monotonic()
     with pytest.raises(BootError, match="refuses to serve") as info:
         async with Appliance(blocks={"docteur": bad}, verify=verify, timeout=60):
@@ -97,11 +92,11 @@ async def test_corrupt_image_unverified_fails_on_read(repo_image: tuple[Path, Pa
                                                      tmp_path: Path) -> None:  # fmt: skip
     """verify=none boots, but a damaged object still fails its SHA-1 when read."""
     repo, image = repo_image
-    bad = _corrupt(image, tmp_path / "bad.img")
-    rows = gf.tree_entries(repo, "HEAD")
+    bad = corrupt(image, _mid_pack(image), dest=tmp_path / "bad.img")
+    rows = ls_tree(repo, "HEAD")
     failures = 0
     async with Appliance(blocks={"docteur": bad}, verify="none", make_client=None) as vm:
-        client = RawClient(vm)
+        client = RawStream(vm)
         for _mode, kind, _oid, path in rows:
             if kind != "blob":
                 continue
@@ -138,11 +133,11 @@ def test_cli_guest_refusal_is_one_line(tmp_path: Path) -> None:
 async def test_kill9_mid_transfer(tmp_path: Path) -> None:
     repo = tmp_path / "big"
     repo.mkdir()
-    gf.git("init", "-q", "-b", "main", repo)
+    git("init", "-q", "-b", "main", repo)
     (repo / "big.bin").write_bytes(os.urandom(24 << 20))
-    gf.git("add", "-A", cwd=repo)
-    gf.git("commit", "-q", "-m", "big", cwd=repo)
-    image = docteur_make(repo, tmp_path / "big.img")
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "big", cwd=repo)
+    image = image_of(repo, tmp_path / "big.img")
     from docteur.vm.client import ConnectionLost, Timeout
 
     vm = Appliance(blocks={"docteur": image}, verify="none")
@@ -209,12 +204,12 @@ async def test_large_file_through_client(tmp_path: Path) -> None:
     (seen: ~1 MB then nothing): it must keep producing while a reply is pending."""
     repo = tmp_path / "large"
     repo.mkdir()
-    gf.git("init", "-q", "-b", "main", repo)
+    git("init", "-q", "-b", "main", repo)
     data = os.urandom(12 << 20)
     (repo / "large.bin").write_bytes(data)
-    gf.git("add", "-A", cwd=repo)
-    gf.git("commit", "-q", "-m", "large", cwd=repo)
-    image = docteur_make(repo, tmp_path / "large.img")
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", "large", cwd=repo)
+    image = image_of(repo, tmp_path / "large.img")
     async with Appliance(blocks={"docteur": image}, verify="pack") as vm:
         got = await asyncio.wait_for(vm.client.get("/large.bin"), 60)
         assert got == data

@@ -15,7 +15,8 @@ from docteur.vm.guestbuild.cpio import Archive
 from docteur.vm.guestbuild.elf import needed
 from docteur.vm.runtime import qemu
 from tests.bench.initrds import bare_init
-from tests.vm_helpers import DOCTEUR, GUEST
+from tests.support.cli import DOCTEUR
+from tests.support.vm import GUEST
 
 
 def parse_newc(data: bytes) -> dict[str, tuple[int, bytes, tuple[int, int]]]:

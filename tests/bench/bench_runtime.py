@@ -20,7 +20,9 @@ from pathlib import Path
 
 from docteur.guest.boot import boot
 from docteur.vm.client import Client, run
-from tests.runtime_images import generate_repo, ls_tree, make_image
+from tests.support.git import ls_tree
+from tests.support.images import packed_image
+from tests.support.repos import generate_repo
 
 Row = tuple[str, float, float, str]
 
@@ -81,7 +83,7 @@ def _blobs(repo: Path) -> tuple[list[bytes], list[bytes]]:
 
 def _throughput(base: Path) -> list[Row]:
     repo = generate_repo(base / "gen.git", files=3000, commits=2, big=64 << 20)
-    image = make_image(repo, base / "gen.img")
+    image = packed_image(repo, base / "gen.img")
     oids, paths = _blobs(repo)
     small = [(o, p) for o, p in zip(oids, paths, strict=True) if p != b"/big.bin"]
     big = [(o, p) for o, p in zip(oids, paths, strict=True) if p == b"/big.bin"]
@@ -105,7 +107,7 @@ def _throughput(base: Path) -> list[Row]:
 
 def _memory_and_boot(base: Path) -> list[Row]:
     repo = generate_repo(base / "many.git", files=100_000, commits=1, big=1 << 20)
-    image = make_image(repo, base / "many.img")
+    image = packed_image(repo, base / "many.img")
     _, paths = _blobs(repo)
     served = Served(image, verify="pack")
     try:

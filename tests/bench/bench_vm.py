@@ -19,7 +19,6 @@ import os
 import socket
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +26,8 @@ from docteur.guest import protocol
 from docteur.vm.runtime import qemu
 from docteur.vm.runtime.appliance import DEFAULT_BUILD, Appliance
 from tests.bench.initrds import bare_initrd, blast_initrd
+from tests.support.git import git
+from tests.support.images import image_of
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = ROOT / "build" / "bench" / "vm"
@@ -36,28 +37,18 @@ RUNS = 3
 Row = tuple[str, float, float, str]
 
 
-def _git(repo: Path, *args: str) -> None:
-    env = dict(os.environ, GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull,
-               GIT_AUTHOR_NAME="B", GIT_AUTHOR_EMAIL="b@b", GIT_COMMITTER_NAME="B",
-               GIT_COMMITTER_EMAIL="b@b")  # fmt: skip
-    subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)
-
-
 def _image(name: str, files: dict[str, bytes]) -> Path:
     image = CACHE / f"{name}.img"
     if image.exists():
         return image
     repo = CACHE / name
     repo.mkdir(parents=True, exist_ok=True)
-    _git(repo, "init", "-q", "-b", "main")
+    git("init", "-q", "-b", "main", cwd=repo)
     for path, data in files.items():
         (repo / path).write_bytes(data)
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", name)
-    cli = "import sys; from docteur.cli.main import main; sys.exit(main())"
-    subprocess.run([sys.executable, "-c", cli, "make", f"file://{repo}", str(image)],
-                   check=True, capture_output=True)  # fmt: skip
-    return image
+    git("add", "-A", cwd=repo)
+    git("commit", "-q", "-m", name, cwd=repo)
+    return image_of(repo, image)
 
 
 def small_image() -> Path:

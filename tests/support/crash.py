@@ -7,29 +7,23 @@ sectors, each sector old, new, zeros or garbage. `crash_states` turns a recorded
 list of operations into those states; a state is the list of (offset, bytes)
 pieces to apply, in order, to the image as it was before the batch. A VM-side
 recording (QEMU's blklogwrites) can be turned into the same operation list.
-
-Also: a device that fails on a chosen write or flush, and git as the oracle of
-what a commit holds (the image's PACK/IDX pairs copied into a bare repository).
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import random
 import shutil
 import struct
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 from docteur.guest.device import Device, FileDevice
 from docteur.guest.generations import Store
-from docteur.guest.objects import MODE_FILE, MODE_TREE, TREE, Tree, TreeEntry, iter_tree
-from docteur.guest.packwrite import PackWriter
-from tests.gitfixtures import git
+from docteur.guest.objects import MODE_FILE
+from tests.support.store import store_files, write_tree
 
 SECTOR = 512
 Write = tuple[int, bytes]
@@ -57,28 +51,6 @@ class RecordingDevice(Device):
     def _raw_flush(self) -> None:
         self.ops.append(("flush",))
         self.inner._raw_flush()
-
-
-class FaultyDevice(FileDevice):
-    """A real image file whose `fail_write`-th write or `fail_flush`-th flush (from 1)
-    fails with EIO, as a dying disk would report it."""
-
-    def __init__(self, path: str, fail_write: int = 0, fail_flush: int = 0):
-        super().__init__(path, writable=True)
-        self.fail_write, self.fail_flush = fail_write, fail_flush
-        self.writes = self.flushes = 0
-
-    def _raw_pwrite(self, data: bytes | memoryview, off: int) -> None:
-        self.writes += 1
-        if self.writes == self.fail_write:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        super()._raw_pwrite(data, off)
-
-    def _raw_flush(self) -> None:
-        self.flushes += 1
-        if self.flushes == self.fail_flush:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        super()._raw_flush()
 
 
 # -- QEMU's blklogwrites log (dm-log-writes format) -----------------------------------------
@@ -298,84 +270,3 @@ def _check_recovery(work: Path, scratch: Path, expected: dict[bytes, Files]) -> 
         assert store.commit_object().parents == (head,)
         assert as_files(store_files(store, commit)) == files
         assert not store.warnings()
-
-
-# -- trees -----------------------------------------------------------------------------
-def write_tree(writer: PackWriter, files: dict[str, bytes]) -> bytes:
-    """Add the blobs and trees of `files` (path -> bytes) to `writer`; the root tree's id."""
-    top: dict = {}
-    for path, data in files.items():
-        node = top
-        *dirs, name = path.strip("/").split("/")
-        for d in dirs:
-            node = node.setdefault(d, {})
-        node[name] = data
-
-    def build(node: dict) -> bytes:
-        entries = []
-        for name, value in node.items():
-            if isinstance(value, dict):
-                entries.append(TreeEntry(MODE_TREE, name.encode(), build(value)))
-            else:
-                entries.append(TreeEntry(MODE_FILE, name.encode(), writer.add("blob", value)))
-        return writer.add(TREE, Tree.from_entries(entries).as_raw())
-
-    return build(top)
-
-
-def store_files(store: Store, commit: bytes) -> dict[str, tuple[int, bytes]]:
-    """path -> (mode, bytes) of a commit, read through the store (every object hash-checked)."""
-    out: dict[str, tuple[int, bytes]] = {}
-
-    def walk(tree: bytes, prefix: str) -> None:
-        kind, body = store.read_object(tree)
-        assert kind == TREE
-        for entry in iter_tree(body):
-            path = prefix + entry.name.decode()
-            if entry.mode == MODE_TREE:
-                walk(entry.id, path + "/")
-            else:
-                out[path] = (entry.mode, store.read_object(entry.id)[1])
-
-    walk(store.commit_object(commit).tree, "")
-    return out
-
-
-# -- git as the oracle --------------------------------------------------------------------
-def export_packs(image: str, repo: Path) -> bytes:
-    """Copy every live PACK/IDX of the image into a bare repository; the head commit id."""
-    if not repo.exists():
-        git("init", "-q", "--bare", repo)
-    pack_dir = repo / "objects" / "pack"
-    with FileDevice(image) as dev, Store.open(dev) as store:
-        lay = store.layout
-        spans = [(28, lay.pack_end - 28, lay.idx_offset, lay.idx_end - lay.idx_offset)]
-        spans += [(e.pack_offset, e.pack_length, e.idx_offset, e.idx_length) for e in store.extents]
-        for pack_off, pack_len, idx_off, idx_len in spans:
-            pack = dev.pread(pack_len, pack_off)
-            name = f"pack-{pack[-20:].hex()}"
-            (pack_dir / f"{name}.pack").write_bytes(pack)
-            (pack_dir / f"{name}.idx").write_bytes(dev.pread(idx_len, idx_off))
-        head = store.head_commit
-    git("update-ref", "refs/heads/main", head.hex(), cwd=repo)
-    return head
-
-
-def git_files(repo: Path, commit: bytes) -> dict[str, tuple[int, bytes]]:
-    """path -> (mode, bytes) of `commit` as git reads it."""
-    listing = git("ls-tree", "-r", "-z", "--full-tree", commit.hex(), cwd=repo)
-    out: dict[str, tuple[int, bytes]] = {}
-    items = [line for line in listing.split(b"\0") if line]
-    ids = "\n".join(line.split(b"\t")[0].split()[2].decode() for line in items) + "\n"
-    proc = subprocess.run(
-        ["git", "cat-file", "--batch"], cwd=repo, input=ids.encode(), capture_output=True, check=True
-    )
-    data, pos = proc.stdout, 0
-    for line in items:
-        meta, path = line.split(b"\t", 1)
-        mode = int(meta.split()[0], 8)
-        header_end = data.index(b"\n", pos)
-        size = int(data[pos:header_end].split()[2])
-        out[path.decode()] = (mode, data[header_end + 1 : header_end + 1 + size])
-        pos = header_end + 1 + size + 1
-    return out
