@@ -23,7 +23,7 @@ from tests.crashstates import git_files, write_tree
 from tests.genread import FIRST, History, build_history, check_served, connect, flip, serve
 from tests.genstore import AUTHOR
 from tests.gitfixtures import docteur, fails, git, needs_git
-from tests.vm_helpers import DOCTEUR
+from tests.vm_helpers import DOCTEUR, needs_vm
 
 pytestmark = needs_git
 
@@ -341,3 +341,28 @@ def test_note_own_write_keeps_what_was_checked(history: History, tmp_path: Path)
             else:
                 with pytest.raises(ImageChanged):
                     reader.read_object(tree)
+
+
+# -- the microVM ----------------------------------------------------------------------------
+@pytest.mark.vm
+@needs_vm
+async def test_the_microvm_serves_the_head_and_keeps_writers_off(history: History, tmp_path: Path) -> None:
+    """One boot, two disks: the image with generations as git sees its head, and a copy
+    whose newest PACK is damaged, served as generation 3 with its warning. A writer is
+    refused while QEMU holds the images (its read-only attach unshares write)."""
+    from docteur.vm.runtime.appliance import Appliance
+
+    damaged = _copy(history, tmp_path)
+    _damage_pack(damaged)
+    async with Appliance(
+        blocks={"docteur": history.image, "damaged": damaged}, verify="pack", timeout=120
+    ) as vm:
+        hello = vm.greeting.fields
+        assert (hello["disk.docteur"], hello["generation.docteur"]) == (history.commits[-1].hex(), "4")
+        assert (hello["disk.damaged"], hello["generation.damaged"]) == (history.commits[3].hex(), "3")
+        assert hello["skipped.docteur"] == "" and "generation 4 skipped" in hello["skipped.damaged"]
+        await check_served(vm.client, history.repo, history.commits[-1], REMOVED_BY_4)
+        await check_served(vm.client, history.repo, history.commits[3], ["/keep2.txt"], disk="damaged")
+        assert "disk 'damaged': warning: generation 4 skipped" in vm.log_tail(200)
+        with pytest.raises(Locked, match=f"{history.image} is being served by another process \\(pid "):
+            FileDevice(str(history.image), writable=True)
