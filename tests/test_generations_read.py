@@ -366,3 +366,59 @@ async def test_the_microvm_serves_the_head_and_keeps_writers_off(history: Histor
         assert "disk 'damaged': warning: generation 4 skipped" in vm.log_tail(200)
         with pytest.raises(Locked, match=f"{history.image} is being served by another process \\(pid "):
             FileDevice(str(history.image), writable=True)
+
+
+def _rewrite_newest_idx(image: Path) -> int:
+    """Change the first CRC32 of the newest extent's IDX and make every checksum agree
+    (the IDX's own, the root record's): only rebuilding the IDX can tell. Its PACK's offset."""
+    from docteur.guest.idx import _NAMES
+    from docteur.guest.objects import sha1
+
+    with FileDevice(str(image), writable=True) as dev, Store.open(dev) as store:
+        assert store.head is not None and store.area is not None
+        root, e = store.head, store.extents[0]
+        idx = bytearray(dev.pread(e.idx_length, e.idx_offset))
+        count = int.from_bytes(idx[8 + 255 * 4 : 8 + 256 * 4], "big")
+        idx[_NAMES + 20 * count] ^= 0x01
+        idx[-20:] = sha1(bytes(idx[:-20])).digest()
+        block = bytes(idx) + bytes(align_up(len(idx)) - len(idx))
+        dev.pwrite(block, e.idx_offset)
+        extents = (e._replace(idx_checksum=bytes(idx[-20:])), *root.extents[1:])
+        dev.pwrite(root._replace(extents=extents).to_bytes(), store.area.slot_offset(store.slots.index(root)))
+        dev.flush()
+        return e.pack_offset
+
+
+def _orphan_head(image: Path) -> int:
+    """A generation whose commit's parent is in no PACK (the store always parents the
+    head: written here by hand)."""
+    from docteur.guest.objects import COMMIT, Commit, Signature
+
+    with FileDevice(str(image), writable=True) as dev, Store.open(dev) as store:
+        writer = store.begin()
+        who = Signature.make("O", "o@example.com", 1, "+0000")
+        body = Commit(store.head_tree, (bytes.fromhex("bb" * 20),), who, who, b"orphan\n").as_raw()
+        oid = writer.add(COMMIT, body)
+        store._publish([writer.finish(), *store.extents], oid)
+        return store.generation
+
+
+@pytest.mark.parametrize(
+    ("craft", "why"),
+    [
+        (_rewrite_newest_idx, "extent at byte {}: PACK entry at .* CRC32 .* differs from the IDX's"),
+        (_orphan_head, "commit {} of the head's history is missing from the image"),
+    ],
+)
+def test_verify_full_checks_each_extent_and_the_history(
+    history: History, tmp_path: Path, craft, why: str
+) -> None:
+    """Checksums that all agree yet a wrong extent or history: `pack` passes, `full` fails."""
+    image = _copy(history, tmp_path)
+    at = craft(image)
+    with Image.open(str(image), "pack") as opened:
+        assert opened.warnings() == [] and opened.generation >= 4
+        verify_pack(opened)
+        detail = f"{at}" if craft is _rewrite_newest_idx else "bb" * 20
+        with pytest.raises(DocteurError, match=why.format(detail)):
+            verify_full(opened)
