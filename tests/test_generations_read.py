@@ -347,15 +347,16 @@ def test_note_own_write_keeps_what_was_checked(history: History, tmp_path: Path)
 @pytest.mark.vm
 @needs_vm
 async def test_the_microvm_serves_the_head_and_keeps_writers_off(history: History, tmp_path: Path) -> None:
-    """One boot, two disks: the image with generations as git sees its head, and a copy
-    whose newest PACK is damaged, served as generation 3 with its warning. A writer is
-    refused while QEMU holds the images (its read-only attach unshares write)."""
+    """One `full` boot (every extent walked from the block device), two disks: the image
+    with generations as git sees its head, and a copy whose newest PACK is damaged, served
+    as generation 3 with its warning. A writer is refused while QEMU holds the images (its
+    read-only attach unshares write)."""
     from docteur.vm.runtime.appliance import Appliance
 
     damaged = _copy(history, tmp_path)
     _damage_pack(damaged)
     async with Appliance(
-        blocks={"docteur": history.image, "damaged": damaged}, verify="pack", timeout=120
+        blocks={"docteur": history.image, "damaged": damaged}, verify="full", timeout=120
     ) as vm:
         hello = vm.greeting.fields
         assert (hello["disk.docteur"], hello["generation.docteur"]) == (history.commits[-1].hex(), "4")
