@@ -1,18 +1,28 @@
-"""`docteur verify`: the guest's own full check, then the original's report."""
+"""`docteur verify`: the guest's own full check, then the original's report.
+
+An image with writes is checked as the guest serves it: its head generation
+(each live extent and the first generation), chosen as the guest chooses it; a
+generation skipped on the way is one warning line on stderr, and the report is
+the head commit's.
+"""
 
 from __future__ import annotations
 
 from typing import BinaryIO
 
+from docteur.cli.log import notice
 from docteur.cli.progress import Progress
-from docteur.guest.image import Image
+from docteur.guest.boot import open_checked
 from docteur.guest.objects import Commit
 from docteur.guest.verify import verify_full
 
 
 def verify_image(path: str, out: BinaryIO | None, *, quiet: bool = False) -> None:
     """Raise DocteurError (one-line message) when the image is bad; else print the report."""
-    with Image.open(path) as image, Progress("verifying", enabled=False if quiet else None) as bar:
+    with open_checked(path, "full") as image, Progress("verifying", enabled=False if quiet else None) as bar:
+        if not quiet:
+            for line in image.warnings():
+                notice(f"docteur: {line}", "generation skipped", image=path, warning=line)
         verify_full(image, progress=bar.update)
         commit = image.commit_object()
         commit_hex = image.commit.hex()

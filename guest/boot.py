@@ -13,7 +13,7 @@ from .errors import DocteurError
 from .image import Image
 from .protocol import DEFAULT_DISK, VERSION
 from .service import Service
-from .treeview import Disk
+from .treeview import Disk, generation_fields
 
 
 def log(message: str) -> None:
@@ -28,6 +28,13 @@ def parse_block(spec: str) -> tuple[str, str]:
     if not name or not path:
         raise ValueError(f"--block wants NAME=PATH, got {spec!r}")
     return name, path
+
+
+def open_checked(path: str, mode: str) -> Image:
+    """The image at `path`, opened for the boot check of `mode`: in `pack` and
+    `full` the store hashes each extent's PACK as it chooses the generation, so a
+    damaged newest generation falls back to the one before."""
+    return Image.open(path, "cheap" if mode == "none" else "pack")
 
 
 def check(image: Image, mode: str) -> None:
@@ -55,8 +62,11 @@ def boot(blocks: list[tuple[str, str]], mode: str) -> Service:
         image = None
         stage = "cannot open the image"
         try:
-            image = Image.open(path)
+            image = open_checked(path, mode)
             fields[f"disk.{name}"] = image.commit.hex()
+            fields.update(generation_fields(image, f".{name}"))
+            for line in image.warnings():
+                log(f"disk {name!r}: {line}")
             stage = f"verify {mode} failed"
             check(image, mode)
             disks[name] = Disk(name, image)
@@ -67,7 +77,8 @@ def boot(blocks: list[tuple[str, str]], mode: str) -> Service:
             continue
         took = time.monotonic() - started
         fields[f"verified.{name}"] = f"{mode} ok in {took:.3f} s"
-        log(f"disk {name!r}: {path}, commit {image.commit.hex()}, verify {mode} ok ({took:.3f} s)")
+        served = f", generation {image.generation}" if image.has_generations else ""
+        log(f"disk {name!r}: {path}, commit {image.commit.hex()}{served}, verify {mode} ok ({took:.3f} s)")
     if not blocks:
         error = "no disk given (--block NAME=PATH)"
     if error is not None:

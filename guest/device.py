@@ -22,9 +22,13 @@ BLOCK = 4096
 # QEMU's file-posix driver takes OFD read locks on byte 100 + permission bit for
 # the permissions it holds (bit 1 = write) and 200 + bit for those it refuses to
 # share. A write lock on byte 101 therefore conflicts with any QEMU that has the
-# image attached writable, and with another docteur writer; readers (a read-only
-# VM, `docteur verify`) take no lock on it and are not disturbed.
+# image attached writable, and with another docteur writer.
 LOCK_BYTE = 101
+# A reader (a docteur server, a read-only QEMU) holds shared locks on byte 100 ("I
+# read") and 201 ("I do not share write"), exactly as a read-only QEMU does: readers
+# never conflict with each other, a writer refuses to start while byte 201 is held.
+READ_BYTE = 100
+NO_WRITE_BYTE = 201
 
 
 class DeviceError(DocteurError):
@@ -179,23 +183,66 @@ class FileDevice(Device):
             self._buf = None
 
 
-def lock_writer(fd: int, path: str) -> None:
-    """Take the exclusive writer lock on the image open on `fd`, or raise Locked."""
-    import fcntl
+def _flock(kind: int, byte: int) -> bytes:
     import struct
 
     # struct flock on Linux: l_type, l_whence (short), l_start, l_len (off_t), l_pid.
-    lock = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, LOCK_BYTE, 1, 0)
+    return struct.pack("hhqqi4x", kind, os.SEEK_SET, byte, 1, 0)
+
+
+def _held(fd: int, byte: int) -> bool:
+    """Whether another open file holds any lock on `byte` (what an exclusive lock
+    there would conflict with)."""
+    import fcntl
+    import struct
+
+    got = fcntl.fcntl(fd, fcntl.F_OFD_GETLK, _flock(fcntl.F_WRLCK, byte))
+    return struct.unpack_from("h", got)[0] != fcntl.F_UNLCK
+
+
+def _who(fd: int, byte: int, kinds: str) -> str:
+    holder = _lock_holder(fd, byte)
+    return f"another process (pid {holder})" if holder else f"another process ({kinds})"
+
+
+def lock_writer(fd: int, path: str) -> None:
+    """Take the exclusive writer lock on the image open on `fd`, or raise Locked."""
+    import fcntl
+
     try:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, lock)
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_WRLCK, LOCK_BYTE))
     except (BlockingIOError, PermissionError):
-        holder = _lock_holder(fd)
-        who = f"another process (pid {holder})" if holder else "another process (a docteur writer or QEMU)"
+        who = _who(fd, LOCK_BYTE, "a docteur writer or QEMU")
         raise Locked(f"{path} is being written by {who}") from None
+    # Taken first, tested after (readers do the reverse): of a reader and a writer
+    # starting together, at least one sees the other.
+    if _held(fd, NO_WRITE_BYTE):
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, LOCK_BYTE))
+        who = _who(fd, NO_WRITE_BYTE, "a docteur server or a VM")
+        raise Locked(f"{path} is being served by {who}: stop it before writing")
 
 
-def _lock_holder(fd: int) -> int | None:
-    """The pid of a process holding an OFD lock on LOCK_BYTE of this file, when
+def lock_reader(fd: int, path: str) -> None:
+    """Take a reader's shared locks on the image open on `fd` (see READ_BYTE), or
+    raise Locked when a writer has it. A file system without OFD locks takes none."""
+    import fcntl
+
+    try:
+        for byte in (READ_BYTE, NO_WRITE_BYTE):
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_RDLCK, byte))
+        writing = _held(fd, LOCK_BYTE)
+    except (BlockingIOError, PermissionError):
+        writing = True  # byte 201 held exclusively: only a writer would
+    except OSError:
+        return  # no locks here (ENOLCK, EINVAL): nothing to protect against
+    if writing:
+        for byte in (READ_BYTE, NO_WRITE_BYTE):
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, byte))
+        raise Locked(f"{path} is being written by {_who(fd, LOCK_BYTE, 'a docteur writer or QEMU')}")
+
+
+def _lock_holder(fd: int, byte: int = LOCK_BYTE) -> int | None:
+    """The pid of a process holding an OFD lock on `byte` of this file, when
     /proc tells (OFD locks report no pid through F_GETLK)."""
     st = os.fstat(fd)
     me = os.getpid()
@@ -224,6 +271,6 @@ def _lock_holder(fd: int) -> int | None:
                         start, end = int(fields[-2]), fields[-1]
                     except (ValueError, IndexError):
                         continue
-                    if start <= LOCK_BYTE and (end == "EOF" or int(end) >= LOCK_BYTE):
+                    if start <= byte and (end == "EOF" or int(end) >= byte):
                         return int(pid)
     return None

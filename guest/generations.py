@@ -293,6 +293,11 @@ class Store:
                 return part.reader, off
         return None
 
+    def packs(self) -> list[tuple[Extent | None, Index, PackReader]]:
+        """Every PACK the head reads from, in lookup order (newest first): its extent,
+        its IDX and its reader; the first generation last, with extent None."""
+        return [(e, p.index, p.reader) for e, p in zip((*self.extents, None), self._parts, strict=True)]
+
     def __contains__(self, oid: bytes) -> bool:
         return any(oid in part.index for part in self._parts)
 

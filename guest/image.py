@@ -1,12 +1,19 @@
-"""An open docteur image: its header, its IDX in memory, its PACK read on demand.
+"""An open docteur image: the generation it serves, its IDX in memory, its PACKs read on demand.
+
+An image made with room for writes holds generations (FORMAT.md): the image
+serves the head, the newest one that verifies, through the generation store's
+lookup (every live extent newest first, then the first generation). An image
+without a write area is the first generation alone, served as it always was.
 
 What was checked is remembered (object ids hashed once, `fully_verified` after
-a `full` boot, the PACK reader's delta bases, the tree view's trees): that
+a `full` boot, the PACK readers' delta bases, the tree view's trees): that
 memory holds only while the file is the one that was opened. Every read that
 relies on it first compares the file's identity, size and times (one fstat)
 with those taken at open; a change answers ImageChanged, naming the image,
-for good. A block device shows no such change (inside the VM the host's file
-is out of sight): see PROTOCOL.md, Verification.
+for good. A reader holds shared locks on the file that a writer respects
+(device.lock_reader), so `docteur put` never changes a served image. A block
+device shows no such change (inside the VM the host's file is out of sight):
+see PROTOCOL.md, Verification.
 """
 
 from __future__ import annotations
@@ -16,9 +23,10 @@ import stat
 from collections import OrderedDict
 from collections.abc import Iterator
 
-from .errors import DocteurError, ImageChanged, ImageError, IntegrityError
-from .idx import Index
-from .layout import PACK_OFFSET, Layout, read_layout
+from .device import Device, lock_reader
+from .errors import DocteurError, ImageChanged, ImageError, IntegrityError, NotFound
+from .generations import Skipped, Store
+from .layout import device_size
 from .objects import BLOB, COMMIT, TYPE_NUMBERS, Commit, object_header, object_id, sha1
 from .pack import Entry, PackReader
 
@@ -76,40 +84,69 @@ def _identity(fd: int) -> tuple[int, int, int, int, int]:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-class Image:
-    """Read-only access to a docteur image in a file or on a block device."""
+class _Reading(Device):
+    """The image's own descriptor as the store's device: it is only read."""
 
-    def __init__(self, fd: int, path: str, layout: Layout, index: Index, cache_bytes: int):
+    writable = False
+
+    def __init__(self, fd: int, path: str):
+        self.fd = fd
+        self.name = path
+        self.size = device_size(fd)
+
+    def pread(self, n: int, off: int) -> bytes:
+        n = max(0, min(n, self.size - off))
+        return os.pread(self.fd, n, off) if n else b""
+
+
+class Image:
+    """Read-only access to a docteur image in a file or on a block device: the
+    head generation's commit, tree and objects.
+
+    `layout`, `index` and `pack` are the first generation's (header, IDX, PACK
+    reader); `store` is the generation store that finds every object."""
+
+    def __init__(self, fd: int, path: str, store: Store, check: str, identity: tuple[int, ...]):
         self.fd = fd
         self.path = path
-        self.layout = layout
-        self.index = index
-        self.pack = PackReader(fd, PACK_OFFSET, layout.pack_end, index, cache_bytes)
-        self._opened_as = _identity(fd)
+        self.store = store
+        self.check = check  # the store's open check: "pack" hashed every extent's PACK
+        self.layout = store.layout
+        self.index = store.first_index
+        self.pack: PackReader = store.packs()[-1][2]
+        self._opened_as = identity
         self.changed: str | None = None  # why the file no longer is the one opened
-        # Offsets whose id was checked recently: a second read need not hash again.
+        # Objects (by absolute offset) whose id was checked recently: a second
+        # read need not hash again.
         self._verified: OrderedDict[int, None] = OrderedDict()
         # Set by verify_full once every object's id has been checked: reads of an
         # unchanged image need not hash again.
         self.fully_verified = False
 
     @classmethod
-    def open(cls, path: str, cache_bytes: int = 8 << 20) -> Image:
+    def open(cls, path: str, check: str = "cheap", *, lock: bool = True) -> Image:
+        """Open `path` and choose the generation to serve. `check` is the store's
+        (generations.CHECKS): "pack" also hashes the PACK of every extent it adopts,
+        so a damaged one falls back to the generation before. `lock`: take the
+        reader's locks (refused while a writer has the image)."""
         fd = open_image_fd(path)
         try:
-            layout = read_layout(fd)
-            idx = os.pread(fd, layout.idx_end - layout.idx_offset, layout.idx_offset)
-            return cls(fd, path, layout, Index(idx), cache_bytes)
+            identity = _identity(fd)  # before any read: a write during them is a change
+            if lock:
+                lock_reader(fd, path)
+            store = Store.open(_Reading(fd, path), check)
+            return cls(fd, path, store, check, identity)
         except ImageError as exc:
             os.close(fd)
-            raise ImageError(f"{path}: {exc}") from None
+            message = str(exc)
+            raise ImageError(message if message.startswith(f"{path}: ") else f"{path}: {message}") from None
         except BaseException:
             os.close(fd)
             raise
 
     def close(self) -> None:
-        self.pack.close()
         if self.fd >= 0:
+            self.store.close()
             os.close(self.fd)
             self.fd = -1
 
@@ -119,9 +156,40 @@ class Image:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- the generation served ----------------------------------------------------
     @property
     def commit(self) -> bytes:
-        return self.layout.commit
+        """The head commit: the first generation's (the header's) without writes."""
+        return self.store.head_commit
+
+    @property
+    def generation(self) -> int:
+        return self.store.generation
+
+    @property
+    def skipped(self) -> list[Skipped]:
+        return self.store.skipped
+
+    def warnings(self) -> list[str]:
+        """One line for each generation (or write area) skipped at open, and why."""
+        return self.store.warnings()
+
+    @property
+    def has_generations(self) -> bool:
+        """Whether the image is more than a first generation: it has a write area,
+        or bytes after the first generation that were taken for one. Only such
+        images report generations (a plain image reports exactly what it did)."""
+        return self.store.area is not None or bool(self.store.skipped)
+
+    def free_space(self) -> int:
+        """Bytes free for writes (0 without a write area)."""
+        return self.store.free_space()
+
+    def object_count(self) -> int:
+        return sum(len(index) for _, index, _ in self.store.packs())
+
+    def __contains__(self, oid: bytes) -> bool:
+        return oid in self.store
 
     # -- the file under us ----------------------------------------------------
     def check_unchanged(self) -> None:
@@ -140,9 +208,18 @@ class Image:
             )
             self._verified.clear()
             self.fully_verified = False
-            self.pack.forget()
+            for _, _, reader in self.store.packs():
+                reader.forget()
         # A new exception each time: re-raising one instance would grow its traceback.
         raise ImageChanged(self.changed)
+
+    def note_own_write(self) -> None:
+        """Take the file as it is now for the one opened: for a writer in this
+        process, after its own batch is durable. A batch only appends an extent and
+        a root record where no served generation reads (FORMAT.md), so what was
+        checked still holds; a change seen before this call stays a change."""
+        if self.changed is None:
+            self._opened_as = _identity(self.fd)
 
     def named(self, exc: DocteurError | OSError) -> DocteurError:
         """`exc` with this image's path in front; ImageChanged when the file changed
@@ -162,19 +239,29 @@ class Image:
         return type(exc)(f"{self.path}: {message}")
 
     # -- objects ------------------------------------------------------------
-    def _already_checked(self, offset: int) -> bool:
-        if not self.fully_verified and offset not in self._verified:
+    def locate(self, oid: bytes) -> tuple[PackReader, int]:
+        """(reader, PACK-relative offset) of `oid` in the newest PACK holding it."""
+        found = self.store.find(oid)
+        if found is None:
+            raise NotFound(f"object {oid.hex()} is not in the image")
+        return found
+
+    def _already_checked(self, at: int) -> bool:
+        if not self.fully_verified and at not in self._verified:
             return False
         self.check_unchanged()  # the memory is of this file's bytes only
-        if offset in self._verified:
-            self._verified.move_to_end(offset)
+        if at in self._verified:
+            self._verified.move_to_end(at)
         return True
 
-    def _check_digest(self, oid: bytes, offset: int, digest: bytes) -> None:
+    def _check_digest(self, oid: bytes, reader: PackReader, offset: int, digest: bytes) -> None:
         """Raise unless `digest` is `oid`; remember the object as checked."""
         if digest != oid:
-            raise IntegrityError(f"object {oid.hex()} at PACK offset {offset} hashes to {digest.hex()}")
-        self._verified[offset] = None
+            where = "" if reader is self.pack else f" of the PACK at byte {reader.base}"
+            raise IntegrityError(
+                f"object {oid.hex()} at PACK offset {offset}{where} hashes to {digest.hex()}"
+            )
+        self._verified[reader.base + offset] = None
         if len(self._verified) > _VERIFIED_MEMORY:
             self._verified.popitem(last=False)
 
@@ -183,11 +270,11 @@ class Image:
         try:
             if self.changed is not None:  # failing for good once the file changed
                 raise ImageChanged(self.changed)
-            offset = self.pack.offset_of(oid)
-            num, body = self.pack.resolve(offset)
+            reader, offset = self.locate(oid)
+            num, body = reader.resolve(offset)
             kind = TYPE_NUMBERS[num]
-            if check and not self._already_checked(offset):
-                self._check_digest(oid, offset, object_id(kind, body))
+            if check and not self._already_checked(reader.base + offset):
+                self._check_digest(oid, reader, offset, object_id(kind, body))
         except (DocteurError, OSError) as exc:
             raise self.named(exc) from None
         return kind, body
@@ -199,7 +286,8 @@ class Image:
         try:
             if self.changed is not None:
                 raise ImageChanged(self.changed)
-            num, size = self.pack.type_and_size(self.pack.offset_of(oid))
+            reader, offset = self.locate(oid)
+            num, size = reader.type_and_size(offset)
             self.check_unchanged()
         except (DocteurError, OSError) as exc:
             raise self.named(exc) from None
@@ -211,28 +299,37 @@ class Image:
         try:
             if self.changed is not None:
                 raise ImageChanged(self.changed)
-            pack_offset = self.pack.offset_of(oid)
-            entry = self.pack.entry(pack_offset)
+            reader, pack_offset = self.locate(oid)
+            entry = reader.entry(pack_offset)
             if entry.is_delta or entry.size <= STREAM_THRESHOLD:
                 kind, body = self.read_object(oid)
                 if kind != BLOB:
                     raise IntegrityError(f"object {oid.hex()} is a {kind}, not a blob")
-                return Blob(self, len(body), body, None)
+                return Blob(self, len(body), body, None, reader)
             if TYPE_NUMBERS[entry.type] != BLOB:
                 raise IntegrityError(f"object {oid.hex()} is a {TYPE_NUMBERS[entry.type]}, not a blob")
-            if not self._already_checked(pack_offset):
+            if not self._already_checked(reader.base + pack_offset):
                 h = sha1(object_header(BLOB, entry.size), entry.size)
-                for piece in self.pack.inflate_chunks(entry, _HASH_CHUNK, direct=True):
+                for piece in reader.inflate_chunks(entry, _HASH_CHUNK, direct=True):
                     h.update(piece)
-                self._check_digest(oid, pack_offset, h.digest())
-            return Blob(self, entry.size, None, entry)
+                self._check_digest(oid, reader, pack_offset, h.digest())
+            return Blob(self, entry.size, None, entry, reader)
         except (DocteurError, OSError) as exc:
             raise self.named(exc) from None
 
-    def commit_object(self) -> Commit:
-        kind, body = self.read_object(self.commit)
+    def commit_object(self, oid: bytes | None = None) -> Commit:
+        """The head commit (or commit `oid`), parsed."""
+        oid = oid or self.commit
+        kind, body = self.read_object(oid)
         if kind != COMMIT:
-            raise IntegrityError(f"{self.path}: the header's commit {self.commit.hex()} is a {kind}")
+            what = (
+                "the header's commit"
+                if oid == self.layout.commit
+                else f"generation {self.generation}'s head commit"
+                if oid == self.commit
+                else "commit"
+            )
+            raise IntegrityError(f"{self.path}: {what} {oid.hex()} is a {kind}")
         try:
             return Commit.from_raw(body)
         except (DocteurError, OSError) as exc:
@@ -242,13 +339,16 @@ class Image:
 class Blob:
     """A blob whose id was checked (Image.open_blob): `size` is its checked size."""
 
-    __slots__ = ("_body", "_entry", "_image", "size")
+    __slots__ = ("_body", "_entry", "_image", "_reader", "size")
 
-    def __init__(self, image: Image, size: int, body: bytes | None, entry: Entry | None):
+    def __init__(
+        self, image: Image, size: int, body: bytes | None, entry: Entry | None, reader: PackReader
+    ):
         self._image = image
         self.size = size
         self._body = body  # small or deltified blobs: held whole, already hashed
         self._entry = entry  # big undeltified ones: inflated again as they are served
+        self._reader = reader
 
     def chunks(
         self, offset: int = 0, length: int | None = None, chunk_size: int = 1 << 16
@@ -266,7 +366,7 @@ class Blob:
         image = self._image
         pos = 0
         try:
-            for piece in image.pack.inflate_chunks(self._entry, chunk_size, direct=True):
+            for piece in self._reader.inflate_chunks(self._entry, chunk_size, direct=True):
                 # Read again after the check: these bytes must still be the file's.
                 image.check_unchanged()
                 end = pos + len(piece)

@@ -25,6 +25,10 @@ from .values import MAX_PATH, Entry, GetEnd, Stat
 
 ROOT_MODE = MODE_TREE
 DIR_CACHE = 4096  # directories whose tree id is remembered (about 150 bytes each)
+# last_modified looks at most this many commits of the head's history, newest first
+# (each costs a commit and the trees along the path), and remembers this many paths.
+HISTORY_LIMIT = 256
+MODIFIED_CACHE = 4096
 
 
 class InvalidPath(DocteurError):
@@ -152,6 +156,7 @@ class Disk:
         self._tree_bytes = 0
         self._tree_limit = tree_cache_bytes
         self._dirs: OrderedDict[bytes, bytes] = OrderedDict()  # "a/b" -> tree id
+        self._modified: OrderedDict[bytes, Commit] = OrderedDict()  # "a/b" -> commit that changed it
 
     # -- trees ----------------------------------------------------------------
     def tree(self, oid: bytes) -> Tree:
@@ -192,6 +197,7 @@ class Disk:
             raise self.image.named(exc) from None
 
     def _walk(self, segs: list[bytes]) -> tuple[int, bytes] | None:
+        """(mode, oid) of the path `segs` in the head's tree (with the directory cache)."""
         parent = b"/".join(segs[:-1])
         tree_oid = self._dirs.get(parent)
         if tree_oid is not None:
@@ -207,6 +213,18 @@ class Disk:
             if len(self._dirs) > DIR_CACHE:
                 self._dirs.popitem(last=False)
         return self.tree(tree_oid).lookup(segs[-1])
+
+    def _find_in(self, tree_oid: bytes, segs: list[bytes]) -> tuple[int, bytes] | None:
+        """(mode, oid) of the path `segs` in the tree `tree_oid` (any commit's)."""
+        mode = ROOT_MODE
+        for seg in segs:
+            if mode != MODE_TREE:
+                return None
+            found = self.tree(tree_oid).lookup(seg)
+            if found is None:
+                return None
+            mode, tree_oid = found
+        return mode, tree_oid
 
     def _need(self, path: bytes) -> tuple[int, bytes]:
         found = self.resolve(path)
@@ -239,20 +257,55 @@ class Disk:
         mode, oid = self._need(path)
         kind = kind_of_mode(mode)
         size = self._blob_size(oid) if kind in ("file", "symlink") else 0
-        return Stat(kind, mode, size, oid, self.mtime)
+        return Stat(kind, mode, size, oid, self._changed_by(path, (mode, oid)).committer.timestamp)
 
     def digest(self, path: bytes) -> bytes:
         return self._need(path)[1]
 
     def last_modified(self, path: bytes) -> tuple[int, int]:
-        """(seconds, tz offset in minutes): the commit's time, for every path."""
-        self._need(path)
-        tz = self.commit.committer.tz_offset
+        """(seconds, tz offset in minutes): the committer time of the newest commit
+        that changed the path (see `_changed_by`); the image's commit for every path
+        of an image without writes."""
+        committer = self._changed_by(path, self._need(path)).committer
+        tz = committer.tz_offset
         try:
             minutes = int(tz[1:3]) * 60 + int(tz[3:5])
         except ValueError:
             minutes = 0
-        return self.mtime, -minutes if tz.startswith("-") else minutes
+        return committer.timestamp, -minutes if tz.startswith("-") else minutes
+
+    def _changed_by(self, path: bytes, now: tuple[int, bytes]) -> Commit:
+        """The newest commit of the head's first-parent history whose parent holds
+        something else at `path` (another id or mode, or nothing) than `now`, what
+        the head holds there. Looked for back to the first generation's commit, which
+        is the answer for a path no generation changed; after HISTORY_LIMIT commits,
+        or where the history leaves the image, the oldest commit looked at."""
+        commit = self.commit
+        if self.image.generation == 0:
+            return commit
+        segs = split_path(path)
+        key = b"/".join(segs)
+        hit = self._modified.get(key)
+        if hit is not None:
+            self._modified.move_to_end(key)
+            return hit
+        first = self.image.layout.commit
+        oid = self.image.commit
+        try:
+            for _ in range(HISTORY_LIMIT):
+                if oid == first or not commit.parents or commit.parents[0] not in self.image:
+                    break
+                parent_oid = commit.parents[0]
+                parent = self.image.commit_object(parent_oid)
+                if self._find_in(parent.tree, segs) != now:
+                    break
+                commit, oid = parent, parent_oid
+        except IntegrityError as exc:
+            raise self.image.named(exc) from None
+        self._modified[key] = commit
+        if len(self._modified) > MODIFIED_CACHE:
+            self._modified.popitem(last=False)
+        return commit
 
     def get(
         self, path: bytes, offset: int = 0, length: int | None = None, chunk: int = 1 << 18
@@ -288,9 +341,10 @@ class Disk:
 
     def info(self) -> dict[str, str]:
         c = self.commit
+        image = self.image
         return {
             "disk": self.name,
-            "commit": self.image.commit.hex(),
+            "commit": image.commit.hex(),
             "tree": c.tree.hex(),
             "parents": " ".join(p.hex() for p in c.parents),
             "author": f"{c.author.name} <{c.author.email}>",
@@ -299,7 +353,21 @@ class Disk:
             "committer_time": str(c.committer.timestamp),
             "committer_tz": c.committer.tz_offset,
             "message": (c.message or b"").decode("utf-8", "replace"),
-            "image": self.image.path,
-            "image_size": str(self.image.layout.image_size),
-            "objects": str(len(self.image.index)),
+            "image": image.path,
+            "image_size": str(image.layout.image_size),
+            "objects": str(image.object_count()),
+            **generation_fields(image),
         }
+
+
+def generation_fields(image: Image, suffix: str = "") -> dict[str, str]:
+    """What an image with generations reports (PROTOCOL.md): `generation` served,
+    `skipped` (the warning lines, one a line; empty when none) and, with room for
+    writes, `free` bytes. Nothing for an image without writes: its greeting and
+    `info` are what they always were."""
+    if not image.has_generations:
+        return {}
+    fields = {f"generation{suffix}": str(image.generation), f"skipped{suffix}": "\n".join(image.warnings())}
+    if image.store.writable:
+        fields[f"free{suffix}"] = str(image.free_space())
+    return fields

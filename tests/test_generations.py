@@ -19,9 +19,11 @@ from docteur.guest.capacity import grow, prepare
 from docteur.guest.device import BLOCK, FileDevice, Locked, align_up
 from docteur.guest.errors import DocteurError, ImageError
 from docteur.guest.generations import ReadOnly, Store, TooManyExtents
+from docteur.guest.idx import Index
 from docteur.guest.image import Image
-from docteur.guest.layout import read_layout
-from docteur.guest.objects import Tree
+from docteur.guest.layout import PACK_OFFSET, read_layout
+from docteur.guest.objects import Commit, Tree
+from docteur.guest.pack import PackReader
 from docteur.guest.packwrite import NoSpace
 from docteur.guest.roots import SLOT_SIZE, SLOTS
 from tests.support.git import git, needs_git
@@ -414,8 +416,15 @@ def test_the_read_only_reader_still_sees_the_first_generation(tmp_path: Path) ->
     never looks: it keeps serving the first generation, whatever was written after."""
     image = writable_image(tmp_path)
     commit_files(image, {"new.txt": b"invisible to the original reader\n"})
-    with Image.open(str(image)) as old_reader, FileDevice(str(image)) as dev, Store.open(dev) as store:
-        assert old_reader.commit == store.layout.commit != store.head_commit
-        tree = old_reader.commit_object().tree
-        kind, body = old_reader.read_object(tree)
-        assert kind == "tree" and [e.name for e in Tree.from_raw(body).entries] == [b"readme.txt", b"sub"]
+    with FileDevice(str(image)) as dev, Store.open(dev) as store:
+        # The original's reading: the header, the PACK at byte 28, the IDX at the header's offset.
+        lay = read_layout(dev.fd)
+        idx = Index(dev.pread(lay.idx_end - lay.idx_offset, lay.idx_offset))
+        old_reader = PackReader(dev.fd, PACK_OFFSET, lay.pack_end, idx)
+        assert lay.commit == store.layout.commit != store.head_commit
+        tree = Commit.from_raw(old_reader.resolve(old_reader.offset_of(lay.commit))[1]).tree
+        kind, body = old_reader.resolve(old_reader.offset_of(tree))
+        assert kind == 2 and [e.name for e in Tree.from_raw(body).entries] == [b"readme.txt", b"sub"]
+    # The reader of this project serves the head.
+    with Image.open(str(image)) as reader:
+        assert reader.commit == store.head_commit and reader.generation == 1
