@@ -19,11 +19,15 @@ from docteur.guest.generations import Store
 from docteur.guest.image import Image
 from docteur.guest.objects import MODE_FILE, TREE, Tree, TreeEntry
 from docteur.guest.verify import verify_full, verify_pack
-from tests.crashstates import git_files, write_tree
-from tests.genread import FIRST, History, build_history, check_served, connect, flip, serve
-from tests.genstore import AUTHOR
-from tests.gitfixtures import docteur, fails, git, needs_git
-from tests.vm_helpers import DOCTEUR, needs_vm
+from docteur.vm.client import Client
+from tests.support.cli import DOCTEUR, docteur, fails
+from tests.support.corrupt import corrupt
+from tests.support.git import git, needs_git
+from tests.support.guestproc import GuestProcess
+from tests.support.history import FIRST, History, build_history, check_served
+from tests.support.oracle import git_files
+from tests.support.store import AUTHOR, write_tree
+from tests.support.vm import needs_vm
 
 pytestmark = needs_git
 
@@ -65,11 +69,11 @@ def _newest(image: Path) -> tuple[int, int, int, int]:
 async def test_a_server_serves_the_head_as_git_sees_it(history: History, verify: str) -> None:
     head = history.commits[-1]
     with (
-        serve(history.image, verify) as served,
+        GuestProcess(history.image, verify) as served,
         FileDevice(str(history.image)) as dev,
         Store.open(dev) as store,
     ):
-        async with await connect(served.sock) as client:
+        async with await Client.open_unix(served.sock, timeout=60) as client:
             assert client.hello is not None
             hello = client.hello.fields
             assert hello["disk.docteur"] == head.hex()
@@ -89,8 +93,8 @@ async def test_last_modified_follows_the_generations(history: History) -> None:
     """Spelled out (git log is the oracle above): a path keeps the time of the newest
     generation that changed it, a path no generation changed the first one's."""
     first_time = Image.open(str(history.plain)).commit_object().committer.timestamp
-    with serve(history.image) as served:
-        async with await connect(served.sock) as client:
+    with GuestProcess(history.image) as served:
+        async with await Client.open_unix(served.sock, timeout=60) as client:
             assert await client.last_modified("/keep/same.txt") == (first_time, 0)
             assert await client.last_modified("/keep") == (first_time, 0)
             assert await client.last_modified("/readme.txt") == (1_710_001_000, 0)
@@ -111,19 +115,19 @@ def test_docteur_run_unix_serves_the_head(history: History) -> None:
 # -- damage ----------------------------------------------------------------------------
 def _damage_root(image: Path) -> str:
     root, *_ = _newest(image)
-    flip(image, root + 200)
+    corrupt(image, root + 200, mask=0x40)
     return "root record in slot .*: checksum mismatch"
 
 
 def _damage_pack(image: Path) -> str:
     _, pack, length, _ = _newest(image)
-    flip(image, pack + length // 2)
+    corrupt(image, pack + length // 2, mask=0x40)
     return f"PACK at byte {pack}: checksum mismatch"
 
 
 def _damage_idx(image: Path) -> str:
     *_, idx = _newest(image)
-    flip(image, idx + 8 + 4 * 100)
+    corrupt(image, idx + 8 + 4 * 100, mask=0x40)
     return f"IDX at byte {idx}: checksum mismatch"
 
 
@@ -137,8 +141,8 @@ async def test_a_damaged_newest_generation_serves_the_one_before(
     image = _copy(history, tmp_path)
     why = damage(image)
     previous = history.commits[3]
-    with serve(image, verify) as served:
-        async with await connect(served.sock) as client:
+    with GuestProcess(image, verify) as served:
+        async with await Client.open_unix(served.sock, timeout=60) as client:
             assert client.hello is not None
             hello = client.hello.fields
             assert (hello["disk.docteur"], hello["generation.docteur"]) == (previous.hex(), "3")
@@ -157,9 +161,9 @@ async def test_all_roots_damaged_serve_the_first_generation(history: History, tm
         slots = [store.area.slot_offset(i) for i, root in enumerate(store.slots) if root is not None]
     assert len(slots) == 4
     for slot in slots:
-        flip(image, slot + 300)
-    with serve(image) as served:
-        async with await connect(served.sock) as client:
+        corrupt(image, slot + 300, mask=0x40)
+    with GuestProcess(image) as served:
+        async with await Client.open_unix(served.sock, timeout=60) as client:
             assert client.hello is not None
             hello = client.hello.fields
             assert (hello["disk.docteur"], hello["generation.docteur"]) == (history.commits[0].hex(), "0")
@@ -207,7 +211,7 @@ def test_damage_in_an_extent_fails_verify_naming_it(history: History, tmp_path: 
     damaged extent and name it."""
     image = _copy(history, tmp_path)
     _, pack, length, _ = _newest(image)
-    flip(image, pack + length // 2)
+    corrupt(image, pack + length // 2, mask=0x40)
     with Image.open(str(image)) as opened, pytest.raises(DocteurError) as caught:
         assert opened.generation == 4
         check(opened)
@@ -221,7 +225,7 @@ def test_damage_in_the_first_generation_fails_verify(
     image = _copy(history, tmp_path)
     with Image.open(str(image)) as opened:
         at = opened.layout.pack_end - 30
-    flip(image, at)
+    corrupt(image, at, mask=0x40)
     line = fails(capsys, "verify", image)
     assert str(image) in line and "PACK checksum mismatch" in line, line
 
@@ -273,8 +277,8 @@ def test_verify_accepts_a_write_area_but_not_garbage(history: History, tmp_path:
 async def test_a_plain_image_reports_what_it_always_did(
     history: History, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with serve(history.plain) as served:
-        async with await connect(served.sock) as client:
+    with GuestProcess(history.plain) as served:
+        async with await Client.open_unix(served.sock, timeout=60) as client:
             assert client.hello is not None
             assert set(client.hello.fields) == PLAIN_HELLO
             assert set(await client.info()) == PLAIN_INFO
@@ -298,16 +302,16 @@ async def test_a_served_image_refuses_writers_and_shares_with_readers(
     history: History, tmp_path: Path
 ) -> None:
     image = _copy(history, tmp_path)
-    with serve(image) as served:
+    with GuestProcess(image) as served:
         with pytest.raises(Locked) as caught:
             FileDevice(str(image), writable=True)
         assert str(caught.value) == (
             f"{image} is being served by another process (pid {served.proc.pid}): stop it before writing"
         )
-        with serve(image) as second:  # a second reader is welcome
-            async with await connect(second.sock) as client:
+        with GuestProcess(image) as second:  # a second reader is welcome
+            async with await Client.open_unix(second.sock, timeout=60) as client:
                 assert await client.get("/keep2.txt") == b"added in 4\n"
-        async with await connect(served.sock) as client:
+        async with await Client.open_unix(served.sock, timeout=60) as client:
             assert await client.get("/keep2.txt") == b"added in 4\n"  # untouched, still served
     with FileDevice(str(image), writable=True) as dev, Store.open(dev) as store:  # free again
         assert store.generation == 4
@@ -315,8 +319,8 @@ async def test_a_served_image_refuses_writers_and_shares_with_readers(
 
 async def test_a_server_does_not_start_on_an_image_being_written(history: History, tmp_path: Path) -> None:
     image = _copy(history, tmp_path)
-    with FileDevice(str(image), writable=True), serve(image) as served:
-        async with await connect(served.sock) as client:
+    with FileDevice(str(image), writable=True), GuestProcess(image) as served:
+        async with await Client.open_unix(served.sock, timeout=60) as client:
             assert client.hello is not None and not client.hello.ok
             error = client.hello.fields["error"]
     assert error.startswith(f"disk 'docteur' ({image}): cannot open the image: {image} is being written by")

@@ -8,7 +8,6 @@ the image, rather than serve the new bytes as if they had been checked.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import random
 import shutil
@@ -21,10 +20,10 @@ from docteur.guest.image import Image
 from docteur.guest.layout import PACK_OFFSET, write_image
 from docteur.guest.objects import sha1
 from docteur.guest.verify import verify_full
-from docteur.vm.client import Client, ConnectionLost, IntegrityError
-from tests.bench.bench_runtime import Served
+from docteur.vm.client import Client, IntegrityError
 from tests.support.corrupt import corrupt
 from tests.support.git import git
+from tests.support.guestproc import GuestProcess
 from tests.support.images import packed_image
 
 SIZE = 3000
@@ -70,16 +69,6 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, bytes,
     return a, b, x, y
 
 
-async def _connect(sock: str) -> Client:
-    # The socket file appears at bind(), a moment before listen(): retry a refusal.
-    for _ in range(300):
-        try:
-            return await Client.open_unix(sock, timeout=60)
-        except ConnectionLost:
-            await asyncio.sleep(0.1)
-    return await Client.open_unix(sock, timeout=60)
-
-
 def _overwrite(target: Path, data: bytes) -> None:
     """What `cp new.img served.img` does: the same inode, truncated and rewritten."""
     with target.open("r+b") as f:
@@ -99,9 +88,9 @@ async def test_a_rewritten_image_is_an_integrity_error(
         x_entry = PACK_OFFSET + img.index.lookup(
             next(oid for oid, _, _ in img.index.entries() if img.read_object(oid)[1] == x)
         )
-    server = Served(served, verify=mode)
+    server = GuestProcess(served, verify=mode)
     try:
-        async with await _connect(server.sock) as client:
+        async with await Client.open_unix(server.sock, timeout=60) as client:
             assert await client.get("/x") == x  # checked, and remembered as checked
             assert await client.get("/y") == y
             if how == "another image":

@@ -8,8 +8,8 @@ import random
 import pytest
 
 from docteur.vm.client import Client
-from tests.bench.bench_runtime import Served
 from tests.support.git import ls_tree
+from tests.support.guestproc import GuestProcess
 from tests.support.images import packed_image
 from tests.support.repos import generate_repo
 
@@ -19,7 +19,7 @@ async def test_100k_files_served_under_64_mib(tmp_path) -> None:
     repo = generate_repo(tmp_path / "many.git", files=100_000, commits=1, big=1 << 20)
     image = packed_image(repo, tmp_path / "many.img")
     files = [b"/" + p for _, kind, _, p in ls_tree(repo) if kind == "blob"]
-    served = Served(image, verify="pack")
+    served = GuestProcess(image, verify="pack")
     try:
         async with await Client.open_unix(served.sock, timeout=60) as client:
             for i in range(0, len(files), 1000):  # every path resolved

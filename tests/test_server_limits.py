@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import resource
 import select
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -23,6 +20,7 @@ from docteur.guest import server
 from docteur.guest.boot import boot
 from docteur.guest.protocol import ClientCodec, End, Hello
 from docteur.vm.client import Client, ConnectionLost
+from tests.support.guestproc import GuestProcess
 
 FD_LIMIT = 32  # the server's RLIMIT_NOFILE: room for about 25 clients
 
@@ -32,31 +30,6 @@ def short_dir() -> Iterator[str]:
     where = tempfile.mkdtemp(prefix="dtl", dir="/tmp")  # socket paths must stay short
     yield where
     shutil.rmtree(where, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def guest_server(image: Path, path: str, log: Path, fd_limit: int | None = None):
-    """`python -m docteur.guest --listen` in its own process (optionally short of fds)."""
-
-    def limit() -> None:
-        if fd_limit is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
-
-    with log.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "docteur.guest", "--block", f"docteur={image}",
-             "--verify", "none", "--listen", path],
-            stdout=subprocess.DEVNULL, stderr=err, preexec_fn=limit,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while b"listening on" not in log.read_bytes():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.02)
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(20)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -91,9 +64,9 @@ class Peer:
                     return e.result
 
 
-def test_out_of_fds_pauses_accepting_and_serves_the_connected(gen, short_dir: str) -> None:
-    path, log = os.path.join(short_dir, "s"), Path(short_dir) / "err"
-    with guest_server(gen[1], path, log, FD_LIMIT) as proc:
+def test_out_of_fds_pauses_accepting_and_serves_the_connected(gen) -> None:
+    with GuestProcess(gen[1], "none", fd_limit=FD_LIMIT) as served:
+        path, log, proc = served.sock, served.log, served.proc
         peers = [Peer(path) for _ in range(FD_LIMIT + 10)]  # more than its fds allow
         time.sleep(1)
         accepted = [p for p in peers if p.poll_greeting()]
@@ -127,9 +100,9 @@ def test_out_of_fds_pauses_accepting_and_serves_the_connected(gen, short_dir: st
             peer.s.close()
 
 
-async def test_a_burst_of_300_clients_all_get_their_answer(gen, short_dir: str) -> None:
-    path, log = os.path.join(short_dir, "s"), Path(short_dir) / "err"
-    with guest_server(gen[1], path, log):
+async def test_a_burst_of_300_clients_all_get_their_answer(gen) -> None:
+    with GuestProcess(gen[1], "none") as served:
+        path = served.sock
 
         async def one() -> int:
             async with await Client.open_unix(path, timeout=60) as client:

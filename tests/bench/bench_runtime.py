@@ -10,10 +10,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 from docteur.guest.boot import boot
 from docteur.vm.client import Client, run
 from tests.support.git import ls_tree
+from tests.support.guestproc import GuestProcess
 from tests.support.images import packed_image
 from tests.support.repos import generate_repo
 
@@ -34,36 +33,6 @@ def _git_cat_file(repo: Path, oids: list[bytes]) -> tuple[float, int]:
         input=b"".join(o.hex().encode() + b"\n" for o in oids),
     ).stdout
     return time.perf_counter() - start, len(out)
-
-
-class Served:
-    """`python -m docteur.guest --listen` on an image, with its pid for /proc."""
-
-    def __init__(self, image: Path, verify: str = "none"):
-        self.dir = tempfile.mkdtemp(prefix="dtb", dir="/tmp")
-        self.sock = os.path.join(self.dir, "s")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "docteur.guest", "--block", str(image), "--verify", verify,
-             "--listen", self.sock], stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 120
-        while not os.path.exists(self.sock):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                raise RuntimeError("the guest server did not start")
-            time.sleep(0.01)
-
-    def peak_rss_mib(self) -> float:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        return 0.0
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 async def _get_all(sock: str, paths: list[bytes], window: int = 256) -> tuple[float, int]:
@@ -87,7 +56,7 @@ def _throughput(base: Path) -> list[Row]:
     oids, paths = _blobs(repo)
     small = [(o, p) for o, p in zip(oids, paths, strict=True) if p != b"/big.bin"]
     big = [(o, p) for o, p in zip(oids, paths, strict=True) if p == b"/big.bin"]
-    served = Served(image)
+    served = GuestProcess(image, verify="none")
     try:
         t_files, _ = run(_get_all(served.sock, [p for _, p in small]))
         t_big, n_big = run(_get_all(served.sock, [p for _, p in big]))
@@ -109,7 +78,7 @@ def _memory_and_boot(base: Path) -> list[Row]:
     repo = generate_repo(base / "many.git", files=100_000, commits=1, big=1 << 20)
     image = packed_image(repo, base / "many.img")
     _, paths = _blobs(repo)
-    served = Served(image, verify="pack")
+    served = GuestProcess(image, verify="pack")
     try:
         run(_get_all(served.sock, paths))
         rss = served.peak_rss_mib()

@@ -4,15 +4,8 @@ the microVM tests of the read path."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
 import shutil
-import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,10 +13,10 @@ from docteur.guest.capacity import prepare
 from docteur.guest.device import FileDevice
 from docteur.guest.generations import Store
 from docteur.guest.objects import kind_of_mode
-from docteur.vm.client import Client, ConnectionLost
-from tests.crashstates import export_packs, git_files, write_tree
-from tests.genstore import AUTHOR, plain_image
-from tests.gitfixtures import git
+from docteur.vm.client import Client
+from tests.support.git import git
+from tests.support.oracle import export_packs, git_files
+from tests.support.store import AUTHOR, plain_image, write_tree
 
 FIRST = {
     "readme.txt": b"first generation\n",
@@ -75,14 +68,6 @@ def build_history(root: Path) -> History:
     repo = root / "oracle.git"
     assert export_packs(str(image), repo) == commits[-1]
     return History(plain, image, repo, commits)
-
-
-def flip(image: Path, offset: int) -> None:
-    with open(image, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0x40]))
 
 
 # -- git's view -----------------------------------------------------------------------
@@ -142,40 +127,3 @@ async def check_served(
 
 
 # -- a real server process ------------------------------------------------------------
-class Served(NamedTuple):
-    sock: str
-    log: Path
-    proc: subprocess.Popen
-
-
-@contextlib.contextmanager
-def serve(image: Path, verify: str = "pack") -> Iterator[Served]:
-    """`python -m docteur.guest --listen` on `image`, its stderr kept in a file."""
-    where = Path(tempfile.mkdtemp(prefix="dtg", dir="/tmp"))  # socket paths must stay short
-    sock, log = str(where / "s"), where / "log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "docteur.guest", "--block", f"docteur={image}", "--verify", verify,
-             "--listen", sock], stderr=err,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(sock):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the guest server did not start"
-            time.sleep(0.02)
-        yield Served(sock, log, proc)
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        shutil.rmtree(where, ignore_errors=True)
-
-
-async def connect(sock: str) -> Client:
-    # The socket file appears at bind(), a moment before listen(): retry a refusal.
-    for _ in range(300):
-        try:
-            return await Client.open_unix(sock, timeout=60)
-        except ConnectionLost:
-            time.sleep(0.05)
-    return await Client.open_unix(sock, timeout=60)
