@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from .errors import DocteurError, ImageError, IntegrityError, NotFound
+from .kverrors import InvalidPath
 from .protocol import Request
-from .treeview import Disk, InvalidPath, NotADirectory, NotAFile
+from .treeview import Disk, NotADirectory, NotAFile
 from .values import Answer, Body, Failure, Listing, Result
 
 

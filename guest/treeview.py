@@ -20,8 +20,10 @@ from collections.abc import Iterator
 
 from .errors import DocteurError, ImageChanged, IntegrityError, NotFound
 from .image import Image
+from .kverrors import show
 from .objects import BLOB, MODE_TREE, TREE, Commit, TreeEntry, kind_of_mode, tree_entry_at, tree_entry_bounds
-from .values import MAX_PATH, Entry, GetEnd, Stat
+from .paths import split_path
+from .values import Entry, GetEnd, Stat
 
 ROOT_MODE = MODE_TREE
 DIR_CACHE = 4096  # directories whose tree id is remembered (about 150 bytes each)
@@ -31,47 +33,12 @@ HISTORY_LIMIT = 256
 MODIFIED_CACHE = 4096
 
 
-class InvalidPath(DocteurError):
-    """A path with NUL, empty segments, or `..` above `/`."""
-
-
 class NotAFile(DocteurError):
     """get/size of a directory or a submodule."""
 
 
 class NotADirectory(DocteurError):
     """list of a file."""
-
-
-def split_path(path: bytes) -> list[bytes]:
-    """Segments of `path`. `/` (or empty) is the root; one leading and one
-    trailing `/` are allowed; `.` is skipped; `..` goes up but not above `/`."""
-    if len(path) > MAX_PATH:
-        raise InvalidPath(f"path longer than {MAX_PATH} bytes")
-    if b"\0" in path:
-        raise InvalidPath("path contains a NUL byte")
-    body = path[1:] if path.startswith(b"/") else path
-    if body.endswith(b"/"):
-        body = body[:-1]
-    if not body:
-        return []
-    out: list[bytes] = []
-    for seg in body.split(b"/"):
-        if seg == b"":
-            raise InvalidPath(f"empty segment in {_show(path)}")
-        if seg == b".":
-            continue
-        if seg == b"..":
-            if not out:
-                raise InvalidPath(f"{_show(path)} climbs above /")
-            out.pop()
-            continue
-        out.append(seg)
-    return out
-
-
-def _show(path: bytes) -> str:
-    return repr(path.decode("utf-8", "replace"))
 
 
 class Tree:
@@ -229,14 +196,14 @@ class Disk:
     def _need(self, path: bytes) -> tuple[int, bytes]:
         found = self.resolve(path)
         if found is None:
-            raise NotFound(f"{_show(path)}: no such file or directory in disk {self.name!r}")
+            raise NotFound(f"{show(path)}: no such file or directory in disk {self.name!r}")
         return found
 
     def _need_blob(self, path: bytes) -> tuple[int, bytes]:
         mode, oid = self._need(path)
         kind = kind_of_mode(mode)
         if kind not in ("file", "symlink"):
-            raise NotAFile(f"{_show(path)} is a {kind}, not a file")
+            raise NotAFile(f"{show(path)} is a {kind}, not a file")
         return mode, oid
 
     # -- operations -------------------------------------------------------------
@@ -330,7 +297,7 @@ class Disk:
         """Direct children of a directory, with full keys (`/dir/name`)."""
         mode, oid = self._need(path)
         if mode != MODE_TREE:
-            raise NotADirectory(f"{_show(path)} is a {kind_of_mode(mode)}, not a directory")
+            raise NotADirectory(f"{show(path)} is a {kind_of_mode(mode)}, not a directory")
         segs = split_path(path)
         prefix = b"/" + b"/".join(segs) + b"/" if segs else b"/"
         try:
