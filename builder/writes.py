@@ -196,6 +196,8 @@ def _opened(source: str, image: str) -> Iterator[tuple[object, int, int]]:
                 f.seek(0)
                 yield f, size, MODE_FILE
         return
+    if os.path.isdir(source):
+        raise BuildError(f"{source}: a directory (docteur commit takes one)")
     try:
         f = open(source, "rb")  # noqa: SIM115 - closed below
         st = os.fstat(f.fileno())
@@ -203,8 +205,7 @@ def _opened(source: str, image: str) -> Iterator[tuple[object, int, int]]:
         raise BuildError(f"{source}: cannot read: {e.strerror}") from None
     with f:
         if not stat.S_ISREG(st.st_mode):
-            what = "a directory (docteur commit takes one)" if stat.S_ISDIR(st.st_mode) else "not a file"
-            raise BuildError(f"{source}: {what}")
+            raise BuildError(f"{source}: not a regular file")
         yield f, st.st_size, MODE_EXEC if st.st_mode & stat.S_IXUSR else MODE_FILE
 
 
