@@ -34,6 +34,10 @@ DEFAULT_BRANCH = "main"
 # Files up to this size are read whole (no stream, and a known blob costs no deflate).
 _WHOLE = 1 << 20
 _CHUNK = 1 << 20
+# Every command opens an image hashing each PACK of the generation it adopts: a damaged
+# newest PACK is skipped (one warning) by every command alike, and no batch is ever
+# built on top of one (its commit would share the damage and be skipped in turn).
+CHECK = "pack"
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ def path_arg(text: str) -> bytes:
 @contextlib.contextmanager
 def writable_store(image: str) -> Iterator[Store]:
     """The image open for writing, its lock held; a read-only one is refused."""
-    with FileDevice(image, writable=True) as dev, Store.open(dev) as store:
+    with FileDevice(image, writable=True) as dev, Store.open(dev, CHECK) as store:
         for line in store.warnings():
             log.warning(line.removeprefix("warning: "), image=image)
         if not store.writable:
@@ -233,7 +237,7 @@ def _chunks(f: object, size: int, name: str) -> Iterator[bytes]:
 # -- reading the history -------------------------------------------------------------------
 @contextlib.contextmanager
 def readable_store(image: str) -> Iterator[Store]:
-    with FileDevice(image) as dev, Store.open(dev) as store:
+    with FileDevice(image) as dev, Store.open(dev, CHECK) as store:
         for line in store.warnings():
             log.warning(line.removeprefix("warning: "), image=image)
         yield store
