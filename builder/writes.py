@@ -16,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from typing import BinaryIO
 
 from docteur.cli.log import get_logger
 from docteur.guest.batch import Batch, check_author
@@ -51,7 +52,8 @@ class Result:
 
 
 def path_arg(text: str) -> bytes:
-    """A path inside the image as given on the command line (checked by the batch)."""
+    """A path inside the image as given on the command line (the batch checks it);
+    undecodable bytes come back as they were typed."""
     return os.fsencode(text)
 
 
@@ -180,7 +182,7 @@ def walk_directory(top: str, skip: tuple[str, ...] = ()) -> Iterator[tuple[bytes
 
 # -- reading a FILE or stdin --------------------------------------------------------------
 @contextlib.contextmanager
-def _opened(source: str, image: str) -> Iterator[tuple[object, int, int]]:
+def _opened(source: str, image: str) -> Iterator[tuple[BinaryIO, int, int]]:
     """(file, size, mode) of FILE; "-" is stdin, spooled beside the image when its
     size is unknown (a pipe), the spool removed afterwards."""
     if source == "-":
@@ -213,22 +215,21 @@ def _opened(source: str, image: str) -> Iterator[tuple[object, int, int]]:
         yield f, st.st_size, MODE_EXEC if st.st_mode & stat.S_IXUSR else MODE_FILE
 
 
-def _read_exactly(f: object, size: int, name: str) -> bytes:
-    data = b"".join(_chunks(f, size, name))
-    return data
+def _read_exactly(f: BinaryIO, size: int, name: str) -> bytes:
+    return b"".join(_chunks(f, size, name))
 
 
-def _chunks(f: object, size: int, name: str) -> Iterator[bytes]:
+def _chunks(f: BinaryIO, size: int, name: str) -> Iterator[bytes]:
     """`size` bytes of `f` in pieces; a file that changes size while read is an error."""
     left = size
     try:
         while left:
-            piece = f.read(min(_CHUNK, left))  # type: ignore[attr-defined]
+            piece = f.read(min(_CHUNK, left))
             if not piece:
                 raise BuildError(f"{name}: changed size while being read")
             left -= len(piece)
             yield piece
-        if f.read(1):  # type: ignore[attr-defined]
+        if f.read(1):
             raise BuildError(f"{name}: changed size while being read")
     except OSError as e:
         raise BuildError(f"{name}: cannot read: {e.strerror}") from None

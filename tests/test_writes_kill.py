@@ -35,7 +35,7 @@ def _command(i: int, image: Path, work: Path) -> list[str]:
     return [*DOCTEUR, "put", str(image), "/big.bin", str(work / f"big{i}.bin"), "-m", f"round {i}"]
 
 
-def _expected(image: Path, i: int, before: dict[str, bytes]) -> dict[str, bytes]:
+def _expected(i: int, before: dict[str, bytes]) -> dict[str, bytes]:
     files = _content(i)
     return files if i % 2 else {**before, "big.bin": files["big.bin"]}
 
@@ -52,7 +52,7 @@ def test_kill_9_of_a_writing_command_at_random_moments(tmp_path: Path) -> None:
     rng = random.Random(20)
     outcomes = {"acknowledged": 0, "new": 0, "finished": 0}
     for i in range(KILLS):
-        expected_new = _expected(image, i, states[acked])
+        expected_new = _expected(i, states[acked])
         proc = subprocess.Popen(_command(i, image, work), cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)  # fmt: skip
         time.sleep(rng.uniform(0.05, span * 1.1))
