@@ -287,3 +287,12 @@ def test_a_second_writer_gets_one_line_and_kill_9_leaves_no_lock(tmp_path: Path)
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     committed(docteur("put", image, "/x", "-", input=b"x\n"))
+
+
+def test_a_refused_put_from_a_pipe_leaves_no_spool(tmp_path: Path) -> None:
+    image = made(tmp_path, FILES)
+    before = image.read_bytes()
+    proc = docteur("put", image, "/index.html/x", "-", input=os.urandom(2 << 20), check=False)
+    assert proc.returncode == 1 and "a directory was expected but a file is there" in proc.stderr.decode()
+    assert image.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if ".docteur-" in p.name]
