@@ -299,9 +299,8 @@ def _punch_free(store: Store) -> None:
     if getattr(dev, "is_block", True):
         return
     import ctypes
-    import ctypes.util
 
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc = ctypes.CDLL(None, use_errno=True)  # the interpreter's own libc
     punch = 0x01 | 0x02  # FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
     for off, n in store.holes():
         if libc.fallocate(dev.fd, punch, ctypes.c_int64(off), ctypes.c_int64(n)) != 0:
