@@ -296,3 +296,32 @@ def test_a_refused_put_from_a_pipe_leaves_no_spool(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "a directory was expected but a file is there" in proc.stderr.decode()
     assert image.read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if ".docteur-" in p.name]
+
+
+def test_sizes_take_binary_suffixes() -> None:
+    import argparse
+
+    from docteur.cli.parser import size
+
+    assert [size(t) for t in ("4096", "512K", "256M", "2g", "1T")] == [
+        4096,
+        512 << 10,
+        256 << 20,
+        2 << 30,
+        1 << 40,
+    ]
+    for bad in ("0", "-1M", "12Q", "M", "1.5G", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            size(bad)
+
+
+def test_grow_keeps_the_history_and_adds_room(tmp_path: Path) -> None:
+    image = made(tmp_path, FILES, capacity="1M")
+    commit = committed(docteur("put", image, "/a.bin", "-", input=os.urandom(300_000)))
+    log = docteur("log", image).stdout
+    free = int(docteur("grow", image, "3M").stderr.decode().split()[3])
+    assert image.stat().st_size == 3 << 20 and docteur("log", image).stdout == log
+    assert free > 2 << 20
+    big = committed(docteur("put", image, "/b.bin", "-", input=os.urandom(1 << 20)))  # fits now
+    head, files = head_files(image)
+    assert head == big and set(files) >= {"a.bin", "b.bin"} and commit != big
