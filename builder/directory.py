@@ -40,6 +40,7 @@ from docteur.guest.objects import (
     object_id,
 )
 
+from .defaults import AUTHOR_EMAIL, AUTHOR_NAME
 from .errors import BuildError
 from .fetch import PackFiles, pack_objects, write_plain_pack
 from .gittools import git_path
@@ -49,8 +50,6 @@ log = get_logger("docteur.directory")
 # Files above this size are hashed and stored in chunks instead of read whole.
 _BIG_FILE = 8 << 20
 _CHUNK = 1 << 20
-AUTHOR_NAME = "Dr. Greenthumb"
-AUTHOR_EMAIL = "noreply@cypress.hill"
 _KINDS = {
     stat.S_IFIFO: "fifo",
     stat.S_IFSOCK: "socket",

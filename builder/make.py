@@ -45,12 +45,13 @@ def make(
     date: str | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
     timeout: float = DEFAULT_TIMEOUT,
+    capacity: int | None = None,
 ) -> Summary:
     if block_size <= 0:
         raise BuildError(f"bad block size {block_size}: give a positive size (512, 4096, ...)")
     if not (math.isfinite(timeout) and timeout > 0):
         raise BuildError(f"bad timeout {timeout:g}: give a positive number of seconds")
-    _check_destination(image)
+    _check_destination(image, capacity)
     src = parse_source(source)
     if src.kind == "directory" and ref is not None:
         log.warning("-b is ignored for a plain directory", ref=ref)
@@ -71,14 +72,15 @@ def make(
                 where = os.path.dirname(work)
                 raise BuildError(describe_os_error(e, f"no room for the scratch copy in {where}")) from None
             raise
-        size = write_atomically(image, files, block_size, work)
+        size = write_atomically(image, files, block_size, work, capacity)
     log.info("image written", image=image, commit=files.commit.hex(), objects=files.objects, size=size)
     return Summary(image, files.commit, files.objects, size, src.display)
 
 
-def _check_destination(image: str) -> None:
+def _check_destination(image: str, capacity: int | None) -> None:
     if os.path.isdir(image):
         raise BuildError(f"{image}: is a directory")
+    _check_replaced_image(image, capacity)
     parent = os.path.dirname(os.path.abspath(image))
     if not os.path.isdir(parent):
         raise BuildError(f"{image}: no such directory {parent}")
@@ -86,9 +88,36 @@ def _check_destination(image: str) -> None:
         raise BuildError(f"{image}: cannot write in {parent}: permission denied")
 
 
-def write_atomically(image: str, files: PackFiles, block_size: int, workdir: str) -> int:
-    """Write the image in `workdir` (beside IMAGE, so on its filesystem), sync it and
-    rename it over IMAGE."""
+def _check_replaced_image(image: str, capacity: int | None) -> None:
+    """An image already at IMAGE: `--capacity` does not add room to it (grow does), and
+    no make replaces commits written into it (they would be lost)."""
+    from docteur.guest.device import FileDevice
+    from docteur.guest.errors import DocteurError
+    from docteur.guest.generations import Store
+
+    try:
+        with FileDevice(image) as dev, Store.open(dev) as store:
+            writable, generation = store.writable, store.generation
+    except DocteurError:
+        return  # no image there (or not one): replaced as before
+    if generation > 0:
+        raise BuildError(
+            f"{image} holds writes (generation {generation}) that replacing it would lose: "
+            "docteur export them, or remove the image first"
+        )
+    if capacity is not None and not writable:
+        raise BuildError(
+            f"{image} is an existing read-only image: docteur grow {image} SIZE adds room to it "
+            "(remove it first to make a new one)"
+        )
+
+
+def write_atomically(
+    image: str, files: PackFiles, block_size: int, workdir: str, capacity: int | None = None
+) -> int:
+    """Write the image in `workdir` (beside IMAGE, so on its filesystem), sync it, give
+    it room for writes when `capacity` says so, and rename it over IMAGE. Returns the
+    size of the first generation."""
     image = os.path.abspath(image)
     parent = os.path.dirname(image)
     with open(files.idx, "rb") as f:
@@ -108,6 +137,10 @@ def write_atomically(image: str, files: PackFiles, block_size: int, workdir: str
                 )
             out.flush()
             os.fsync(out.fileno())
+        if capacity is not None:
+            from docteur.guest.capacity import prepare
+
+            prepare(tmp, capacity)
         os.replace(tmp, image)
     except BaseException as e:
         with contextlib.suppress(OSError):

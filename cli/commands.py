@@ -28,7 +28,7 @@ def make(args: argparse.Namespace) -> int:
     from .progress import human_bytes
 
     s = make(args.source, args.image, ref=args.ref, date=args.date, block_size=args.bs,
-             timeout=args.timeout)  # fmt: skip
+             timeout=args.timeout, capacity=args.capacity)  # fmt: skip
     log.notice(
         f"{s.image}: commit {s.commit.hex()}, {s.objects} objects, {human_bytes(s.size)} ({s.size} bytes)",
         "image written", image=s.image, commit=s.commit.hex(), objects=s.objects, size=s.size,
@@ -105,4 +105,87 @@ def query(args: argparse.Namespace) -> int:
                 runner.run(client.close())
 
 
-COMMANDS = {"make": make, "verify": verify, "run": run, "query": query}
+def _written(result: object) -> int:
+    """The new commit id on stdout; an unchanged tree makes none, and says so."""
+    from docteur.builder.writes import Result
+
+    assert isinstance(result, Result)
+    if result.commit is None:
+        log.notice(f"{result.image}: nothing changed, no commit (head {result.head.hex()})",
+                   "unchanged", image=result.image, head=result.head.hex())  # fmt: skip
+        return 0
+    print(result.commit.hex(), flush=True)
+    log.notice(f"{result.image}: generation {result.generation}", "committed", image=result.image,
+               commit=result.commit.hex(), generation=result.generation)  # fmt: skip
+    return 0
+
+
+def put(args: argparse.Namespace) -> int:
+    from docteur.builder.writes import put
+
+    return _written(put(args.image, args.path, args.file, args.message, args.author, args.date))
+
+
+def rm(args: argparse.Namespace) -> int:
+    from docteur.builder.writes import remove
+
+    return _written(remove(args.image, args.path, args.message, args.author, args.date))
+
+
+def mv(args: argparse.Namespace) -> int:
+    from docteur.builder.writes import move
+
+    return _written(move(args.image, args.source, args.dest, args.message, args.author, args.date))
+
+
+def commit(args: argparse.Namespace) -> int:
+    from docteur.builder.writes import commit_directory
+
+    return _written(commit_directory(args.image, args.directory, args.message, args.author, args.date))
+
+
+def history(args: argparse.Namespace) -> int:
+    from docteur.builder.writes import log_lines
+
+    out = sys.stdout
+    for line in log_lines(args.image):
+        out.write(line + "\n")
+    out.flush()
+    return 0
+
+
+def compact(args: argparse.Namespace) -> int:
+    from docteur.builder.writes import compact
+
+    c = compact(args.image)
+    log.notice(
+        f"{args.image}: compacted into generation {c.generation}, {c.commits} commits kept; "
+        f"{c.used_before} bytes in use before, {c.used_after} after",
+        "compacted", image=args.image, generation=c.generation, commits=c.commits,
+        used_before=c.used_before, used_after=c.used_after,
+    )  # fmt: skip
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    from docteur.builder.writes import export
+
+    head, branch = export(args.image, args.dest)
+    log.notice(f"{args.dest}: branch {branch} at {head.hex()}", "exported", dest=args.dest,
+               branch=branch, head=head.hex())  # fmt: skip
+    return 0
+
+
+def grow(args: argparse.Namespace) -> int:
+    from docteur.guest.capacity import grow
+
+    free = grow(args.image, args.size)
+    log.notice(f"{args.image}: {args.size} bytes, {free} free for writes", "grown", image=args.image,
+               size=args.size, free=free)  # fmt: skip
+    return 0
+
+
+COMMANDS = {
+    "make": make, "verify": verify, "run": run, "query": query, "put": put, "rm": rm, "mv": mv,
+    "commit": commit, "log": history, "compact": compact, "export": export, "grow": grow,
+}  # fmt: skip

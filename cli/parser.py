@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from docteur.builder.defaults import DEFAULT_TIMEOUT
+from docteur.builder.defaults import DEFAULT_AUTHOR, DEFAULT_TIMEOUT
 from docteur.guest.defaults import DEFAULT_VERIFY, VERIFY_MODES
 from docteur.guest.layout import DEFAULT_BLOCK_SIZE
 from docteur.guest.protocol import DEFAULT_DISK
@@ -47,6 +47,19 @@ def seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
     return value
+
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def size(text: str) -> int:
+    """A size in bytes: a number, or with a binary suffix K, M, G or T (256M = 256 MiB)."""
+    body = text.strip()
+    unit = body[-1:].upper() if body[-1:].isalpha() else ""
+    number = body[: len(body) - len(unit)]
+    if unit not in _UNITS or not number.isdigit() or int(number) <= 0:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 268435456, 512K, 256M, 2G)")
+    return int(number) * _UNITS[unit]
 
 
 def wants_json(argv: Sequence[str]) -> bool:
@@ -100,6 +113,12 @@ def make_args(p: argparse.ArgumentParser, func: Command) -> None:
         help=f"give up on a source that sends nothing for this long (default: {DEFAULT_TIMEOUT:g})",
     )
     p.add_argument(
+        "--capacity",
+        type=size,
+        metavar="SIZE",
+        help="make the image SIZE bytes (K/M/G) with room for writes (default: read-only, no room)",
+    )
+    p.add_argument(
         "source",
         metavar="SOURCE",
         help="https://, http://, git://, ssh://, user@host:path, file://ABS, relativize://DIR or a path",
@@ -147,6 +166,68 @@ def query_args(p: argparse.ArgumentParser, func: Command) -> None:
     p.set_defaults(func=func)
 
 
+def _writer_args(p: argparse.ArgumentParser, func: Command, message: bool = True) -> None:
+    """What every writing command takes: IMAGE first, -m, --author, -d."""
+    add_globals(p, sub=True)
+    if message:
+        p.add_argument("-m", "--message", metavar="MSG", help="the commit message (default: the command)")
+    p.add_argument("--author", metavar="'NAME <EMAIL>'", default=DEFAULT_AUTHOR,
+                   help=f"author and committer (default: {DEFAULT_AUTHOR})")  # fmt: skip
+    p.add_argument("-d", "--date", metavar="RFC3339", help="the commit's date (default: now)")
+    p.add_argument("image", metavar="IMAGE")
+    p.set_defaults(func=func)
+
+
+def write_parsers(sub: argparse._SubParsersAction, commands: dict[str, Command]) -> None:
+    """put, rm, mv, commit, log, compact, export, grow."""
+    p = sub.add_parser("put", help="write one file into an image (one commit)",
+                       description="Bind PATH in IMAGE to the bytes of FILE (- reads stdin): one commit. "
+                       "Prints the new commit id.")  # fmt: skip
+    _writer_args(p, commands["put"])
+    p.add_argument("path", metavar="PATH", help="where in the image, e.g. /index.html")
+    p.add_argument("file", metavar="FILE", help="the file to put, - for stdin")
+    p = sub.add_parser("rm", help="remove a file or a directory (recursive) from an image",
+                       description="Remove PATH (recursively) from IMAGE: one commit.")  # fmt: skip
+    _writer_args(p, commands["rm"])
+    p.add_argument("path", metavar="PATH")
+    p = sub.add_parser("mv", help="move a file or a directory inside an image",
+                       description="Move SOURCE to DEST in IMAGE (inside DEST when it is a "
+                       "directory): one commit.")  # fmt: skip
+    _writer_args(p, commands["mv"])
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("dest", metavar="DEST")
+    p = sub.add_parser("commit", help="make a directory the image's whole tree (one commit)",
+                       description="Replace the tree of IMAGE by DIR's files: one commit.")  # fmt: skip
+    _writer_args(p, commands["commit"])
+    p.add_argument("directory", metavar="DIR")
+    p = sub.add_parser("log", help="the commits of an image, newest first",
+                       description="Print N COMMIT DATE SUBJECT for each commit, newest first; "
+                       "0 is the commit docteur make wrote.")  # fmt: skip
+    add_globals(p, sub=True)
+    p.add_argument("image", metavar="IMAGE")
+    p.set_defaults(func=commands["log"])
+    p = sub.add_parser("compact", help="rewrite an image's writes into one pack, history kept",
+                       description="Compact IMAGE in place, fail-safe: every commit kept, "
+                       "the space of older packs freed.")  # fmt: skip
+    add_globals(p, sub=True)
+    p.add_argument("image", metavar="IMAGE")
+    p.set_defaults(func=commands["compact"])
+    p = sub.add_parser("export", help="a bare git repository of an image's history",
+                       description="Write a new bare repository DEST holding every commit of "
+                       "IMAGE, its branch at the head.")  # fmt: skip
+    add_globals(p, sub=True)
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("dest", metavar="DEST.git")
+    p.set_defaults(func=commands["export"])
+    p = sub.add_parser("grow", help="give an image (more) room for writes",
+                       description="Make IMAGE SIZE bytes (K/M/G), sparse; a read-only image "
+                       "becomes writable.")  # fmt: skip
+    add_globals(p, sub=True)
+    p.add_argument("image", metavar="IMAGE")
+    p.add_argument("size", metavar="SIZE", type=size)
+    p.set_defaults(func=commands["grow"])
+
+
 def build(commands: dict[str, Command], version: str) -> Parser:
     """`docteur` with its subcommands; `commands` maps each name to its function."""
     parser = Parser(prog=PROG, description="Turn a Git repository into a verified disk image.")
@@ -171,6 +252,7 @@ def build(commands: dict[str, Command], version: str) -> Parser:
         description="Commands: get PATH [OFFSET [LENGTH]], ls [-z] [PATH], stat PATH, exists PATH, "
         "size PATH, digest PATH, mtime PATH, info, ping. Without one: a console.",
     ), commands["query"])  # fmt: skip
+    write_parsers(sub, commands)
     return parser
 
 

@@ -236,24 +236,34 @@ class TreeEditor:
     # -- writes -----------------------------------------------------------------
     def put(self, path: bytes, oid: bytes, mode: int = MODE_FILE) -> None:
         """Bind `path` to the blob `oid` (a file, an executable or a symlink)."""
+        if len(oid) != 20:
+            raise ValueError("an object id is 20 raw bytes")
+        segs, found = self._put_target(path, mode)
+        if found != (mode, oid):
+            self._insert(segs, (mode, oid))
+
+    def check_put(self, path: bytes, mode: int = MODE_FILE) -> None:
+        """Raise what `put(path, ..., mode)` would, changing nothing: a writer checks
+        the path before it streams a big blob into the batch."""
+        self._put_target(path, mode)
+
+    def _put_target(self, path: bytes, mode: int) -> tuple[list[bytes], tuple[int, bytes] | None]:
+        """The segments of a put's path and what is bound there now, once checked."""
         if mode not in PUT_MODES:
             raise InvalidMode(
                 f"mode {mode:o} is not a file (100644), an executable (100755) or a symlink (120000)"
             )
-        if len(oid) != 20:
-            raise ValueError("an object id is 20 raw bytes")
         segs = split_path(path, strict=True)
         if not segs:
             raise ValueExpected(b"/", "the root is a directory")
         nodes, depth = self._walk(segs)
         self._check_new(segs, depth, mode)
+        found = None
         if depth == len(segs) - 1:
             found = self._entries(nodes[-1]).get(segs[-1])
-            if found == (mode, oid):
-                return
             if found is not None and found[0] == MODE_TREE:
                 raise ValueExpected(join_path(segs))
-        self._insert(segs, (mode, oid))
+        return segs, found
 
     def remove(self, path: bytes, missing_ok: bool = False) -> None:
         """Unbind `path`, recursively for a directory."""
