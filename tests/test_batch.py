@@ -14,9 +14,9 @@ from docteur.guest.device import FileDevice
 from docteur.guest.generations import Store
 from docteur.guest.kverrors import DictionaryExpected, InvalidPath, PathNotFound, ValueExpected
 from docteur.guest.objects import MODE_EXEC, MODE_FILE, MODE_LINK
-from tests.crashstates import RecordingDevice, store_files
-from tests.genstore import AUTHOR, FIRST_FILES, open_store, writable_image
-from tests.gitfixtures import needs_git
+from tests.support.crash import RecordingDevice
+from tests.support.git import needs_git
+from tests.support.store import AUTHOR, FIRST_FILES, open_store, store_files, writable_image
 
 pytestmark = needs_git
 

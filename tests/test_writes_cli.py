@@ -13,8 +13,9 @@ import pytest
 
 from docteur.builder.defaults import DEFAULT_AUTHOR
 from docteur.guest.objects import MODE_EXEC, MODE_FILE, MODE_LINK
-from tests.gitfixtures import git, make_repo, needs_git, populate
-from tests.writecli import (
+from tests.support.git import git, needs_git
+from tests.support.repos import make_repo, populate
+from tests.support.writes import (
     DATE,
     committed,
     docteur,

@@ -9,21 +9,14 @@ from pathlib import Path
 import pytest
 
 from docteur.builder.writes import used_bytes
-from tests.genstore import open_store
-from tests.gitfixtures import git, needs_git
-from tests.writecli import committed, docteur, git_head_files, made
+from tests.support.corrupt import corrupt
+from tests.support.git import git, needs_git
+from tests.support.store import open_store
+from tests.support.writes import committed, docteur, git_head_files, made
 
 pytestmark = needs_git
 
 FILES = {"index.html": b"<p>front</p>\n", "docs/a.txt": b"a\n"}
-
-
-def _flip(image: Path, offset: int) -> None:
-    with open(image, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
 
 
 def _newest(image: Path) -> dict[str, int]:
@@ -41,7 +34,7 @@ def test_damage_in_the_newest_generation_falls_back_with_one_warning(tmp_path: P
     image = made(tmp_path, FILES)
     older = committed(docteur("put", image, "/one.txt", "-", input=b"one\n"))
     newest = committed(docteur("put", image, "/two.txt", "-", input=random.Random(1).randbytes(9000)))
-    _flip(image, _newest(image)[where])
+    corrupt(image, _newest(image)[where])
     proc = docteur("log", image)
     lines = proc.stdout.decode().splitlines()
     assert lines[0].split()[1] == older.hex() and newest.hex() not in proc.stdout.decode()
@@ -64,7 +57,7 @@ def test_every_root_damaged_serves_the_first_generation(tmp_path: Path) -> None:
         assert store.area is not None
         roots = [store.area.slot_offset(i) + 100 for i, r in enumerate(store.slots) if r is not None]
     for offset in roots:
-        _flip(image, offset)
+        corrupt(image, offset)
     proc = docteur("log", image)
     assert proc.stdout.decode().split() == ["0", first, "2024-01-01T00:00:00+00:00"]
     assert len(proc.stderr.decode().splitlines()) == 3  # one per generation skipped

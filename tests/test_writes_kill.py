@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.gitfixtures import needs_git
-from tests.writecli import DOCTEUR, ROOT, committed, docteur, git_head_files, made, write_files
+from tests.support.cli import DOCTEUR
+from tests.support.git import needs_git
+from tests.support.writes import committed, docteur, git_head_files, made, write_files
 
 pytestmark = [needs_git, pytest.mark.slow]
 
@@ -53,7 +54,7 @@ def test_kill_9_of_a_writing_command_at_random_moments(tmp_path: Path) -> None:
     outcomes = {"acknowledged": 0, "new": 0, "finished": 0}
     for i in range(KILLS):
         expected_new = _expected(i, states[acked])
-        proc = subprocess.Popen(_command(i, image, work), cwd=ROOT, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(_command(i, image, work), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)  # fmt: skip
         time.sleep(rng.uniform(0.05, span * 1.1))
         proc.send_signal(signal.SIGKILL)

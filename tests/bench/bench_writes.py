@@ -21,7 +21,7 @@ from docteur.guest.batch import Batch
 from docteur.guest.device import FileDevice
 from docteur.guest.generations import Store
 from tests.bench.bench_image import BENCH, DOCTEUR, ENV, TREE, Row, _best, _pack_size, _run, ensure_repo
-from tests.crashstates import RecordingDevice
+from tests.support.crash import RecordingDevice
 
 WORK = BENCH / "writes"
 AUTHOR = "Bench <bench@example.com>"

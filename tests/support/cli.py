@@ -94,7 +94,7 @@ class CLIRun:
 
 
 def start_cli(*args: Arg, env: dict[str, str] | None = None, mark: str | None = None,
-              stdin: int | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
+              stdin: object = None) -> subprocess.Popen[bytes]:  # fmt: skip
     full = dict(os.environ if env is None else env)
     full[_MARK] = mark or uuid.uuid4().hex
     return subprocess.Popen([*DOCTEUR, *map(os.fspath, args)], env=full, stdin=stdin,
@@ -102,10 +102,13 @@ def start_cli(*args: Arg, env: dict[str, str] | None = None, mark: str | None = 
 
 
 def run_cli(*args: Arg, env: dict[str, str] | None = None, input: bytes | None = None,
-            timeout: float = 120) -> CLIRun:  # fmt: skip
-    """`docteur ARGS` in a child; a hang past `timeout` fails the test (after a kill)."""
+            stdin: object = None, timeout: float = 120) -> CLIRun:  # fmt: skip
+    """`docteur ARGS` in a child (stdin: `input` through a pipe, or a file given as `stdin`);
+    a hang past `timeout` fails the test (after a kill)."""
     mark = uuid.uuid4().hex
-    proc = start_cli(*args, env=env, mark=mark, stdin=None if input is None else subprocess.PIPE)
+    if stdin is None and input is not None:
+        stdin = subprocess.PIPE
+    proc = start_cli(*args, env=env, mark=mark, stdin=stdin)
     try:
         out, err = proc.communicate(input, timeout=timeout)
     except subprocess.TimeoutExpired:

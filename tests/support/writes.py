@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from docteur.guest.objects import MODE_TREE, iter_tree
-from tests.crashstates import export_packs, git_files
-from tests.genstore import open_store
+from tests.support.cli import CLIRun, run_cli
+from tests.support.oracle import export_packs, git_files
+from tests.support.store import open_store
 
-DOCTEUR = [sys.executable, "-m", "docteur.cli"]
 DATE = "2024-01-01T00:00:00Z"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def docteur(*args: str | Path, input: bytes | None = None, stdin: object = None,
-            check: bool = True) -> subprocess.CompletedProcess[bytes]:  # fmt: skip
-    """Run `docteur ARGS`; with `check`, fail the test unless it exits 0."""
-    proc = subprocess.run(
-        [*DOCTEUR, *map(str, args)], input=input, stdin=stdin, capture_output=True, timeout=300, cwd=ROOT,
-        check=False,
-    )  # fmt: skip
+            check: bool = True) -> CLIRun:  # fmt: skip
+    """Run `docteur ARGS` (tests.support.cli.run_cli); with `check`, fail the test unless it exits 0."""
+    proc = run_cli(*args, input=input, stdin=stdin, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"docteur {args}: exit {proc.returncode}: {proc.stderr.decode()}")
     return proc
@@ -44,7 +38,7 @@ def made(tmp: Path, files: dict[str, bytes], capacity: str | None = "16M", name:
     return image
 
 
-def committed(proc: subprocess.CompletedProcess[bytes]) -> bytes:
+def committed(proc: CLIRun) -> bytes:
     """The commit id a writing command printed (its only stdout line)."""
     lines = proc.stdout.decode().split()
     assert len(lines) == 1 and len(lines[0]) == 40, proc.stdout
