@@ -87,7 +87,7 @@ def build(force: bool = False, manifest: Path | None = None) -> Path:
 def _build_beside(out: Path, packages: list[debian.Package]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=out.parent))
     try:
-        initramfs.produce(tmp, cache_home() / "debs", packages)
+        initramfs.produce(tmp, cache_home() / "debs", packages, out)
         if out.exists():  # --force: the old one leaves first (a dir cannot be renamed onto)
             old = Path(tempfile.mkdtemp(prefix=".old-", dir=out.parent))
             out.rename(old / "guest")

@@ -33,8 +33,10 @@ PY_PACKAGES = (
 )  # fmt: skip
 MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console")
 GUEST_SRC = Path(__file__).resolve().parents[2] / "guest"
-# The builder's own code is an input too: a change to it must rebuild.
-BUILDER_SRC = sorted(Path(__file__).resolve().parent.glob("*.py"))
+# The builder's own code is an input too: a change to it must rebuild (not the cache's
+# bookkeeping nor the entry point, which put no byte into the guest).
+BUILDER_SRC = sorted(p for p in Path(__file__).resolve().parent.glob("*.py")
+                     if p.name not in ("cache.py", "__main__.py"))  # fmt: skip
 GUEST_PKG = f"{guestpy.STDLIB}/docteur"  # on the default sys.path: no site, no PYTHONPATH
 INIT = "#!/usr/bin/python3.11 -IS\nfrom docteur.guest.pid1 import main\nmain()\n"
 MTIME = 0
@@ -241,8 +243,10 @@ def build(build_dir: Path, force: bool = False, manifest: Path | None = None) ->
     return done
 
 
-def produce(out: Path, debs_dir: Path, packages: list[debian.Package]) -> dict[str, object]:
-    """Build the guest from `packages` (the kernel first) into the directory `out`."""
+def produce(out: Path, debs_dir: Path, packages: list[debian.Package],
+            final: Path | None = None) -> dict[str, object]:  # fmt: skip
+    """Build the guest from `packages` (the kernel first) into the directory `out` (to be
+    renamed `final`, the path the log line names)."""
     kernel = packages[0]
     t0 = time.monotonic()
     say(f"kernel {kernel.name} {kernel.version}; downloading what {debs_dir} lacks")
@@ -274,7 +278,7 @@ def produce(out: Path, debs_dir: Path, packages: list[debian.Package]) -> dict[s
     }
     _write(out / "manifest.json", (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
     say(
-        f"built {out}/initrd ({len(initrd) / 1e6:.1f} MB, {info['files']} entries, "
+        f"built {final or out}/initrd ({len(initrd) / 1e6:.1f} MB, {info['files']} entries, "
         f"{len(info['python_modules'])} stdlib modules) in {time.monotonic() - t0:.1f} s",  # type: ignore[arg-type]
         always=True,
     )
