@@ -60,8 +60,8 @@ def build(force: bool = False, manifest: Path | None = None) -> Path:
     guest directory. Built in a temporary directory beside it, then renamed: a reader
     sees a complete guest or none."""
     root = guest_root()
-    wanted = initramfs.read_manifest(manifest) if manifest else None
     try:
+        wanted = initramfs.read_manifest(manifest) if manifest else None
         root.mkdir(parents=True, exist_ok=True)
         with open(root / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
