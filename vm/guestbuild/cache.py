@@ -10,14 +10,18 @@ build` takes the packages apt offers now and builds a new one when they changed.
 
 from __future__ import annotations
 
-import fcntl
+import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from docteur.cli.errors import HostError
-from docteur.vm.guestbuild import debian, initramfs
+
+if TYPE_CHECKING:
+    from docteur.vm.guestbuild import debian
+
+# The builder (initramfs, debian) is imported only to build or hash: booting a built guest
+# loads none of it.
 
 BUILD_ENV = "DOCTEUR_BUILD"  # a build directory holding guest/ (the checkout's `make guest`)
 KERNEL_ENV, INITRD_ENV = "DOCTEUR_KERNEL", "DOCTEUR_INITRD"  # prebuilt artifacts
@@ -38,8 +42,22 @@ def guest_root() -> Path:
     return cache_home() / "guest"
 
 
+def is_built(out: Path) -> dict[str, object] | None:
+    """The manifest of a complete guest directory, or None."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    outputs = manifest.get("outputs") if isinstance(manifest, dict) else None
+    if not isinstance(outputs, list) or not all((out / str(f)).is_file() for f in outputs):
+        return None
+    return manifest
+
+
 def find_cached() -> Path | None:
     """The newest cached guest built from this docteur's guest code, if any."""
+    from docteur.vm.guestbuild import initramfs
+
     code = initramfs.code_hash()
     found: list[tuple[float, Path]] = []
     try:
@@ -49,7 +67,7 @@ def find_cached() -> Path | None:
     for d in entries:
         if d.name.startswith("."):  # a build under way, or the lock
             continue
-        manifest = initramfs.is_built(d)
+        manifest = is_built(d)
         if manifest and manifest.get("code") == code:
             found.append(((d / "manifest.json").stat().st_mtime, d))
     return max(found)[1] if found else None
@@ -59,6 +77,10 @@ def build(force: bool = False, manifest: Path | None = None) -> Path:
     """Build into the cache (under a lock: concurrent first uses build once) and return the
     guest directory. Built in a temporary directory beside it, then renamed: a reader
     sees a complete guest or none."""
+    import fcntl
+
+    from docteur.vm.guestbuild import debian, initramfs
+
     root = guest_root()
     try:
         wanted = initramfs.read_manifest(manifest) if manifest else None
@@ -70,7 +92,7 @@ def build(force: bool = False, manifest: Path | None = None) -> Path:
             else:
                 packages = initramfs.current_packages()
             out = root / initramfs.inputs_hash(packages)
-            if initramfs.is_built(out) and not force:
+            if is_built(out) and not force:
                 initramfs.say(f"up to date ({out})", always=True)
             else:
                 _build_beside(out, packages)
@@ -85,6 +107,11 @@ def build(force: bool = False, manifest: Path | None = None) -> Path:
 
 
 def _build_beside(out: Path, packages: list[debian.Package]) -> None:
+    import shutil
+    import tempfile
+
+    from docteur.vm.guestbuild import initramfs
+
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=out.parent))
     try:
         initramfs.produce(tmp, cache_home() / "debs", packages, out)
@@ -102,6 +129,8 @@ def ensure() -> Path:
     found = find_cached()
     if found:
         return found
+    from docteur.vm.guestbuild import initramfs
+
     initramfs.say(f"no guest built yet: building it into {guest_root()} (once)")
     return build()
 
@@ -112,10 +141,10 @@ def locate(build_dir: Path | None = None, *, build_missing: bool = True) -> Path
     explicit = build_dir or os.environ.get(BUILD_ENV)
     if explicit:
         base = Path(explicit) / "guest"
-        if not initramfs.is_built(base):
+        if not is_built(base):
             raise GuestError(f"guest not built in {base}: run `make guest` or unset {BUILD_ENV}")
         return base
-    if initramfs.is_built(CHECKOUT_BUILD / "guest"):
+    if is_built(CHECKOUT_BUILD / "guest"):
         return CHECKOUT_BUILD / "guest"
     return ensure() if build_missing else find_cached()
 
@@ -150,13 +179,15 @@ def artifacts(build_dir: Path | None = None) -> tuple[Path, Path]:
 
 def describe(where: Path | None) -> dict[str, str]:
     """`docteur guest info`: what `docteur run` boots (nothing is built by asking)."""
+    from docteur.vm.guestbuild import initramfs
+
     info = {"cache": str(guest_root()), "code": initramfs.code_hash()[:16]}
     given = prebuilt(None, None)
     if given:
         return {**info, "kernel": str(given[0]), "initrd": str(given[1]), "from": "the environment"}
     if where is None:
         return {**info, "guest": "not built yet (`docteur guest build`, or on the first `docteur run`)"}
-    manifest = initramfs.is_built(where) or {}
+    manifest = is_built(where) or {}
     packages = manifest.get("packages")
     versions = packages if isinstance(packages, dict) else {}
     info.update(path=str(where), key=str(manifest.get("inputs", "?")),

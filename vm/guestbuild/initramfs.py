@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from docteur.vm.guestbuild import debian, guestpy
+from docteur.vm.guestbuild.cache import is_built
 from docteur.vm.guestbuild.cpio import Archive
 from docteur.vm.guestbuild.elf import modinfo
 
@@ -102,18 +103,6 @@ def read_manifest(path: Path) -> dict[str, object]:
     if not isinstance(data, dict):
         raise ManifestError(f"{path}: not a guest manifest")
     return data
-
-
-def is_built(out: Path) -> dict[str, object] | None:
-    """The manifest of a complete guest directory, or None."""
-    try:
-        manifest = json.loads((out / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
-    outputs = manifest.get("outputs") if isinstance(manifest, dict) else None
-    if not isinstance(outputs, list) or not all((out / str(f)).is_file() for f in outputs):
-        return None
-    return manifest
 
 
 def check_same_bytes(out: Path, wanted: dict[str, object], source: str) -> None:
