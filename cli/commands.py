@@ -19,6 +19,8 @@ from . import log
 from .errors import UsageError
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from docteur.vm.targets.config import TargetConfig
 
 
@@ -86,14 +88,14 @@ def run(args: argparse.Namespace) -> int:
     return run_async(print_file(target, config))
 
 
-def run_console(target: object, config: TargetConfig) -> int:
+def run_console(target: ModuleType, config: TargetConfig) -> int:
     """`docteur run IMAGE` alone: the query console on the booted guest; leaving it powers
     the guest off (the session's exit)."""
     from docteur.vm.client import new_runner
     from docteur.vm.targets.console import console
 
     with new_runner() as runner:
-        session = target.session(config)  # type: ignore[attr-defined]
+        session = target.session(config)
         client = runner.run(session.__aenter__())
         try:
             return console(runner, client, strict=True)
