@@ -204,8 +204,9 @@ def console(runner: asyncio.Runner, client: Client, strict: bool = False) -> int
     _setup_readline()
     hello = client.hello
     interactive = sys.stdin.isatty()  # commands piped in: no prompts in the output
+    scripted = strict and not interactive  # its status says whether every command succeeded
     failed = False
-    if hello is not None and (interactive or not strict):
+    if hello is not None and not scripted:
         disks = ", ".join(f"{n} ({c[:12] or 'unopened'})" for n, c in hello.disks.items())
         print(f"docteur protocol v{hello.version}, disks: {disks}; type help")
         if not hello.ok:
@@ -218,7 +219,7 @@ def console(runner: asyncio.Runner, client: Client, strict: bool = False) -> int
             except EOFError:
                 if interactive:
                     print()
-                return 1 if failed and strict and not interactive else 0
+                return int(scripted and failed)
             except Terminated:
                 raise  # SIGTERM/SIGHUP end the console; only Ctrl-C is a fresh prompt
             except KeyboardInterrupt:
@@ -233,7 +234,7 @@ def console(runner: asyncio.Runner, client: Client, strict: bool = False) -> int
             if not argv:
                 continue
             if argv[0] in ("quit", "exit"):
-                return 1 if failed and strict and not interactive else 0
+                return int(scripted and failed)
             if argv[0] == "history":
                 for number, line in enumerate(_history(), 1):
                     print(f"{number:5d}  {line}")
