@@ -19,6 +19,8 @@ from . import log
 from .errors import UsageError
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from docteur.vm.targets.config import TargetConfig
 
 
@@ -68,7 +70,7 @@ def target_config(args: argparse.Namespace) -> TargetConfig:
     return TargetConfig(
         blocks=block_specs(args.image, args.block), verify=args.verify, timeout=args.timeout,
         disk=args.disk, filename=args.filename, socket=args.socket, memory=args.memory,
-        accel=args.accel,
+        accel=args.accel, kernel=args.kernel, initrd=args.initrd,
     )  # fmt: skip
 
 
@@ -81,7 +83,48 @@ def run(args: argparse.Namespace) -> int:
     config = target_config(args)
     if config.socket:
         return run_async(target.serve(config, config.socket))
+    if config.filename is None:
+        return run_console(target, config)
     return run_async(print_file(target, config))
+
+
+def run_console(target: ModuleType, config: TargetConfig) -> int:
+    """`docteur run IMAGE` alone: the query console on the booted guest; leaving it powers
+    the guest off (the session's exit)."""
+    from docteur.vm.client import new_runner
+    from docteur.vm.targets.console import console
+
+    with new_runner() as runner:
+        session = target.session(config)
+        client = runner.run(session.__aenter__())
+        try:
+            return console(runner, client, strict=True)
+        finally:  # Ctrl-C and SIGTERM too: a clean power-off, not a killed VM
+            runner.run(session.__aexit__(None, None, None))
+
+
+def guest(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from docteur.vm.guestbuild import cache
+
+    if args.action != "build" and (args.force or args.from_manifest):
+        raise UsageError(f"guest {args.action}: --force and --from-manifest are for `guest build`")
+    if args.action == "build":
+        where = cache.build(args.force, Path(args.from_manifest) if args.from_manifest else None)
+        print(where)
+        return 0
+    where = cache.locate(build_missing=False)
+    if args.action == "path":
+        if where is None:
+            raise cache.GuestError(f"no guest built yet (in {cache.guest_root()}): `docteur guest build`")
+        print(where)
+        return 0
+    info = cache.describe(where)
+    width = max(len(k) for k in info) + 2
+    for key, value in info.items():
+        print(f"{key + ':':<{width}}{value}")
+    return 0
 
 
 def query(args: argparse.Namespace) -> int:
@@ -188,4 +231,5 @@ def grow(args: argparse.Namespace) -> int:
 COMMANDS = {
     "make": make, "verify": verify, "run": run, "query": query, "put": put, "rm": rm, "mv": mv,
     "commit": commit, "log": history, "compact": compact, "export": export, "grow": grow,
+    "guest": guest,
 }  # fmt: skip

@@ -141,7 +141,7 @@ def run_args(p: argparse.ArgumentParser, func: Command) -> None:
                    help="microvm (QEMU, default) or unix (a host process)")  # fmt: skip
     p.add_argument("--block", action="append", default=[], metavar="NAME=IMAGE",
                    help="a named disk (repeatable)")  # fmt: skip
-    what = p.add_mutually_exclusive_group(required=True)
+    what = p.add_mutually_exclusive_group()  # neither: the console
     what.add_argument("--filename", metavar="PATH", help="print this file and exit")
     what.add_argument("--socket", metavar="PATH", help="serve on this unix socket until Ctrl-C")
     p.add_argument("--disk", default=DEFAULT_DISK, help=f"the disk --filename reads ({DEFAULT_DISK})")
@@ -154,6 +154,18 @@ def run_args(p: argparse.ArgumentParser, func: Command) -> None:
                    help="kvm only where the CPU has vmx/svm; tcg otherwise (default: auto)")  # fmt: skip
     g.add_argument("--memory", type=int, default=DEFAULT_MEMORY, metavar="MiB",
                    help=f"guest memory ({DEFAULT_MEMORY})")  # fmt: skip
+    g.add_argument("--kernel", metavar="FILE", help="a prebuilt guest kernel (with --initrd; "
+                   "default: $DOCTEUR_KERNEL, else the guest cache)")  # fmt: skip
+    g.add_argument("--initrd", metavar="FILE", help="its initramfs (default: $DOCTEUR_INITRD)")
+    p.set_defaults(func=func)
+
+
+def guest_args(p: argparse.ArgumentParser, func: Command) -> None:
+    add_globals(p, sub=True)
+    p.add_argument("action", choices=("build", "info", "path"), metavar="build|info|path")
+    p.add_argument("--force", action="store_true", help="build: even when up to date")
+    p.add_argument("--from-manifest", metavar="FILE",
+                   help="build: from the packages a guest manifest.json lists")  # fmt: skip
     p.set_defaults(func=func)
 
 
@@ -245,7 +257,9 @@ def build(commands: dict[str, Command], version: str) -> Parser:
     run_args(sub.add_parser(
         "run", help="serve an image (in a microVM, or as a host process)",
         description="Boot the appliance on IMAGE (--block NAME=IMAGE for several disks) and "
-        "print one file (--filename) or serve the protocol on a unix socket (--socket).",
+        "print one file (--filename), serve the protocol on a unix socket (--socket), or, "
+        "with neither, open the query console (commands from stdin when it is not a terminal; "
+        "exit 1 then if one failed).",
     ), commands["run"])  # fmt: skip
     query_args(sub.add_parser(
         "query", help="ask a served image (no command: an interactive console)",
@@ -253,6 +267,11 @@ def build(commands: dict[str, Command], version: str) -> Parser:
         "size PATH, digest PATH, mtime PATH, info, ping. Without one: a console.",
     ), commands["query"])  # fmt: skip
     write_parsers(sub, commands)
+    guest_args(sub.add_parser(
+        "guest", help="build the microVM's guest, or show it (info, path)",
+        description="build: the guest kernel and initramfs into the cache "
+        "($XDG_CACHE_HOME/docteur/guest); info: what `docteur run` boots; path: its directory.",
+    ), commands["guest"])  # fmt: skip
     return parser
 
 

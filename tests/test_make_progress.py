@@ -158,9 +158,10 @@ def test_json_means_every_stderr_line_is_json(tmp_path: Path,
     assert rc == 1 and evs[-1]["level"] == "error" and "/nope" in evs[-1]["event"]
     assert any(e["event"] == "guest server started" for e in evs)  # -v after `run` counts
     with pytest.raises(SystemExit) as usage:  # argparse's own errors
-        docteur(capsys, "run", "--log-format=json", "--target", "unix")
+        # (run IMAGE alone is the console now: two exclusive options are the usage error)
+        docteur(capsys, "run", "--log-format=json", "--target", "unix", "--filename", "/a", "--socket", "/s")
     err = capsys.readouterr().err
-    assert usage.value.code == 2 and "--filename --socket is required" in json.loads(err)["event"]
+    assert usage.value.code == 2 and "not allowed with argument --filename" in json.loads(err)["event"]
     rc, evs = events("query", "--log-format", "json", "--socket", tmp_path / "none", "ls")
     assert rc == 1 and evs == [{**evs[0], "event": f"cannot connect to {tmp_path / 'none'}: "
                                 "No such file or directory", "level": "error"}]  # fmt: skip

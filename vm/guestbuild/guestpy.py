@@ -129,8 +129,9 @@ def run_guest_python(root: Path, args: list[str], stdin: str | None = None,
     )  # fmt: skip
     if proc.returncode != 0:
         raise RuntimeError(f"guest python failed: {proc.stderr.strip()[-500:]}")
-    for line in proc.stderr.splitlines():
-        print(line, file=sys.stderr)
+    if sys.stderr.isatty():  # details on a terminal; a pipe gets the build's one line
+        for line in proc.stderr.splitlines():
+            print(line, file=sys.stderr)
     return proc.stdout
 
 

@@ -31,13 +31,14 @@ from docteur.guest import protocol
 from docteur.guest.defaults import DEFAULT_VERIFY
 from docteur.guest.errors import ImageError
 from docteur.guest.image import open_image_fd
+from docteur.vm.guestbuild import cache
 from docteur.vm.runtime import qemu
 from docteur.vm.runtime.process import die_with_parent, terminate
 from docteur.vm.runtime.rundir import make_rundir
 
 log = structlog.get_logger("docteur.vm")
-BUILD_ENV = "DOCTEUR_BUILD"  # overrides the guest artifacts' directory
-DEFAULT_BUILD = Path(__file__).resolve().parents[2] / "build"
+# The checkout's build directory (`make guest`); the lookup is guestbuild.cache's.
+BUILD_ENV, DEFAULT_BUILD = cache.BUILD_ENV, cache.CHECKOUT_BUILD
 LOG_TAIL = 25
 SHUTDOWN_ID = 0xFFFFFFF0  # request id of the appliance's own shutdown request
 # Wraps the greeted port's streams into a protocol client (docteur.vm.client).
@@ -92,11 +93,9 @@ async def _default_client(reader: asyncio.StreamReader, writer: asyncio.StreamWr
 
 
 def guest_artifacts(build_dir: Path | None = None) -> tuple[Path, Path]:
-    base = Path(build_dir or os.environ.get(BUILD_ENV) or DEFAULT_BUILD) / "guest"
-    kernel, initrd = base / "vmlinuz", base / "initrd"
-    if not (kernel.exists() and initrd.exists()):
-        raise ApplianceError(f"guest not built in {base}: run `make guest`")
-    return kernel, initrd
+    """(kernel, initrd): prebuilt ones, a build directory's, or the user's cache (built on
+    first use); see docteur.vm.guestbuild.cache."""
+    return cache.artifacts(build_dir)
 
 
 def _check_image(name: str, path: Path) -> Path:
@@ -135,8 +134,8 @@ class Appliance:
         if memory < qemu.MIN_MEMORY:
             raise ApplianceError(f"--memory {memory}: the guest needs at least {qemu.MIN_MEMORY} MiB")
         self.blocks = {qemu.check_block_name(n): _check_image(n, Path(p)) for n, p in blocks.items()}
-        if kernel is None or initrd is None:
-            kernel, initrd = guest_artifacts(build_dir)
+        given = cache.prebuilt(kernel, initrd)
+        kernel, initrd = given or guest_artifacts(build_dir)
         self.kernel, self.initrd = kernel, initrd
         self.verify, self.memory, self.timeout = verify, memory, timeout
         self.accel = qemu.choose_accel(accel)

@@ -20,3 +20,5 @@ class TargetConfig:
     socket: str | None = None  # ... or serve on this unix socket until stopped
     memory: int = DEFAULT_MEMORY  # microvm: guest memory in MiB
     accel: str = "auto"  # microvm: auto, kvm or tcg
+    kernel: str | None = None  # microvm: prebuilt guest kernel and initramfs (both or neither)
+    initrd: str | None = None

@@ -198,17 +198,20 @@ class _Tracked:
         self.raw.flush()
 
 
-def console(runner: asyncio.Runner, client: Client) -> int:
-    """Read commands until EOF/quit; each runs on `runner`'s loop."""
+def console(runner: asyncio.Runner, client: Client, strict: bool = False) -> int:
+    """Read commands until EOF/quit; each runs on `runner`'s loop. `strict` (`docteur run`'s
+    console): commands piped in print their results only, and exit 1 if one failed."""
     _setup_readline()
     hello = client.hello
-    if hello is not None:
+    interactive = sys.stdin.isatty()  # commands piped in: no prompts in the output
+    scripted = strict and not interactive  # its status says whether every command succeeded
+    failed = False
+    if hello is not None and not scripted:
         disks = ", ".join(f"{n} ({c[:12] or 'unopened'})" for n, c in hello.disks.items())
         print(f"docteur protocol v{hello.version}, disks: {disks}; type help")
         if not hello.ok:
             print(f"the server failed to boot: {hello.fields.get('error', '?')}")
     out = _Tracked(sys.stdout.buffer)
-    interactive = sys.stdin.isatty()  # commands piped in: no prompts in the output
     try:
         while True:
             try:
@@ -216,7 +219,7 @@ def console(runner: asyncio.Runner, client: Client) -> int:
             except EOFError:
                 if interactive:
                     print()
-                return 0
+                return int(scripted and failed)
             except Terminated:
                 raise  # SIGTERM/SIGHUP end the console; only Ctrl-C is a fresh prompt
             except KeyboardInterrupt:
@@ -225,12 +228,13 @@ def console(runner: asyncio.Runner, client: Client) -> int:
             try:
                 argv = shlex.split(text)
             except ValueError as exc:
+                failed = True
                 print(f"error: {exc}")
                 continue
             if not argv:
                 continue
             if argv[0] in ("quit", "exit"):
-                return 0
+                return int(scripted and failed)
             if argv[0] == "history":
                 for number, line in enumerate(_history(), 1):
                     print(f"{number:5d}  {line}")
@@ -253,6 +257,7 @@ def console(runner: asyncio.Runner, client: Client) -> int:
                 out.write(b"\n")  # a file that does not end with one: the prompt starts a line
             out.flush()
             if problem:
+                failed = True
                 print(problem, flush=True)
             if lost:
                 return 1

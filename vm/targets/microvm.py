@@ -28,6 +28,8 @@ def appliance(config: TargetConfig, **kw: Any) -> Appliance:
         memory=config.memory,
         accel=config.accel,
         timeout=config.timeout,
+        kernel=Path(config.kernel) if config.kernel else None,
+        initrd=Path(config.initrd) if config.initrd else None,
         **kw,
     )
 
