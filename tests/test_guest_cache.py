@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm_helpers import DOCTEUR, GUEST
+from tests.support.cli import DOCTEUR
+from tests.support.vm import GUEST
 
 needs_guest = pytest.mark.skipif(
     shutil.which("apt-get") is None or not (GUEST / "manifest.json").exists(),

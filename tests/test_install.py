@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from docteur.vm.guestbuild import initramfs
-from tests.runtime_images import cat_blobs, ls_tree
-from tests.vm_helpers import GUEST, needs_vm
+from tests.support.git import cat_blobs, ls_tree
+from tests.support.vm import GUEST, needs_vm
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.runtime_images import cat_blobs, ls_tree
-from tests.vm_helpers import DOCTEUR, needs_vm
+from tests.support.cli import DOCTEUR
+from tests.support.git import cat_blobs, ls_tree
+from tests.support.vm import needs_vm
 
 PROMPT = b"docteur:docteur> "
 

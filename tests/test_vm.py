@@ -332,6 +332,7 @@ def test_kill9_of_docteur_run_leaves_a_run_directory_the_next_start_removes(
 ) -> None:
     """kill -9 of `docteur run`: QEMU dies with it (PDEATHSIG); its run directory, locked
     by the dead process, is removed by the next appliance start (rundir.make_rundir)."""
+    from docteur.cli.owned import OWNER_LOCK
     from docteur.vm.runtime import rundir as rundirs
 
     server = subprocess.Popen([*DOCTEUR, "run", str(repo_image[1]), "--socket", str(tmp_path / "s")],
@@ -341,7 +342,7 @@ def test_kill9_of_docteur_run_leaves_a_run_directory_the_next_start_removes(
         rundir = None
         while rundir is None and time.monotonic() < deadline:
             time.sleep(0.05)
-            for lock in Path(rundirs.RUNDIR_BASE).glob(f"{rundirs.RUNDIR_PREFIX}*/{rundirs.OWNER_LOCK}"):
+            for lock in Path(rundirs.RUNDIR_BASE).glob(f"{rundirs.RUNDIR_PREFIX}*/{OWNER_LOCK}"):
                 with contextlib.suppress(OSError):
                     if lock.read_text().strip() == str(server.pid):
                         rundir = lock.parent
