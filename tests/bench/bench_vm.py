@@ -108,6 +108,8 @@ async def raw_throughput() -> float:
             if not chunk:
                 break
             got += len(chunk)
+        if got < BIG:  # the blast /init failed: say so, never a figure of 0
+            raise RuntimeError(f"the raw-port guest sent {got} of {BIG} bytes")
         return got / (time.monotonic() - t0) / 1e6
 
 

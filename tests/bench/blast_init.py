@@ -5,7 +5,7 @@ set-up, then `docteur.blast_mib` MiB of zeros written to the protocol port, then
 import os
 import sys
 
-from docteur.guest import init
+from docteur.guest import pid1
 
 
 def blast(port: str, total: int) -> None:
@@ -18,11 +18,11 @@ def blast(port: str, total: int) -> None:
 
 
 try:
-    params = init.setup()
-    blast(init.server_argv(params)[-1], int(params.get("blast_mib", "64")) << 20)
+    params = pid1.setup()
+    blast(pid1.server_argv(params)[-1], int(params.get("blast_mib", "64")) << 20)
 except BaseException as exc:  # PID 1: whatever happened, power off below
-    init.log(f"FATAL: {type(exc).__name__}: {exc}")
+    pid1.log(f"FATAL: {type(exc).__name__}: {exc}")
 finally:
     sys.stderr.flush()
-    init.power_off()
+    pid1.power_off()
     os._exit(1)
