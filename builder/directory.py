@@ -17,6 +17,7 @@ import hashlib
 import os
 import stat
 import zlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from dulwich.object_store import DiskObjectStore
@@ -161,34 +162,51 @@ def _display(path: bytes) -> str:
     return os.fsdecode(path)
 
 
-def _read_tree(
-    store: LooseStore, top: bytes, rel: bytes, bar: Progress, skip: frozenset[bytes] = frozenset()
-) -> bytes | None:
-    """Store the tree of `top/rel`; None when it holds nothing (git keeps no empty dirs)."""
-    here = os.path.join(top, rel) if rel else top
+def directory_entries(
+    here: bytes, skip: frozenset[bytes] = frozenset()
+) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
+    """(name, path, lstat) of what directory `here` puts in an image, sorted by name.
+
+    Left out: a nested `.git` (git refuses such entries; it is another repository),
+    docteur's scratch directories, and the paths in `skip` (the image being written,
+    when it sits inside the directory). A FIFO, socket or device is refused: only
+    files, directories and symlinks (never followed) go in an image."""
     try:
         with os.scandir(here) as it:
             names = sorted(e.name for e in it)
     except OSError as e:
         raise BuildError(f"{_display(here)}: cannot list: {e.strerror}") from None
-    entries: list[TreeEntry] = []
     for name in names:
-        if name == b".git":
-            # git refuses `.git` entries in trees; a nested one is another repository.
-            log.warning("skipping a nested .git", path=_display(os.path.join(here, name)))
-            continue
-        sub = rel + b"/" + name if rel else name
         path = os.path.join(here, name)
+        if name == b".git":
+            log.warning("skipping a nested .git", path=_display(path))
+            continue
+        if is_scratch_name(os.fsdecode(name)):
+            continue
         if skip and any(name == os.path.basename(s) for s in skip) and os.path.realpath(path) in skip:
-            # The image being written (or an older one), and the scratch directory
-            # beside it, must not end up inside the image.
-            if not is_scratch_name(os.fsdecode(name)):
-                log.warning("skipping the image itself", path=_display(path))
+            log.warning("skipping the image itself", path=_display(path))
             continue
         try:
             st = os.lstat(path)
         except OSError as e:
             raise BuildError(f"{_display(path)}: {e.strerror}") from None
+        fmt = stat.S_IFMT(st.st_mode)
+        if fmt not in (stat.S_IFLNK, stat.S_IFDIR, stat.S_IFREG):
+            kind = _KINDS.get(fmt, "special file")
+            raise BuildError(
+                f"{_display(path)}: a {kind}; only files, directories and symlinks can go in an image"
+            )
+        yield name, path, st
+
+
+def _read_tree(
+    store: LooseStore, top: bytes, rel: bytes, bar: Progress, skip: frozenset[bytes] = frozenset()
+) -> bytes | None:
+    """Store the tree of `top/rel`; None when it holds nothing (git keeps no empty dirs)."""
+    here = os.path.join(top, rel) if rel else top
+    entries: list[TreeEntry] = []
+    for name, path, st in directory_entries(here, skip):
+        sub = rel + b"/" + name if rel else name
         fmt = stat.S_IFMT(st.st_mode)
         if fmt == stat.S_IFLNK:
             oid = store.add(BLOB, os.readlink(path), sub)
@@ -197,7 +215,7 @@ def _read_tree(
             tid = _read_tree(store, top, sub, bar, skip)
             if tid is not None:
                 entries.append(TreeEntry(MODE_TREE, name, tid))
-        elif fmt == stat.S_IFREG:
+        else:
             try:
                 if st.st_size > _BIG_FILE:
                     oid = store.add_file(path, st.st_size, sub)
@@ -209,11 +227,6 @@ def _read_tree(
             mode = MODE_EXEC if st.st_mode & stat.S_IXUSR else MODE_FILE
             entries.append(TreeEntry(mode, name, oid))
             bar.advance()
-        else:
-            kind = _KINDS.get(fmt, "special file")
-            raise BuildError(
-                f"{_display(path)}: a {kind}; only files, directories and symlinks can go in an image"
-            )
     if not entries:
         return None
     return store.add(TREE, Tree.from_entries(entries).as_raw(), rel)

@@ -25,10 +25,9 @@ from docteur.guest.generations import Store
 from docteur.guest.objects import MODE_EXEC, MODE_FILE, MODE_LINK, Commit
 from docteur.guest.paths import split_path
 
-from .directory import _KINDS as SPECIAL_KINDS
-from .directory import parse_date
+from .directory import directory_entries, parse_date
 from .errors import BuildError
-from .scratch import is_scratch_name, scratch_dir
+from .scratch import scratch_dir
 
 log = get_logger("docteur.writes")
 DEFAULT_BRANCH = "main"
@@ -144,40 +143,17 @@ def commit_directory(image: str, top: str, message: str | None, author: str, dat
 
 def walk_directory(top: str, skip: tuple[str, ...] = ()) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
     """(image path, file path, lstat) of every file and symlink under `top`, as
-    `docteur make` takes a directory: hidden files in, nested `.git` out, symlinks
-    never followed, anything else refused."""
-    skipped = {os.fsencode(os.path.realpath(p)) for p in skip}
-    root = os.fsencode(top)
+    `docteur make` takes a directory (directory.directory_entries' rules)."""
+    skipped = frozenset(os.fsencode(os.path.realpath(p)) for p in skip)
 
     def walk(here: bytes, rel: bytes) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
-        try:
-            with os.scandir(here) as it:
-                names = sorted(e.name for e in it)
-        except OSError as e:
-            raise BuildError(f"{os.fsdecode(here)}: cannot list: {e.strerror}") from None
-        for name in names:
-            full = os.path.join(here, name)
-            if name == b".git":
-                log.warning("skipping a nested .git", path=os.fsdecode(full))
-                continue
-            if is_scratch_name(os.fsdecode(name)) or os.path.realpath(full) in skipped:
-                continue
-            try:
-                st = os.lstat(full)
-            except OSError as e:
-                raise BuildError(f"{os.fsdecode(full)}: {e.strerror}") from None
-            fmt = stat.S_IFMT(st.st_mode)
-            if fmt == stat.S_IFDIR:
+        for name, full, st in directory_entries(here, skipped):
+            if stat.S_ISDIR(st.st_mode):
                 yield from walk(full, rel + b"/" + name)
-            elif fmt in (stat.S_IFREG, stat.S_IFLNK):
-                yield rel + b"/" + name, full, st
             else:
-                kind = SPECIAL_KINDS.get(fmt, "special file")
-                raise BuildError(
-                    f"{os.fsdecode(full)}: a {kind}; only files, directories and symlinks can go in an image"
-                )
+                yield rel + b"/" + name, full, st
 
-    yield from walk(root, b"")
+    yield from walk(os.fsencode(top), b"")
 
 
 # -- reading a FILE or stdin --------------------------------------------------------------
