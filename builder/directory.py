@@ -17,8 +17,6 @@ import hashlib
 import os
 import stat
 import zlib
-from collections.abc import Iterator
-from datetime import UTC, datetime
 
 from dulwich.object_store import DiskObjectStore
 
@@ -45,31 +43,13 @@ from .defaults import AUTHOR_EMAIL, AUTHOR_NAME
 from .errors import BuildError
 from .fetch import PackFiles, pack_objects, write_plain_pack
 from .gittools import git_path
-from .scratch import is_scratch_name
+from .walk import directory_entries, parse_date
+from .walk import display as _display
 
 log = get_logger("docteur.directory")
 # Files above this size are hashed and stored in chunks instead of read whole.
 _BIG_FILE = 8 << 20
 _CHUNK = 1 << 20
-_KINDS = {
-    stat.S_IFIFO: "fifo",
-    stat.S_IFSOCK: "socket",
-    stat.S_IFCHR: "character device",
-    stat.S_IFBLK: "block device",
-}
-
-
-def parse_date(text: str | None) -> int:
-    """Seconds since the epoch from an RFC 3339 date (UTC when no offset); now when None."""
-    if text is None:
-        return int(datetime.now(UTC).timestamp())
-    try:
-        dt = datetime.fromisoformat(text.replace("z", "Z"))
-    except ValueError:
-        raise BuildError(f"bad date {text!r}: expected RFC 3339, e.g. 2024-01-31T12:00:00Z") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp())
 
 
 def _scratch_error(exc: OSError, where: str) -> BuildError:
@@ -156,47 +136,6 @@ class LooseStore:
         d = os.path.join(self.objects, hexid[:2].decode())
         os.makedirs(d, exist_ok=True)
         return os.path.join(d, hexid[2:].decode())
-
-
-def _display(path: bytes) -> str:
-    return os.fsdecode(path)
-
-
-def directory_entries(
-    here: bytes, skip: frozenset[bytes] = frozenset()
-) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
-    """(name, path, lstat) of what directory `here` puts in an image, sorted by name.
-
-    Left out: a nested `.git` (git refuses such entries; it is another repository),
-    docteur's scratch directories, and the paths in `skip` (the image being written,
-    when it sits inside the directory). A FIFO, socket or device is refused: only
-    files, directories and symlinks (never followed) go in an image."""
-    try:
-        with os.scandir(here) as it:
-            names = sorted(e.name for e in it)
-    except OSError as e:
-        raise BuildError(f"{_display(here)}: cannot list: {e.strerror}") from None
-    for name in names:
-        path = os.path.join(here, name)
-        if name == b".git":
-            log.warning("skipping a nested .git", path=_display(path))
-            continue
-        if is_scratch_name(os.fsdecode(name)):
-            continue
-        if skip and any(name == os.path.basename(s) for s in skip) and os.path.realpath(path) in skip:
-            log.warning("skipping the image itself", path=_display(path))
-            continue
-        try:
-            st = os.lstat(path)
-        except OSError as e:
-            raise BuildError(f"{_display(path)}: {e.strerror}") from None
-        fmt = stat.S_IFMT(st.st_mode)
-        if fmt not in (stat.S_IFLNK, stat.S_IFDIR, stat.S_IFREG):
-            kind = _KINDS.get(fmt, "special file")
-            raise BuildError(
-                f"{_display(path)}: a {kind}; only files, directories and symlinks can go in an image"
-            )
-        yield name, path, st
 
 
 def _read_tree(

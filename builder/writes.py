@@ -25,9 +25,9 @@ from docteur.guest.generations import Store
 from docteur.guest.objects import MODE_EXEC, MODE_FILE, MODE_LINK, Commit
 from docteur.guest.paths import split_path
 
-from .directory import directory_entries, parse_date
 from .errors import BuildError
 from .scratch import scratch_dir
+from .walk import directory_entries, parse_date
 
 log = get_logger("docteur.writes")
 DEFAULT_BRANCH = "main"
@@ -143,7 +143,7 @@ def commit_directory(image: str, top: str, message: str | None, author: str, dat
 
 def walk_directory(top: str, skip: tuple[str, ...] = ()) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
     """(image path, file path, lstat) of every file and symlink under `top`, as
-    `docteur make` takes a directory (directory.directory_entries' rules)."""
+    `docteur make` takes a directory (walk.directory_entries' rules)."""
     skipped = frozenset(os.fsencode(os.path.realpath(p)) for p in skip)
 
     def walk(here: bytes, rel: bytes) -> Iterator[tuple[bytes, bytes, os.stat_result]]:

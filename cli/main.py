@@ -43,7 +43,7 @@ def _version() -> str:
 def build_parser() -> Parser:
     from .commands import COMMANDS
 
-    return build(COMMANDS, _version())
+    return build(COMMANDS, _version)
 
 
 def _quiet_stdout() -> None:
@@ -92,13 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def make_main(argv: Sequence[str] | None = None) -> int:
     from .commands import make
 
-    return run(single("docteur.make", make_args, make, "Build a docteur image.", _version()), argv)
+    return run(single("docteur.make", make_args, make, "Build a docteur image.", _version), argv)
 
 
 def verify_main(argv: Sequence[str] | None = None) -> int:
     from .commands import verify
 
-    return run(single("docteur.verify", verify_args, verify, "Check a docteur image.", _version()), argv)
+    return run(single("docteur.verify", verify_args, verify, "Check a docteur image.", _version), argv)
 
 
 if __name__ == "__main__":

@@ -240,11 +240,23 @@ def write_parsers(sub: argparse._SubParsersAction, commands: dict[str, Command])
     p.set_defaults(func=commands["grow"])
 
 
-def build(commands: dict[str, Command], version: str) -> Parser:
+class _Version(argparse.Action):
+    """--version, looked up only when asked (importlib.metadata costs ~25 ms of imports)."""
+
+    def __init__(self, *args: object, version: Callable[[], str], **kwargs: object):
+        super().__init__(*args, help="show the version and exit", **kwargs)  # type: ignore[arg-type]
+        self.version = version
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"{parser.prog.split()[0]} {self.version()}")
+        parser.exit()
+
+
+def build(commands: dict[str, Command], version: Callable[[], str]) -> Parser:
     """`docteur` with its subcommands; `commands` maps each name to its function."""
     parser = Parser(prog=PROG, description="Turn a Git repository into a verified disk image.")
     add_globals(parser)
-    parser.add_argument("--version", action="version", version=f"{PROG} {version}")
+    parser.add_argument("--version", action=_Version, nargs=0, default=argparse.SUPPRESS, version=version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     make_args(sub.add_parser(
         "make", help="build an image from a Git repository or a directory",
@@ -276,9 +288,9 @@ def build(commands: dict[str, Command], version: str) -> Parser:
 
 
 def single(prog: str, add_args: Callable[[argparse.ArgumentParser, Command], None], func: Command,
-           description: str, version: str) -> Parser:  # fmt: skip
+           description: str, version: Callable[[], str]) -> Parser:  # fmt: skip
     """An alias command (`docteur.make`, `docteur.verify`): one subcommand's arguments."""
     parser = Parser(prog=prog, description=description)
-    parser.add_argument("--version", action="version", version=f"{prog} {version}")
+    parser.add_argument("--version", action=_Version, nargs=0, default=argparse.SUPPRESS, version=version)
     add_args(parser, func)  # brings --log-format and -v with it
     return parser
