@@ -72,6 +72,8 @@ def _spellings(name: bytes) -> list[str]:
 
 def is_dotgit(name: bytes) -> bool:
     """A name git refuses in a tree (verify_path and fsck's hasDotgit)."""
+    if name.isascii() and b"git" not in name.lower():  # most names: no spelling can be .git
+        return False
     return any(s in (".git", "git~1") for s in _spellings(name))
 
 
