@@ -190,6 +190,16 @@ def _writer_args(p: argparse.ArgumentParser, func: Command, message: bool = True
     p.set_defaults(func=func)
 
 
+def _image_command(sub: argparse._SubParsersAction, func: Command, name: str, help: str,
+                   description: str) -> argparse.ArgumentParser:  # fmt: skip
+    """A command on one IMAGE (more arguments may follow)."""
+    p = sub.add_parser(name, help=help, description=description)
+    add_globals(p, sub=True)
+    p.add_argument("image", metavar="IMAGE")
+    p.set_defaults(func=func)
+    return p
+
+
 def write_parsers(sub: argparse._SubParsersAction, commands: dict[str, Command]) -> None:
     """put, rm, mv, commit, log, compact, export, grow."""
     p = sub.add_parser("put", help="write one file into an image (one commit)",
@@ -212,32 +222,19 @@ def write_parsers(sub: argparse._SubParsersAction, commands: dict[str, Command])
                        description="Replace the tree of IMAGE by DIR's files: one commit.")  # fmt: skip
     _writer_args(p, commands["commit"])
     p.add_argument("directory", metavar="DIR")
-    p = sub.add_parser("log", help="the commits of an image, newest first",
-                       description="Print N COMMIT DATE SUBJECT for each commit, newest first; "
-                       "0 is the commit docteur make wrote.")  # fmt: skip
-    add_globals(p, sub=True)
-    p.add_argument("image", metavar="IMAGE")
-    p.set_defaults(func=commands["log"])
-    p = sub.add_parser("compact", help="rewrite an image's writes into one pack, history kept",
-                       description="Compact IMAGE in place, fail-safe: every commit kept, "
-                       "the space of older packs freed.")  # fmt: skip
-    add_globals(p, sub=True)
-    p.add_argument("image", metavar="IMAGE")
-    p.set_defaults(func=commands["compact"])
-    p = sub.add_parser("export", help="a bare git repository of an image's history",
-                       description="Write a new bare repository DEST holding every commit of "
-                       "IMAGE, its branch at the head.")  # fmt: skip
-    add_globals(p, sub=True)
-    p.add_argument("image", metavar="IMAGE")
+    _image_command(sub, commands["log"], "log", "the commits of an image, newest first",
+                   "Print N COMMIT DATE SUBJECT for each commit, newest first; "
+                   "0 is the commit docteur make wrote.")  # fmt: skip
+    _image_command(sub, commands["compact"], "compact",
+                   "rewrite an image's writes into one pack, history kept",
+                   "Compact IMAGE in place, fail-safe: every commit kept, the space of older packs freed.")
+    p = _image_command(sub, commands["export"], "export", "a bare git repository of an image's history",
+                       "Write a new bare repository DEST holding every commit of IMAGE, its branch "
+                       "at the head.")  # fmt: skip
     p.add_argument("dest", metavar="DEST.git")
-    p.set_defaults(func=commands["export"])
-    p = sub.add_parser("grow", help="give an image (more) room for writes",
-                       description="Make IMAGE SIZE bytes (K/M/G), sparse; a read-only image "
-                       "becomes writable.")  # fmt: skip
-    add_globals(p, sub=True)
-    p.add_argument("image", metavar="IMAGE")
+    p = _image_command(sub, commands["grow"], "grow", "give an image (more) room for writes",
+                       "Make IMAGE SIZE bytes (K/M/G), sparse; a read-only image becomes writable.")
     p.add_argument("size", metavar="SIZE", type=size)
-    p.set_defaults(func=commands["grow"])
 
 
 class _Version(argparse.Action):
