@@ -35,13 +35,13 @@ def prepare(path: str, capacity: int) -> Area:
         if end - layout.idx_end > MAX_PAD or tail.strip(b"\0"):
             raise ImageError(f"{path}: unexpected data after the IDX: not a plain docteur image")
         area = Area(align_up(end), SLOTS, SLOT_SIZE, os.urandom(16), end, binding)
-        capacity -= capacity % BLOCK
-        if capacity < area.data_start + MIN_DATA:
+        usable = capacity - capacity % BLOCK  # the data area ends on a whole block
+        if usable < area.data_start + MIN_DATA:
             raise DocteurError(
                 f"capacity {capacity} is too small: the image needs at least {area.data_start + MIN_DATA}"
             )
-        os.ftruncate(dev.fd, capacity)
-        dev.size = capacity
+        os.ftruncate(dev.fd, usable)
+        dev.size = usable
         # Zero the ring explicitly, then the header: no slot found there predates this area.
         dev.pwrite(bytes(area.slots * area.slot_size), area.ring)
         dev.flush()
