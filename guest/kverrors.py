@@ -27,45 +27,44 @@ class InvalidMode(DocteurError):
     code = "invalid_mode"
 
 
-class PathNotFound(NotFound):
+class PathError(DocteurError):
+    """An error about one path: "'PATH': why", the why a default of each kind."""
+
+    code = "internal"
+    why = ""
+
+    def __init__(self, path: bytes, why: str | None = None):
+        super().__init__(f"{show(path)}: {why or self.why}")
+        self.path = path
+
+
+class PathNotFound(PathError, NotFound):
     """`Not_found k`: nothing is bound at k."""
 
     code = "not_found"
-
-    def __init__(self, path: bytes):
-        super().__init__(f"{show(path)}: no such file or directory")
-        self.path = path
+    why = "no such file or directory"
 
 
-class ValueExpected(DocteurError):
+class ValueExpected(PathError):
     """`Value_expected k`: a value was expected at k, a directory is there."""
 
     code = "value_expected"
-
-    def __init__(self, path: bytes, why: str = "a file was expected but a directory is there"):
-        super().__init__(f"{show(path)}: {why}")
-        self.path = path
+    why = "a file was expected but a directory is there"
 
 
-class DictionaryExpected(DocteurError):
+class DictionaryExpected(PathError):
     """`Dictionary_expected k`: a directory was expected at k (often a prefix of
     the path written), a file is there."""
 
     code = "dictionary_expected"
-
-    def __init__(self, path: bytes, why: str = "a directory was expected but a file is there"):
-        super().__init__(f"{show(path)}: {why}")
-        self.path = path
+    why = "a directory was expected but a file is there"
 
 
-class AlreadyPresent(DocteurError):
+class AlreadyPresent(PathError):
     """`Already_present k`: k is bound and the operation will not replace it."""
 
     code = "already_present"
-
-    def __init__(self, path: bytes, why: str = "already present"):
-        super().__init__(f"{show(path)}: {why}")
-        self.path = path
+    why = "already present"
 
 
 class RenameSourcePrefix(DocteurError):
