@@ -45,8 +45,9 @@ def blocks_of(config: TargetConfig) -> dict[str, str]:
 
 
 def guest_argv(config: TargetConfig, *where: str) -> list[str]:
+    """The guest server's command line for images already checked (blocks_of)."""
     argv = [sys.executable, "-m", "docteur.guest"]
-    for name, path in blocks_of(config).items():
+    for name, path in config.blocks.items():
         argv += ["--block", f"{name}={path}"]
     return [*argv, "--verify", config.verify, *where]
 
@@ -71,6 +72,7 @@ class _Tail:
 @contextlib.asynccontextmanager
 async def session(config: TargetConfig) -> AsyncIterator[Client]:
     """Start the guest server on pipes and yield a greeted client."""
+    blocks_of(config)
     proc = await asyncio.create_subprocess_exec(
         *guest_argv(config, "--stdio"),
         stdin=asyncio.subprocess.PIPE,
