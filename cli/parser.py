@@ -15,7 +15,7 @@ from docteur.builder.defaults import DEFAULT_AUTHOR, DEFAULT_TIMEOUT
 from docteur.guest.defaults import DEFAULT_VERIFY, VERIFY_MODES
 from docteur.guest.layout import DEFAULT_BLOCK_SIZE
 from docteur.guest.protocol import DEFAULT_DISK
-from docteur.vm.runtime.qemu import ACCELS, BOOT_TIMEOUT, DEFAULT_MEMORY
+from docteur.vm.runtime.defaults import ACCELS, BOOT_TIMEOUT, DEFAULT_MEMORY
 from docteur.vm.targets import TARGETS
 
 from . import log

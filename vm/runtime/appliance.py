@@ -33,12 +33,13 @@ from docteur.guest.errors import ImageError
 from docteur.guest.image import open_image_fd
 from docteur.vm.guestbuild import cache
 from docteur.vm.runtime import qemu
+from docteur.vm.runtime.defaults import BOOT_TIMEOUT, DEFAULT_MEMORY, MIN_MEMORY
 from docteur.vm.runtime.process import die_with_parent, terminate
 from docteur.vm.runtime.rundir import make_rundir
 
 log = structlog.get_logger("docteur.vm")
 # The checkout's build directory (`make guest`); the lookup is guestbuild.cache's.
-BUILD_ENV, DEFAULT_BUILD = cache.BUILD_ENV, cache.CHECKOUT_BUILD
+DEFAULT_BUILD = cache.CHECKOUT_BUILD
 LOG_TAIL = 25
 SHUTDOWN_ID = 0xFFFFFFF0  # request id of the appliance's own shutdown request
 # Wraps the greeted port's streams into a protocol client (docteur.vm.client).
@@ -118,9 +119,9 @@ class Appliance:
         self,
         blocks: dict[str, str | Path],
         verify: str = DEFAULT_VERIFY,
-        memory: int = qemu.DEFAULT_MEMORY,
+        memory: int = DEFAULT_MEMORY,
         accel: str = "auto",
-        timeout: float = qemu.BOOT_TIMEOUT,
+        timeout: float = BOOT_TIMEOUT,
         build_dir: Path | None = None,
         kernel: Path | None = None,
         initrd: Path | None = None,
@@ -131,8 +132,8 @@ class Appliance:
     ):
         if not blocks:
             raise ApplianceError("no block device given")
-        if memory < qemu.MIN_MEMORY:
-            raise ApplianceError(f"--memory {memory}: the guest needs at least {qemu.MIN_MEMORY} MiB")
+        if memory < MIN_MEMORY:
+            raise ApplianceError(f"--memory {memory}: the guest needs at least {MIN_MEMORY} MiB")
         self.blocks = {qemu.check_block_name(n): _check_image(n, Path(p)) for n, p in blocks.items()}
         given = cache.prebuilt(kernel, initrd)
         kernel, initrd = given or guest_artifacts(build_dir)

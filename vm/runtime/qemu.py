@@ -17,12 +17,9 @@ from pathlib import Path
 
 from docteur.cli.errors import HostError
 from docteur.guest.defaults import DEFAULT_VERIFY, PORT_NAME, VERIFY_MODES
+from docteur.vm.runtime.defaults import ACCELS, DEFAULT_MEMORY
 
 QEMU = "qemu-system-x86_64"
-ACCELS = ("auto", "kvm", "tcg")
-DEFAULT_MEMORY = 128  # MiB: the guest serves a 100 000-file image in ~46 MiB
-MIN_MEMORY = 64  # MiB: below it Debian's kernel and python3.11 do not boot
-BOOT_TIMEOUT = 60.0  # seconds from QEMU's start to the guest's greeting, verification included
 # virtio-blk serials are at most 20 bytes; the name also goes on the kernel command line.
 BLOCK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,20}")
 # TCG's AVX emulation (new in QEMU 7.2) makes glibc pick slower SHA-1/zlib paths.

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from docteur.guest.defaults import DEFAULT_VERIFY
 from docteur.guest.protocol import DEFAULT_DISK
-from docteur.vm.runtime.qemu import BOOT_TIMEOUT, DEFAULT_MEMORY
+from docteur.vm.runtime.defaults import BOOT_TIMEOUT, DEFAULT_MEMORY
 
 
 @dataclass(frozen=True)
