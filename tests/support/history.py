@@ -124,6 +124,3 @@ async def check_served(
         ), directory
     for path in removed:
         assert await client.exists(path, disk=disk) == "absent", path
-
-
-# -- a real server process ------------------------------------------------------------

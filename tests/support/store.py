@@ -70,14 +70,15 @@ def write_tree(writer: PackWriter, files: dict[str, bytes]) -> bytes:
 
 
 def store_files(store: Store, commit: bytes) -> dict[str, tuple[int, bytes]]:
-    """path -> (mode, bytes) of a commit, read through the store (every object hash-checked)."""
+    """path -> (mode, bytes) of a commit, read through the store (every object
+    hash-checked); a name that is not UTF-8 keeps its bytes (surrogateescape)."""
     out: dict[str, tuple[int, bytes]] = {}
 
     def walk(tree: bytes, prefix: str) -> None:
         kind, body = store.read_object(tree)
         assert kind == TREE
         for entry in iter_tree(body):
-            path = prefix + entry.name.decode()
+            path = prefix + os.fsdecode(entry.name)
             if entry.mode == MODE_TREE:
                 walk(entry.id, path + "/")
             else:

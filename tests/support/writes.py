@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from docteur.guest.objects import MODE_TREE, iter_tree
 from tests.support.cli import CLIRun, run_cli
 from tests.support.oracle import export_packs, git_files
-from tests.support.store import open_store
+from tests.support.store import open_store, store_files
 
 DATE = "2024-01-01T00:00:00Z"
 
@@ -46,22 +44,10 @@ def committed(proc: CLIRun) -> bytes:
 
 
 def head_files(image: Path) -> tuple[bytes, dict[str, tuple[int, bytes]]]:
-    """(head commit, path -> (mode, bytes)) read through the store (every object
-    hash-checked); a name that is not UTF-8 keeps its bytes (surrogateescape)."""
+    """(head commit, path -> (mode, bytes)) read through the store (store_files)."""
     dev, store = open_store(image)
-    out: dict[str, tuple[int, bytes]] = {}
-
-    def walk(tree: bytes, prefix: str) -> None:
-        for entry in iter_tree(store.read_object(tree)[1]):
-            path = prefix + os.fsdecode(entry.name)
-            if entry.mode == MODE_TREE:
-                walk(entry.id, path + "/")
-            else:
-                out[path] = (entry.mode, store.read_object(entry.id)[1])
-
     with dev, store:
-        walk(store.commit_object().tree, "")
-        return store.head_commit, out
+        return store.head_commit, store_files(store, store.head_commit)
 
 
 def git_head_files(image: Path, repo: Path) -> tuple[bytes, dict[str, tuple[int, bytes]]]:
