@@ -1,20 +1,29 @@
 """structlog set-up: logs go to stderr, human-readable or JSON lines.
 
-structlog is imported only by `configure` (after the command line is parsed) and
-`get_logger`: `docteur --help` and usage errors stay cheap.
+structlog (~50 ms of imports: it loads asyncio) is imported only by `get_logger`, i.e.
+by the modules that log, and configured then with what `configure` recorded: `docteur
+--help`, usage errors and `docteur verify` never load it. Only cheap imports at the top
+(json, datetime, the redaction's re come when a line is written).
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import sys
-from datetime import UTC, datetime
-from typing import Any
 
 from . import progress
 from .progress import is_terminal
-from .redact import redact
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~5 ms of imports on every start
+    from typing import Any
+
+_LEVELS = (30, 20, 10)  # logging.WARNING, INFO, DEBUG (logging itself is not needed)
+
+
+def redact(text: str) -> str:
+    from .redact import redact as masked  # re and urllib.parse: only once a line is written
+
+    return masked(text)
 
 
 def _redacted(fields: dict[str, Any]) -> dict[str, Any]:
@@ -44,9 +53,15 @@ class _StderrLogger:
 
 
 _FORMAT = ["console"]  # what configure() chose, for the lines below
+# configure()'s (format, verbosity), and whether structlog has been given them yet.
+_CONFIG: list[tuple[str, int]] = [("console", 0)]
+_APPLIED = [False]
 
 
 def _json_line(level: str, event: str, fields: dict[str, Any]) -> None:
+    import json
+    from datetime import UTC, datetime
+
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # as structlog's TimeStamper
     record = _redacted(fields)
     record.update(event=redact(event), level=level, timestamp=stamp)
@@ -83,11 +98,19 @@ def set_format(fmt: str) -> None:
 
 
 def configure(fmt: str = "console", verbose: int = 0) -> None:
-    """`fmt`: 'console' or 'json'; `verbose`: 0 warnings, 1 info, 2+ debug."""
+    """`fmt`: 'console' or 'json'; `verbose`: 0 warnings, 1 info, 2+ debug. structlog
+    follows at once when loaded, else when `get_logger` first loads it."""
+    set_format(fmt)
+    _CONFIG[0] = (fmt, verbose)
+    if _APPLIED[0]:
+        _apply()
+
+
+def _apply() -> None:
     import structlog
 
-    set_format(fmt)
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    fmt, verbose = _CONFIG[0]
+    level = _LEVELS[min(verbose, 2)]
     processors: list[Any] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -101,11 +124,15 @@ def configure(fmt: str = "console", verbose: int = 0) -> None:
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=_StderrLogger,
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=False,  # a later configure() still applies
     )
+    _APPLIED[0] = True
 
 
 def get_logger(name: str | None = None) -> Any:
+    """A structlog logger, configured as `configure` last said (loads structlog)."""
+    if not _APPLIED[0]:
+        _apply()
     import structlog
 
     return structlog.get_logger(name) if name else structlog.get_logger()

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import sys
+from _signal import signal  # not `signal`: its enums cost ~4 ms of imports (see errors.py)
 from collections.abc import Sequence
 
 from . import log
@@ -32,12 +32,11 @@ PROG = "docteur"
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    # The one source of the version (pyproject.toml reads it too): no importlib.metadata,
+    # whose imports cost ~25 ms.
+    from docteur.guest import __version__
 
-    try:
-        return version("docteur")
-    except PackageNotFoundError:
-        return "(not installed)"
+    return __version__
 
 
 def build_parser() -> Parser:
@@ -63,7 +62,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
     # no temp file, scratch dir or VM left.
     previous = {}
     with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-        previous = {sig: signal.signal(sig, terminate) for sig in STOP_SIGNALS}
+        previous = {sig: signal(sig, terminate) for sig in STOP_SIGNALS}
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as e:
@@ -82,7 +81,7 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
         return EXIT_FAILURE
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal(sig, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

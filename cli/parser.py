@@ -9,17 +9,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
 
 from docteur.builder.defaults import DEFAULT_AUTHOR, DEFAULT_TIMEOUT
-from docteur.guest.defaults import DEFAULT_VERIFY, VERIFY_MODES
-from docteur.guest.layout import DEFAULT_BLOCK_SIZE
-from docteur.guest.protocol import DEFAULT_DISK
+from docteur.guest.defaults import DEFAULT_BLOCK_SIZE, DEFAULT_DISK, DEFAULT_VERIFY, VERIFY_MODES
 from docteur.vm.runtime.defaults import ACCELS, BOOT_TIMEOUT, DEFAULT_MEMORY
 from docteur.vm.targets import TARGETS
 
 from . import log
 from .errors import EXIT_USAGE
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs ~5 ms of imports on every start
+    from typing import NoReturn
 
 PROG = "docteur"
 QUERY_TIMEOUT = 30.0  # seconds to connect and for each answer
@@ -238,7 +239,7 @@ def write_parsers(sub: argparse._SubParsersAction, commands: dict[str, Command])
 
 
 class _Version(argparse.Action):
-    """--version, looked up only when asked (importlib.metadata costs ~25 ms of imports)."""
+    """--version, looked up only when asked."""
 
     def __init__(self, *args: object, version: Callable[[], str], **kwargs: object):
         super().__init__(*args, help="show the version and exit", **kwargs)  # type: ignore[arg-type]
@@ -254,7 +255,8 @@ def build(commands: dict[str, Command], version: Callable[[], str]) -> Parser:
     parser = Parser(prog=PROG, description="Turn a Git repository into a verified disk image.")
     add_globals(parser)
     parser.add_argument("--version", action=_Version, nargs=0, default=argparse.SUPPRESS, version=version)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # prog given: argparse would otherwise build a help formatter (and import shutil) to find it.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, prog=PROG)
     make_args(sub.add_parser(
         "make", help="build an image from a Git repository or a directory",
         description="Build a docteur image from a Git repository or a directory.",

@@ -5,4 +5,4 @@ the file server. The host side (docteur.builder, docteur.vm) imports this
 package; it never imports them.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place: pyproject.toml reads it (dynamic version)

@@ -10,7 +10,7 @@ import sys
 import time
 
 from .errors import DocteurError
-from .image import Image
+from .image import Image, open_checked
 from .protocol import DEFAULT_DISK, VERSION
 from .service import Service
 from .treeview import Disk, generation_fields
@@ -28,13 +28,6 @@ def parse_block(spec: str) -> tuple[str, str]:
     if not name or not path:
         raise ValueError(f"--block wants NAME=PATH, got {spec!r}")
     return name, path
-
-
-def open_checked(path: str, mode: str) -> Image:
-    """The image at `path`, opened for the boot check of `mode`: in `pack` and
-    `full` the store hashes each extent's PACK as it chooses the generation, so a
-    damaged newest generation falls back to the one before."""
-    return Image.open(path, "cheap" if mode == "none" else "pack")
 
 
 def check(image: Image, mode: str) -> None:

@@ -377,3 +377,11 @@ class Blob:
                     break
         except (DocteurError, OSError) as exc:
             raise image.named(exc) from None
+
+
+def open_checked(path: str, mode: str) -> Image:
+    """The image at `path`, opened for the boot check of `mode`: in `pack` and
+    `full` the store hashes each extent's PACK as it chooses the generation, so a
+    damaged newest generation falls back to the one before. (Here, not in boot.py:
+    `docteur verify` needs it without the server's modules.)"""
+    return Image.open(path, "cheap" if mode == "none" else "pack")

@@ -13,6 +13,7 @@ import os
 import struct
 from collections import namedtuple
 
+from .defaults import DEFAULT_BLOCK_SIZE
 from .errors import ImageError
 from .idx import COUNT_AT, idx_size, offsets_at
 from .idx import MAGIC as IDX_MAGIC
@@ -23,7 +24,6 @@ if TYPE_CHECKING:  # typing is dear to import in the VM
 
 HEADER_SIZE = 28
 PACK_OFFSET = HEADER_SIZE
-DEFAULT_BLOCK_SIZE = 512
 # Smallest PACK: 12-byte header + 20-byte trailer.
 MIN_PACK_SIZE = 32
 MIN_IDX_SIZE = idx_size(0)

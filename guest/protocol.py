@@ -14,11 +14,11 @@ from collections.abc import Iterator
 
 # The values the wire carries live in `values` (the disk view builds them too);
 # importing them from here keeps working.
+from .defaults import DEFAULT_DISK
 from .values import KINDS, MAX_PATH, Entry, GetEnd, NamedTuple, Stat
 
 VERSION = 1
 MAGIC = b"docteur\0"
-DEFAULT_DISK = "docteur"
 
 HEADER = struct.Struct(">BBII")
 HEADER_SIZE = HEADER.size

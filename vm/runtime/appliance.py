@@ -23,10 +23,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import structlog
 from qemu.qmp import ConnectError, QMPClient
 
 from docteur.cli.errors import HostError
+from docteur.cli.log import get_logger
 from docteur.guest import protocol
 from docteur.guest.defaults import DEFAULT_VERIFY
 from docteur.guest.errors import ImageError
@@ -37,7 +37,7 @@ from docteur.vm.runtime.defaults import BOOT_TIMEOUT, DEFAULT_MEMORY, MIN_MEMORY
 from docteur.vm.runtime.process import die_with_parent, terminate
 from docteur.vm.runtime.rundir import make_rundir
 
-log = structlog.get_logger("docteur.vm")
+log = get_logger("docteur.vm")
 # The checkout's build directory (`make guest`); the lookup is guestbuild.cache's.
 DEFAULT_BUILD = cache.CHECKOUT_BUILD
 LOG_TAIL = 25
