@@ -16,6 +16,7 @@ from docteur.vm.runtime.defaults import ACCELS, BOOT_TIMEOUT, DEFAULT_MEMORY
 from docteur.vm.targets import TARGETS
 
 from . import log
+from .deferred import deferring
 from .errors import EXIT_USAGE
 
 TYPE_CHECKING = False
@@ -255,8 +256,10 @@ def build(commands: dict[str, Command], version: Callable[[], str]) -> Parser:
     parser = Parser(prog=PROG, description="Turn a Git repository into a verified disk image.")
     add_globals(parser)
     parser.add_argument("--version", action=_Version, nargs=0, default=argparse.SUPPRESS, version=version)
-    # prog given: argparse would otherwise build a help formatter (and import shutil) to find it.
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, prog=PROG)
+    # Each subcommand's parser is made when used (deferred.py); prog given: argparse would
+    # otherwise build a help formatter to find it.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, prog=PROG,
+                                parser_class=deferring(Parser))  # fmt: skip
     make_args(sub.add_parser(
         "make", help="build an image from a Git repository or a directory",
         description="Build a docteur image from a Git repository or a directory.",

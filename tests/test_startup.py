@@ -66,3 +66,25 @@ def test_version_and_help_load_nothing_heavy(argv: list[str]) -> None:
     assert rc == 0 and out.startswith(("docteur 0.", "usage: docteur"))
     assert not NOT_AT_START & loaded, sorted(NOT_AT_START & loaded)
     assert not {"docteur.guest.verify", "docteur.guest.image"} & loaded
+
+
+def test_only_the_subcommand_used_gets_its_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    """Subcommand parsers are made when used (cli/deferred.py): parsing `verify` makes
+    verify's alone; the others still parse and show their help in full when asked."""
+    from docteur.cli.main import build_parser
+
+    parser = build_parser()
+    (sub,) = (a for a in parser._actions if a.dest == "command")
+    args = parser.parse_args(["verify", "-q", "x.img"])
+    assert args.quiet and args.image == "x.img"
+    made = {name for name, p in sub.choices.items() if p._parser is not None}
+    assert made == {"verify"}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "--help"])
+    out = capsys.readouterr().out
+    assert "--memory MiB" in out and "microvm target:" in out and "--filename PATH" in out
+    args = parser.parse_args(["run", "a.img", "--socket", "/tmp/s", "--memory", "96"])
+    assert (args.image, args.socket, args.memory, args.func.__name__) == ("a.img", "/tmp/s", 96, "run")
+    with pytest.raises(SystemExit):  # the mutually exclusive group was replayed too
+        parser.parse_args(["run", "a.img", "--socket", "/tmp/s", "--filename", "/x"])
+    assert "not allowed with argument" in capsys.readouterr().err
