@@ -70,7 +70,7 @@ def target_config(args: argparse.Namespace) -> TargetConfig:
     return TargetConfig(
         blocks=block_specs(args.image, args.block), verify=args.verify, timeout=args.timeout,
         disk=args.disk, filename=args.filename, socket=args.socket, memory=args.memory,
-        accel=args.accel, kernel=args.kernel, initrd=args.initrd,
+        accel=args.accel, kernel=args.kernel, initrd=args.initrd, snapshot=args.snapshot,
     )  # fmt: skip
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from docteur.builder.defaults import DEFAULT_AUTHOR, DEFAULT_TIMEOUT
 from docteur.guest.defaults import DEFAULT_BLOCK_SIZE, DEFAULT_DISK, DEFAULT_VERIFY, VERIFY_MODES
-from docteur.vm.runtime.defaults import ACCELS, BOOT_TIMEOUT, DEFAULT_MEMORY
+from docteur.vm.runtime.defaults import ACCELS, BOOT_TIMEOUT, DEFAULT_MEMORY, DEFAULT_SNAPSHOT, SNAPSHOT_MODES
 from docteur.vm.targets import TARGETS
 
 from . import log
@@ -159,6 +159,10 @@ def run_args(p: argparse.ArgumentParser, func: Command) -> None:
     g.add_argument("--kernel", metavar="FILE", help="a prebuilt guest kernel (with --initrd; "
                    "default: $DOCTEUR_KERNEL, else the guest cache)")  # fmt: skip
     g.add_argument("--initrd", metavar="FILE", help="its initramfs (default: $DOCTEUR_INITRD)")
+    g.add_argument("--snapshot", choices=SNAPSHOT_MODES, default=DEFAULT_SNAPSHOT,
+                   help="auto: start from the state saved after a first boot of the same images and "
+                   "guest (read-only runs), off: always boot, refresh: boot and save anew "
+                   f"(default: {DEFAULT_SNAPSHOT})")  # fmt: skip
     p.set_defaults(func=func)
 
 

@@ -43,6 +43,8 @@ OPS = {
     8: "list",
     9: "ping",
     10: "shutdown",
+    18: "snapshot",  # a snapshot start (resume.py): the state is about to be saved
+    19: "restored",  # ... this guest runs from a saved state
 }
 OP_CODES = {name: code for code, name in OPS.items()}
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from .errors import DocteurError, ImageError, IntegrityError, NotFound
 from .kverrors import InvalidPath
 from .protocol import Request
+from .resume import restored, snapshot
 from .treeview import Disk, NotADirectory, NotAFile
 from .values import Answer, Body, Failure, Listing, Result
 
@@ -60,6 +61,7 @@ class Service:
         self.hello_fields = hello
         self.boot_error = boot_error
         self.shutdown_requested = False
+        self.marks: dict[str, bytes] = {}  # what the disks held when a snapshot was taken (resume.py)
 
     def greeting(self) -> dict[str, str]:
         """The HELLO's fields."""
@@ -145,4 +147,6 @@ OPERATIONS: dict[str, Callable[[Service, Request], Answer]] = {
     "list": _list,
     "ping": _ping,
     "shutdown": _shutdown,
+    "snapshot": snapshot,
+    "restored": restored,
 }

@@ -32,8 +32,8 @@ from docteur.guest.defaults import DEFAULT_VERIFY
 from docteur.guest.errors import ImageError
 from docteur.guest.image import open_image_fd
 from docteur.vm.guestbuild import cache
-from docteur.vm.runtime import qemu
-from docteur.vm.runtime.defaults import BOOT_TIMEOUT, DEFAULT_MEMORY, MIN_MEMORY
+from docteur.vm.runtime import qemu, snapshot
+from docteur.vm.runtime.defaults import BOOT_TIMEOUT, DEFAULT_MEMORY, MIN_MEMORY, SNAPSHOT_MODES
 from docteur.vm.runtime.process import die_with_parent, terminate
 from docteur.vm.runtime.rundir import make_rundir
 
@@ -129,7 +129,9 @@ class Appliance:
         greet: bool = True,
         make_client: ClientFactory | bool | None = True,
         require_ok: bool = True,
+        snapshot: str = "off",
     ):
+        self._given = {k: v for k, v in locals().items() if k != "self"}  # for a second start
         if not blocks:
             raise ApplianceError("no block device given")
         if memory < MIN_MEMORY:
@@ -148,6 +150,11 @@ class Appliance:
         self.hello = b""  # the guest's HELLO frame, header included
         self.greeting: protocol.Hello | None = None  # ... decoded
         self.require_ok = require_ok  # a HELLO whose status is not ok raises BootError
+        if snapshot not in SNAPSHOT_MODES:
+            raise ApplianceError(f"--snapshot must be one of {', '.join(SNAPSHOT_MODES)}")
+        self.snapshot = snapshot  # auto: restore a saved state if any, else boot and save one
+        self.restored = False  # this run restored a snapshot instead of booting
+        self.pausing = False  # paused on purpose (a snapshot being saved): not a stopped guest
         self.events: list[dict[str, Any]] = []  # every QMP event, in order
         self.shutdown_reason: str | None = None  # QMP SHUTDOWN reason, e.g. guest-shutdown
         self.client: Any = None  # protocol client once greeted
@@ -200,7 +207,13 @@ class Appliance:
     # ---- start -----------------------------------------------------------
     async def __aenter__(self) -> Appliance:
         try:
-            await self.start()
+            try:
+                await self.start()
+            except snapshot.Unusable as exc:  # removed: this start boots cold (and saves anew)
+                log.warning("snapshot not restored, booting", reason=str(exc))
+                await self.close()
+                self.__init__(**self._given)  # type: ignore[misc]  # a fresh start, same settings
+                await self.start()
         except BaseException:
             await self.close()
             raise
@@ -223,13 +236,17 @@ class Appliance:
             verify=self.verify, memory=self.memory, accel=self.accel, extra_args=self.extra_args,
         )  # fmt: skip
         argv = launch.argv(exe)
+        fds = (qmp_qemu.fileno(), port_qemu.fileno())
+        plan = snapshot.Plan(self.snapshot, self.blocks, [Path(exe), self.kernel, self.initrd])
+        argv += plan.qemu_args(argv, fds, self.rundir)
+        fds += (plan.incoming,) if plan.restoring else ()  # type: ignore[assignment]
         log.debug("qemu command", argv=" ".join(argv))
         t0 = time.monotonic()
         with open(self.rundir / "qemu.err", "wb") as err:
             try:
                 self.proc = await asyncio.create_subprocess_exec(
                     *argv, stdin=asyncio.subprocess.DEVNULL, stdout=err, stderr=err,
-                    pass_fds=(qmp_qemu.fileno(), port_qemu.fileno()),
+                    pass_fds=fds,
                     start_new_session=True,  # Ctrl-C reaches us, and we shut QEMU down
                     # kill -9 of us: no orphan VM serving nobody
                     preexec_fn=die_with_parent(signal.SIGKILL),
@@ -237,16 +254,28 @@ class Appliance:
             finally:
                 qmp_qemu.close()
                 port_qemu.close()
+                plan.loaded()
         log.info("qemu started", pid=self.proc.pid, accel=self.accel, memory=self.memory,
                  blocks=",".join(self.blocks), verify=self.verify, rundir=str(self.rundir))  # fmt: skip
         self.qmp = QMPClient("docteur")
         self._event_task = asyncio.create_task(self._watch_events())
         await self._until_exit(self.qmp.connect(qmp_host), 10.0, "QMP connection")
         self.reader, self.writer = await asyncio.open_connection(sock=port_host)
+        if self.greet and plan.restoring:
+            try:
+                await self._until_exit(plan.resume(self), self.timeout, "restore")
+            except (ApplianceError, snapshot.SnapshotError) as exc:
+                plan.give_up()
+                raise snapshot.Unusable(str(exc)) from None
+            self.restored = True
         if self.greet:
             await self._until_exit(self._greet(), self.timeout, "boot")
             self.boot_seconds = time.monotonic() - t0
-            log.info("guest ready", seconds=round(self.boot_seconds, 3))
+            log.info("guest ready", seconds=round(self.boot_seconds, 3), restored=self.restored)
+            await plan.save(self)  # on the raw port: before a client reads it
+            if self.make_client is not None:
+                self.client = await self._until_exit(self.make_client(self.reader, self.writer),
+                                                     self.timeout, "boot")  # fmt: skip
 
     async def _greet(self) -> None:
         """GREET, then wait for the guest's HELLO: the guest has verified its disks.
@@ -270,8 +299,6 @@ class Appliance:
             tail = self.log_tail()
             log.info("guest log (tail)", tail=tail)  # -v: the error line alone leaves it out
             raise GuestRefused(f"the guest refuses to serve: {why}", tail)
-        if self.make_client is not None:
-            self.client = await self.make_client(self.reader, self.writer)
 
     async def _until_exit(self, aw: Any, timeout: float, what: str) -> Any:
         """Await aw unless QEMU exits or the timeout passes first: a boot failure."""
@@ -322,7 +349,7 @@ class Appliance:
                 self.events.append(event)
                 if event["event"] == "SHUTDOWN":
                     self.shutdown_reason = event.get("data", {}).get("reason")
-                elif event["event"] == "STOP" and self.shutdown_reason is None:
+                elif event["event"] == "STOP" and self.shutdown_reason is None and not self.pausing:
                     await self._why_paused()
 
     async def _why_paused(self) -> None:

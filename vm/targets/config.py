@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from docteur.guest.defaults import DEFAULT_VERIFY
 from docteur.guest.protocol import DEFAULT_DISK
-from docteur.vm.runtime.defaults import BOOT_TIMEOUT, DEFAULT_MEMORY
+from docteur.vm.runtime.defaults import BOOT_TIMEOUT, DEFAULT_MEMORY, DEFAULT_SNAPSHOT
 
 
 @dataclass(frozen=True)
@@ -22,3 +22,4 @@ class TargetConfig:
     accel: str = "auto"  # microvm: auto, kvm or tcg
     kernel: str | None = None  # microvm: prebuilt guest kernel and initramfs (both or neither)
     initrd: str | None = None
+    snapshot: str = DEFAULT_SNAPSHOT  # microvm: auto, off or refresh (runtime/snapshot.py)

@@ -30,6 +30,7 @@ def appliance(config: TargetConfig, **kw: Any) -> Appliance:
         timeout=config.timeout,
         kernel=Path(config.kernel) if config.kernel else None,
         initrd=Path(config.initrd) if config.initrd else None,
+        snapshot=config.snapshot,
         **kw,
     )
 
