@@ -67,3 +67,14 @@ def ssh_git(tmp_path_factory: pytest.TempPathFactory,
     monkeypatch.delenv("GIT_SSH_COMMAND", raising=False)
     monkeypatch.setenv("GIT_SSH", str(script))
     yield script
+
+
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The tests never write the user's cache: what `docteur run` keeps there (its
+    snapshots) goes to a session directory (the checkout's build/guest is still found
+    first; the tests of the guest cache name their own)."""
+    path = tmp_path_factory.mktemp("xdg-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(path))
+        yield path

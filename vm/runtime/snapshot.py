@@ -299,12 +299,16 @@ class Plan:
 
     async def resume(self, vm: Any) -> None:
         """After `-incoming`: wait for the state to load, run the guest, tell it."""
+        from qemu.qmp import QMPError
+
         assert vm.qmp is not None
-        while (await vm.qmp.execute("query-status"))["status"] == "inmigrate":
-            await asyncio.sleep(0.005)
-        status = (await vm.qmp.execute("query-status"))["status"]
-        if status != "running":
-            await vm.qmp.execute("cont")
+        try:
+            while (status := (await vm.qmp.execute("query-status"))["status"]) == "inmigrate":
+                await asyncio.sleep(0.005)
+            if status != "running":
+                await vm.qmp.execute("cont")
+        except QMPError as exc:  # e.g. QEMU exits: a state it cannot load
+            raise SnapshotError(f"QEMU did not load the saved state ({exc})") from None
         await _ask(vm, RESTORED_ID, "restored")
 
     async def save(self, vm: Any) -> None:
