@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # typing is dear to import in the VM
     from .values import Answer
 
 _BLOCK = 4096
+HOST_OPS = ("snapshot", "restored")  # the appliance's own requests: a relay refuses them to clients
 
 
 def regions(image: Image) -> list[tuple[int, int]]:

@@ -42,6 +42,14 @@ async def test_mux_speaks_first_and_answers_bad_frames_like_the_guest() -> None:
         writer.write(p.HEADER.pack(p.CANCEL, 0, 7, 0))  # too late: nothing to cancel
         writer.write(p.encode_request(8, "ping"))
         assert (await asyncio.wait_for(_read_frame(g_reader), 2))[0] == p.REQUEST  # still served
+        # The appliance's own requests (a snapshot start's) never go up from a client.
+        for rid, op in ((10, "snapshot"), (11, "restored")):
+            writer.write(p.encode_request(rid, op))
+            ftype, code, got, msg = await asyncio.wait_for(_read_frame(reader), 2)
+            assert (ftype, p.ERRORS[code], got) == (p.ERROR, "unknown_op", rid) and op.encode() in msg
+        writer.write(p.encode_request(12, "ping"))
+        ftype, _, up_id, payload = await asyncio.wait_for(_read_frame(g_reader), 2)
+        assert ftype == p.REQUEST and payload == p.encode_request(12, "ping")[10:]  # the ping, next
         writer.close()
 
         reader, writer = await asyncio.open_unix_connection(path)

@@ -237,7 +237,9 @@ class Appliance:
         )  # fmt: skip
         argv = launch.argv(exe)
         fds = (qmp_qemu.fileno(), port_qemu.fileno())
-        plan = snapshot.Plan(self.snapshot, self.blocks, [Path(exe), self.kernel, self.initrd])
+        # (a start that does not greet never gets to the moment a snapshot is taken or resumed)
+        plan = snapshot.Plan(self.snapshot if self.greet else "off", self.blocks,
+                             [Path(exe), self.kernel, self.initrd])  # fmt: skip
         argv += plan.qemu_args(argv, fds, self.rundir)
         fds += (plan.incoming,) if plan.restoring else ()  # type: ignore[assignment]
         log.debug("qemu command", argv=" ".join(argv))
@@ -261,7 +263,7 @@ class Appliance:
         self._event_task = asyncio.create_task(self._watch_events())
         await self._until_exit(self.qmp.connect(qmp_host), 10.0, "QMP connection")
         self.reader, self.writer = await asyncio.open_connection(sock=port_host)
-        if self.greet and plan.restoring:
+        if plan.restoring:
             try:
                 await self._until_exit(plan.resume(self), self.timeout, "restore")
             except (ApplianceError, snapshot.SnapshotError) as exc:

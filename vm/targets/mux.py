@@ -16,6 +16,7 @@ import itertools
 import logging
 
 from docteur.guest import protocol as p
+from docteur.guest.resume import HOST_OPS
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,9 @@ class Mux:
                 payload = await reader.readexactly(length) if length else b""
                 if ftype == p.GREET:
                     await client.send(self.hello)
+                elif ftype == p.REQUEST and p.OPS.get(code) in HOST_OPS:  # only the appliance's
+                    why = f"{p.OPS[code]} is the appliance's own request".encode()
+                    await client.send(p.frame(p.ERROR, p.ERROR_CODES["unknown_op"], rid, why))
                 elif ftype == p.REQUEST:
                     up = next(self.ids)
                     self.routes[up] = (client, rid)
