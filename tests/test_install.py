@@ -110,12 +110,15 @@ def test_microvm_with_prebuilt_and_cached_guest(venv: Path, elsewhere: Path, gen
     repo, image = gen
     manifest = fresh_checkout_guest()
     want = readme(repo)
-    # --kernel/--initrd: the files given, the cache untouched.
+    # --kernel/--initrd: the files given, no guest built into the cache (only the run's
+    # snapshot is kept there).
     proc = installed(venv, elsewhere, "run", str(image), "--filename", "/README.md",
                      "--kernel", str(GUEST / "vmlinuz"), "--initrd", str(GUEST / "initrd"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == want
-    assert not (elsewhere / "cache" / "docteur").exists()
+    cache = elsewhere / "cache" / "docteur"
+    assert sorted(p.name for p in cache.iterdir()) == ["snapshots"]
+    assert len(list((cache / "snapshots").glob("*.state"))) == 1
     half = installed(venv, elsewhere, "run", str(image), "--filename", "/a",
                      "--kernel", str(GUEST / "vmlinuz"))  # fmt: skip
     assert half.returncode == 1 and b"both --kernel and --initrd" in half.stderr, half.stderr

@@ -208,3 +208,29 @@ async def test_refresh_off_a_changed_image_and_a_broken_snapshot_boot_cold(
     assert not vm.restored and "restored" not in info and got == readme
     (new,) = _states(cache)
     assert new != state
+
+
+@pytest.mark.vm
+@needs_vm
+@needs_git
+def test_docteur_run_restores_on_its_second_run(repo_image: tuple[Path, Path], tmp_path: Path) -> None:
+    """The command line (its event loop is uvloop's): the first run saves, the second
+    restores and prints the same bytes; --snapshot off boots cold."""
+    import subprocess
+    import sys
+
+    _, image = repo_image
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+    def run(*extra: str) -> tuple[bytes, str]:
+        proc = subprocess.run([sys.executable, "-m", "docteur.cli", "-v", "run", str(image), "--filename",
+                               "/README.md", *extra], env=env, capture_output=True, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout, proc.stderr.decode()
+
+    first, log = run()
+    assert "snapshot saved" in log and "restored=False" in log
+    second, log = run()
+    assert second == first and "restored=True" in log
+    third, log = run("--snapshot", "off")
+    assert third == first and "restored=False" in log and "snapshot saved" not in log

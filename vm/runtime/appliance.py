@@ -241,7 +241,7 @@ class Appliance:
         plan = snapshot.Plan(self.snapshot if self.greet else "off", self.blocks,
                              [Path(exe), self.kernel, self.initrd])  # fmt: skip
         argv += plan.qemu_args(argv, fds, self.rundir)
-        fds += (plan.incoming,) if plan.restoring else ()  # type: ignore[assignment]
+        fds += plan.fds
         log.debug("qemu command", argv=" ".join(argv))
         t0 = time.monotonic()
         with open(self.rundir / "qemu.err", "wb") as err:

@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,6 +280,11 @@ class Plan:
         self.entry.touch()
         return ["-incoming", f"fd:{self.incoming}"]
 
+    @property
+    def fds(self) -> tuple[int, ...]:
+        """The descriptors QEMU must inherit."""
+        return (self.incoming,) if self.incoming is not None and self.incoming >= 0 else ()
+
     def loaded(self) -> None:
         """QEMU is running with the state's fd: ours can go."""
         if self.incoming is not None:
@@ -317,10 +323,14 @@ class Plan:
         if entry is None or self.restoring or self.mode == "off" or not (vm.greeting and vm.greeting.ok):
             return
         started = time.monotonic()
-        tmp = entry.temporary()
+        tmp = entry.temporary()  # a kill -9 leaves it: the next sweep removes it
         try:
             await asyncio.wait_for(_ask(vm, SNAPSHOT_ID, "snapshot"), 10.0)
-            await asyncio.wait_for(self._migrate(vm, tmp), SAVE_TIMEOUT)
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                await asyncio.wait_for(self._migrate(vm, out), SAVE_TIMEOUT)
+            finally:
+                os.close(out)
             if not entry.still_valid():  # an image changed since the boot: not what was verified
                 raise SnapshotError("an image changed during the boot")
             entry.commit(tmp)
@@ -332,16 +342,15 @@ class Plan:
             with contextlib.suppress(OSError):
                 tmp.unlink()
 
-    async def _migrate(self, vm: Any, tmp: Path) -> None:
+    async def _migrate(self, vm: Any, out: int) -> None:
         qmp = vm.qmp
         vm.pausing = True  # our own pause: not a stopped guest
         await qmp.execute("stop")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-            try:
-                qmp.send_fd_scm(fd)
-            finally:
-                os.close(fd)
+            # The file goes to QEMU on one blank byte of QMP's socket (whitespace between
+            # commands), kept there until `getfd` names it: qemu.qmp's own fd passing reaches
+            # into asyncio's transport, which uvloop's has not.
+            socket.send_fds(vm._socks[0], [b" "], [out])
             await qmp.execute("getfd", {"fdname": "snapshot"})
             await qmp.execute("migrate", {"uri": "fd:snapshot"})
             while True:
