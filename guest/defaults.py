@@ -4,3 +4,12 @@ VERIFY_MODES = ("full", "pack", "none")
 DEFAULT_VERIFY = "pack"
 # The virtio-serial port the guest serves on (its name in /sys/class/virtio-ports).
 PORT_NAME = "org.docteur.0"
+# The kernel parameter that names the disks the guest may write (`docteur.rw=NAME,...`;
+# the host's `docteur run --rw` attaches them writable and passes it).
+RW_PARAM = "docteur.rw"
+# The writes' default author (`docteur put`, and a protocol commit that names none).
+AUTHOR_NAME = "Dr. Greenthumb"
+AUTHOR_EMAIL = "noreply@cypress.hill"
+DEFAULT_AUTHOR = f"{AUTHOR_NAME} <{AUTHOR_EMAIL}>"
+# A protocol commit's message when the client gives none.
+DEFAULT_MESSAGE = "Committed by docteur"

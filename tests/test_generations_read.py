@@ -33,7 +33,8 @@ pytestmark = needs_git
 
 REMOVED_BY_4 = ["/sub/old.txt", "/sub", "/docs/a.md", "/new/added.txt"]
 # What a plain image's greeting and `info` held before images had generations.
-PLAIN_HELLO = {"status", "verify", "protocol", "disk.docteur", "verified.docteur"}
+# `versions`: every server of protocol 2 lists what it speaks (PROTOCOL.md, version 2).
+PLAIN_HELLO = {"status", "verify", "protocol", "versions", "disk.docteur", "verified.docteur"}
 PLAIN_INFO = PLAIN_HELLO | {
     "disk", "commit", "tree", "parents", "author", "author_time", "committer", "committer_time",
     "committer_tz", "message", "image", "image_size", "objects",
