@@ -69,6 +69,7 @@ def target_config(args: argparse.Namespace) -> TargetConfig:
 
     return TargetConfig(
         blocks=block_specs(args.image, args.block), verify=args.verify, timeout=args.timeout,
+        writable=args.rw,
         disk=args.disk, filename=args.filename, socket=args.socket, memory=args.memory,
         accel=args.accel, kernel=args.kernel, initrd=args.initrd,
     )  # fmt: skip

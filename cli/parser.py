@@ -149,6 +149,9 @@ def run_args(p: argparse.ArgumentParser, func: Command) -> None:
                    help=f"boot verification (default {DEFAULT_VERIFY})")  # fmt: skip
     p.add_argument("--timeout", type=seconds, default=BOOT_TIMEOUT, metavar="SECONDS",
                    help=f"boot timeout, verification included ({BOOT_TIMEOUT:g})")  # fmt: skip
+    p.add_argument("--rw", action="store_true",
+                   help="serve writes (query put/rm/mv): the images attached read-write, "
+                   "locked against any other user")  # fmt: skip
     g = p.add_argument_group("microvm target")
     g.add_argument("--accel", choices=ACCELS, default="auto",
                    help="kvm only where the CPU has vmx/svm; tcg otherwise (default: auto)")  # fmt: skip

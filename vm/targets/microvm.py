@@ -25,6 +25,7 @@ def appliance(config: TargetConfig, **kw: Any) -> Appliance:
     return Appliance(
         blocks={name: Path(path) for name, path in config.blocks.items()},
         verify=config.verify,
+        writable=config.writable,
         memory=config.memory,
         accel=config.accel,
         timeout=config.timeout,
