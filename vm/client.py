@@ -45,7 +45,7 @@ from docteur.guest.values import (
     Stat,
 )
 
-from .content import Content, ContentError, prepared
+from .content import Chunks, Content, ContentError, prepared
 
 T = TypeVar("T")
 QUEUE_CHUNKS = 64  # chunks buffered per request before the connection stops reading
@@ -589,8 +589,8 @@ class Client:
         except ContentError as exc:
             raise BadContentError(str(exc)) from None
         name = _path(path).decode("utf-8", "replace")
-        step = min(int(self.hello.fields.get("max_chunk", MAX_CHUNK)) if self.hello else MAX_CHUNK,
-                   MAX_CHUNK)  # fmt: skip
+        announced = self.hello.fields.get("max_chunk", "") if self.hello else ""
+        step = min(int(announced), MAX_CHUNK) if announced.isdigit() and int(announced) else MAX_CHUNK
         try:
             # No other frame may go between a put's REQUEST and its last CHUNK.
             async with self._write_lock:
@@ -598,19 +598,21 @@ class Client:
                                                      args=PutArgs(size, mode, commit))  # fmt: skip
                 try:
                     await self._send_content(rid, queue, chunks, size, name, step)
-                except BaseException:
+                except BaseException as exc:
                     self._abandon(rid)  # CANCEL instead of the rest of the content
+                    if isinstance(exc, ContentError):  # a chunk that is not bytes
+                        raise BadContentError(f"put {name}: {exc}") from None
                     raise
         finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await chunks.aclose()
         event = await self._next(rid, queue, f"put {name}")
-        while isinstance(event, Data):  # a put has no DATA; be lenient
-            event = await self._next(rid, queue, f"put {name}")
-        assert isinstance(event.result, Put)
+        if not isinstance(event, End) or not isinstance(event.result, Put):
+            self._abandon(rid)
+            raise ConnectionLost(f"protocol error from the server: put {name} answered {event!r:.80}")
         return event.result
 
     async def _send_content(
-        self, rid: int, queue: asyncio.Queue, chunks: AsyncIterator[memoryview], size: int,
+        self, rid: int, queue: asyncio.Queue, chunks: Chunks, size: int,
         name: str, step: int,
     ) -> None:
         sent = 0

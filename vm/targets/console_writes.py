@@ -15,7 +15,7 @@ import argparse
 import os
 import stat
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import BinaryIO, NoReturn
 
@@ -136,7 +136,7 @@ async def execute_write(client: Client, state: WriteState, argv: list[str], out:
             else:
                 _committed(await client.put(args.path, chunks, size=size, mode=mode, **commit), state, line)
         finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await chunks.aclose()
     elif cmd == "rm":
         if batch is not None:
             await batch.remove(args.path)
@@ -160,7 +160,7 @@ def _committed(result: Committed | None, state: WriteState, line: Callable[[str]
         notice("nothing changed: no commit", "unchanged")
 
 
-def _content(name: str, state: WriteState) -> tuple[AsyncIterator[bytes], int | None]:
+def _content(name: str, state: WriteState) -> tuple[AsyncGenerator[bytes, None], int | None]:
     """FILE's bytes as chunks, and its size when known without reading it (a regular
     file); otherwise (a pipe) the client spools it to learn the size."""
     if name == "-":
@@ -189,7 +189,7 @@ def _regular_size(fd: int) -> int | None:
     return st.st_size - os.lseek(fd, 0, os.SEEK_CUR)
 
 
-async def _chunks(f: BinaryIO, close: bool) -> AsyncIterator[bytes]:
+async def _chunks(f: BinaryIO, close: bool) -> AsyncGenerator[bytes, None]:
     """The file's bytes in chunks, each read in a thread (a slow pipe stalls no answer)."""
     import asyncio
 
