@@ -170,16 +170,9 @@ def _content(name: str, state: WriteState) -> tuple[AsyncGenerator[bytes, None],
         return _chunks(f, close=False), _regular_size(f.fileno())
     try:
         f = open(name, "rb")  # noqa: SIM115 (closed by _chunks once read)
-    except OSError as exc:
+    except OSError as exc:  # a directory too (EISDIR)
         raise UsageError(f"put: cannot read {name}: {exc.strerror}") from None
-    try:
-        size = _regular_size(f.fileno())
-        if stat.S_ISDIR(os.fstat(f.fileno()).st_mode):
-            raise UsageError(f"put: {name} is a directory")
-    except BaseException:
-        f.close()
-        raise
-    return _chunks(f, close=True), size
+    return _chunks(f, close=True), _regular_size(f.fileno())
 
 
 def _regular_size(fd: int) -> int | None:

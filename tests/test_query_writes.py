@@ -1,0 +1,160 @@
+"""`docteur query --socket S put/rm/mv/log` and the console's batches, as a user types them,
+against `docteur run --target unix --rw`; git (`docteur export`, `git fsck`, `git log`) reads
+the result."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import DOCTEUR, fails_in_one_line, run_cli
+from tests.support.git import git, needs_git
+from tests.support.served import Served
+from tests.support.writes import DATE, committed, docteur, git_head_files, made
+
+pytestmark = needs_git
+
+FILES = {"a.txt": b"a\n", "old.txt": b"old\n", "docs/b.txt": b"b\n"}
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Path, Served]]:
+    image = made(tmp_path, FILES, capacity="64M")
+    with Served(image) as server:
+        yield image, server
+
+
+def data(files: dict[str, tuple[int, bytes]]) -> dict[str, bytes]:
+    return {path: body for path, (_, body) in files.items()}
+
+
+def test_put_rm_mv_log_each_one_commit_git_agrees(served, tmp_path: Path) -> None:
+    image, server = served
+    q = ["query", "--socket", server.sock]
+    page = tmp_path / "page.html"
+    page.write_bytes(b"<p>page</p>\n" * 1000)
+    script = tmp_path / "run.sh"
+    script.write_bytes(b"#!/bin/sh\necho hi\n")
+    commits = [
+        committed(run_cli(*q, "put", "/site/page.html", page, "-m", "add the page",
+                          "--author", "Ann <ann@example.org>")),
+        committed(run_cli(*q, "put", "/bin/run.sh", script, "-x", "-m", "a script")),
+        committed(run_cli(*q, "put", "/stdin.bin", "-", input=bytes(range(256)) * 4096)),
+        committed(run_cli(*q, "rm", "/old.txt")),
+        committed(run_cli(*q, "mv", "/a.txt", "/docs", "-m", "move a")),
+    ]
+    # The same bytes again: no commit, said on stderr, nothing on stdout.
+    same = run_cli(*q, "put", "/bin/run.sh", script, "-x")
+    assert same.returncode == 0 and same.stdout == b"" and b"nothing changed" in same.stderr
+    log = run_cli(*q, "log").stdout.decode().splitlines()
+    assert [line.split()[:2] for line in log] == [
+        [str(n), c.hex()] for n, c in zip(range(5, 0, -1), reversed(commits), strict=True)
+    ] + [["0", log[-1].split()[1]]]
+    assert log[0].endswith(" move a") and log[1].endswith(" rm /old.txt")
+    assert log[-1].split()[2].startswith("2024-01-01T00:00:00")  # docteur make -d DATE
+    assert server.stop()[0] == 0 and server.leftovers() == []
+    # What `docteur log IMAGE` says about the file, and what git says about the export.
+    assert docteur("log", image).stdout.decode().splitlines() == log
+    repo = tmp_path / "export.git"
+    docteur("export", image, repo)
+    git("fsck", "--strict", "--no-dangling", cwd=repo)
+    hashes = git("log", "--format=%H", cwd=repo).decode().split()
+    assert hashes[:5] == [c.hex() for c in reversed(commits)]
+    assert git("log", "-1", "--format=%an <%ae>|%s", commits[0].hex(), cwd=repo) == \
+        b"Ann <ann@example.org>|add the page\n"  # fmt: skip
+    head, files = git_head_files(image, tmp_path / "check.git")
+    assert head == commits[-1]
+    assert data(files) == {"site/page.html": page.read_bytes(), "bin/run.sh": script.read_bytes(),
+                           "stdin.bin": bytes(range(256)) * 4096, "docs/a.txt": b"a\n",
+                           "docs/b.txt": b"b\n"}  # fmt: skip
+    assert files["bin/run.sh"][0] == 0o100755 and files["site/page.html"][0] == 0o100644
+
+
+def test_put_from_a_file_redirected_to_stdin(served, tmp_path: Path) -> None:
+    image, server = served
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(251)) * 20000)
+    with big.open("rb") as f:
+        commit = committed(run_cli("query", "--socket", server.sock, "put", "/big.bin", "-", stdin=f))
+    server.stop()
+    head, files = git_head_files(image, tmp_path / "c.git")
+    assert head == commit and files["big.bin"][1] == big.read_bytes()
+
+
+def test_write_errors_are_one_line(served, tmp_path: Path) -> None:
+    image, server = served
+    q = ["query", "--socket", server.sock]
+    file = tmp_path / "f.txt"
+    file.write_bytes(b"f\n")
+    first = run_cli(*q, "log").stdout.split()[1].decode()
+    fails_in_one_line(run_cli(*q, "put", "/x", tmp_path / "missing"), "cannot read", "missing")
+    fails_in_one_line(run_cli(*q, "put", "/x", tmp_path), "cannot read", "directory")
+    fails_in_one_line(run_cli(*q, "put", "/docs", file), "directory")
+    fails_in_one_line(run_cli(*q, "put", "/a.txt/x", file), "file")
+    fails_in_one_line(run_cli(*q, "put", "/a/../x", file), "..")
+    fails_in_one_line(run_cli(*q, "put", "/x", file, "--mode", "644"), "invalid choice")
+    fails_in_one_line(run_cli(*q, "put", "/x"), "FILE")
+    fails_in_one_line(run_cli(*q, "rm", "/missing"), "/missing")
+    fails_in_one_line(run_cli(*q, "mv", "/docs", "/docs/sub"), "inside itself")
+    fails_in_one_line(run_cli(*q, "put", "/x", file, "--author", "nobody"), "author")
+    fails_in_one_line(run_cli(*q, "put", "/x", file, "--expect", "abc"), "40 hex digits")
+    fails_in_one_line(run_cli(*q, "put", "/x", file, "--expect", "0" * 40), "not the expected")
+    for cmd in ("begin", "commit", "abort"):
+        fails_in_one_line(run_cli(*q, cmd), "only in the console")
+    # Nothing was written by any of them.
+    assert run_cli(*q, "log").stdout.split()[1].decode() == first
+    server.stop()
+    # Without --rw: read-only, in one line.
+    with Served(image, rw=False) as ro:
+        fails_in_one_line(run_cli("query", "--socket", ro.sock, "rm", "/a.txt"), "read-only")
+        assert run_cli("query", "--socket", ro.sock, "get", "/a.txt").stdout == b"a\n"
+
+
+def test_console_in_a_pipe_batches_and_reads_its_writes(served, tmp_path: Path) -> None:
+    image, server = served
+    note = tmp_path / "note.txt"
+    note.write_bytes(b"note\n")
+    commands = (f"begin\nput /n/note.txt {note}\nget /n/note.txt\nrm /old.txt\nmv /a.txt /z.txt\n"
+                "exists /old.txt\nls /n\ncommit -m 'one batch' --author 'B <b@example.org>'\n"
+                "log\n").encode()  # fmt: skip
+    console = run_cli("query", "--socket", server.sock, input=commands)
+    assert console.returncode == 0, console.stderr
+    out = console.stdout.decode().splitlines()
+    assert out[0].startswith("docteur protocol v2") and ", writable)" in out[0]  # the banner
+    assert out[1].startswith("batch open on disk docteur from ")
+    assert out[2:5] == ["note", "absent", "100644 file      /n/note.txt"]
+    commit = bytes.fromhex(out[5])
+    assert out[6].split()[:2] == ["1", commit.hex()] and out[6].endswith(" one batch")
+    # Leaving with an open batch aborts it, and says so.
+    left = run_cli("query", "--socket", server.sock, input=f"begin\nput /gone {note}\n".encode())
+    assert b"aborted: nothing written" in left.stdout
+    server.stop()
+    head, files = git_head_files(image, tmp_path / "c.git")
+    assert head == commit
+    assert data(files) == {"n/note.txt": b"note\n", "z.txt": b"a\n", "docs/b.txt": b"b\n"}
+    assert git("log", "-1", "--format=%an <%ae>|%s", "main", cwd=tmp_path / "c.git") == \
+        b"B <b@example.org>|one batch\n"  # fmt: skip
+
+
+def test_run_console_writes_and_a_forgotten_commit_fails(tmp_path: Path) -> None:
+    """`docteur run --target unix --rw IMAGE` with commands piped in: results only; exit 1 when a
+    batch is left open (aborted: what the script meant to write was not written)."""
+    image = made(tmp_path, FILES, capacity="16M")
+
+    def piped(commands: bytes) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*DOCTEUR, "run", "--target", "unix", "--rw", str(image)],
+                              input=commands, capture_output=True, timeout=300)  # fmt: skip
+
+    ok = piped(b"begin\nput /x /dev/null\ncommit -m empty-file\nget /x\n")
+    assert ok.returncode == 0, ok.stderr
+    lines = ok.stdout.decode().splitlines()
+    assert lines[0].startswith("batch open") and len(lines[1]) == 40 and len(lines) == 2
+    forgot = piped(b"begin\nrm /a.txt\n")
+    assert forgot.returncode == 1
+    assert forgot.stdout.decode().splitlines()[-1].startswith("error: the open batch on disk docteur")
+    lines = docteur("log", image).stdout.decode().splitlines()
+    assert len(lines) == 2 and lines[0].endswith(" empty-file")
+    assert DATE[:10] in lines[1]
