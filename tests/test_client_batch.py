@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import shutil
@@ -202,9 +203,18 @@ async def test_failed_operations_leave_the_batch_usable(served, tmp_path: Path) 
                 await b.rename("/docs", "/docs/inner")
             with pytest.raises(BadContentError):
                 await b.put("/short.bin", short(), size=100)  # cancelled mid-content
-            # A refused put's content is not all sent: 64 MiB refused at once, then on.
+            # A put refused at once is not sent on to its end (64 chunks, one each 10 ms).
+            pulled = []
+
+            async def slow() -> AsyncIterator[bytes]:
+                async for chunk in chunks(3, 64 * MIB):
+                    pulled.append(len(chunk))
+                    yield chunk
+                    await asyncio.sleep(0.01)
+
             with pytest.raises(InvalidPathError):
-                await b.put("/x/./y", chunks(3, 64 * MIB), size=64 * MIB)
+                await b.put("/x/./y", slow(), size=64 * MIB)
+            assert len(pulled) < 64
             await b.put("/kept.txt", b"kept\n")
         assert b.result is not None
     files = files_of(image, tmp_path, "c.git")[1]

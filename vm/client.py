@@ -629,6 +629,7 @@ class Client:
                     piece = memoryview(bytes(piece))
                 self.writer.writelines((chunk_header(rid, len(piece)), piece))
                 await self._drain(f"sending put {name}")
+                await asyncio.sleep(0)  # the read loop's turn: a refusal stops the content early
             sent += len(view)
         if sent != size:
             raise BadContentError(f"put {name}: {sent} bytes of content, {size} declared")
