@@ -196,6 +196,20 @@ def test_one_batch_per_disk_and_reads_of_the_others_see_the_last_commit(image: P
     assert other.ok("begin").generation == 1
 
 
+def test_reads_go_on_while_a_batch_writes_into_the_file(image: Path) -> None:
+    """A batch's data reaches the image file before its commit (and stays there after an
+    abort): the server's own writes are not "the image changed while served"."""
+    service = serve(image)
+    owner, other = Session(service), Session(service)
+    owner.ok("begin")
+    big = random.Random(5).randbytes(6 << 20)  # past the writer's buffer: on the file now
+    assert isinstance(owner.put(b"/big", big), End)
+    assert other.get(b"/README.md") == FILES["README.md"]
+    assert owner.get(b"/big") == big and owner.get(b"/d/a.txt") == b"a\n"
+    owner.ok("abort")
+    assert other.get(b"/d/e/b.txt") == b"b\n" and owner.get(b"/run.sh") == FILES["run.sh"]
+
+
 def test_abort_writes_nothing_and_frees_the_disk(image: Path) -> None:
     before = image.read_bytes()
     session = Session(serve(image))
