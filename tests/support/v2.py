@@ -10,7 +10,7 @@ from docteur.guest.boot import boot
 from docteur.guest.protocol import Data, End, Error, Hello, decode_log
 from docteur.guest.service import Service
 from docteur.guest.values import CommitArgs, LogEntry, PutArgs, RenameArgs
-from tests.support.protocol import Pair
+from tests.support.protocol import Pair, RawSocket
 from tests.support.writes import made
 
 FILES = {"README.md": b"hello\n", "d/a.txt": b"a\n", "d/e/b.txt": b"b\n", "run.sh": b"#!/bin/sh\n",
@@ -116,3 +116,28 @@ class Session:
         self.send(b"")
         self.pair.pump()
         self.server.close()
+
+
+def upgraded_socket(path: str) -> RawSocket:
+    """A blocking client on the server's socket, in a version-2 session."""
+    raw = RawSocket(path)
+    raw.send(raw.codec.upgrade(2))
+    raw._fill(lambda: raw.codec.version == 2)
+    return raw
+
+
+def call(raw: RawSocket, op: str, path: bytes = b"", args: object = None) -> End | Error:
+    """One request over a socket: its END or ERROR."""
+    _, last = raw.until_end(raw.request(op, path, args=args))
+    assert isinstance(last, End | Error), last
+    return last
+
+
+def put(raw: RawSocket, path: bytes, data: bytes, mode: int = 0o100644,
+        commit: CommitArgs | None = None) -> End | Error:  # fmt: skip
+    rid = raw.request("put", path, args=PutArgs(len(data), mode, commit))
+    for at in range(0, len(data), 1 << 18):
+        raw.send(raw.codec.chunk(rid, data[at : at + (1 << 18)]))
+    _, last = raw.until_end(rid)
+    assert isinstance(last, End | Error), last
+    return last
