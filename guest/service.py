@@ -83,6 +83,11 @@ class Service:
         except Exception as exc:  # every failure is an answer, never a crash
             return failure(exc)
 
+    def close(self) -> None:
+        """Close the images (a batch still open is dropped: nothing of it was committed)."""
+        for disk in self.disks.values():
+            disk.image.close()
+
     def disk(self, name: str) -> Disk:
         disk = self.disks.get(name)
         if disk is None:

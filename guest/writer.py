@@ -86,6 +86,11 @@ class DiskWriter:
         self.why_not = f"stopped writing after an I/O error ({exc}): restart to write again"
         return WriteFailed(f"disk {self.name}: I/O error: {exc}")
 
+    def wrote(self) -> None:
+        """This process wrote the file (a batch's data, a root record, or only part of
+        them): the served image takes it as its own, not as a change under it."""
+        self.disk.image.note_own_write()
+
     def _close(self) -> None:
         if self.batch is not None:
             self.batch.abort()
@@ -150,10 +155,11 @@ class DiskWriter:
             done = batch.commit(args.message or default, args.author or DEFAULT_AUTHOR)
         except (DeviceFailed, OSError) as exc:
             raise self._failed(exc) from None
+        finally:
+            self.wrote()
         if done is None:
             return Committed(False, bytes(20), store.generation, store.free_space())
         commit, generation = done
-        self.disk.image.note_own_write()
         self.disk.head_moved()
         return Committed(True, commit, generation, store.free_space())
 
@@ -210,6 +216,8 @@ class PutUpload(Upload):
             self.stream.write(data)
         except Exception as exc:  # the stream rewound itself: the batch is as it was
             return self._failure(exc)
+        finally:
+            self.writer.wrote()
         return None
 
     def finish(self) -> Result | Failure:
@@ -220,6 +228,8 @@ class PutUpload(Upload):
             return Result(Put(blob, self.writer._commit(self.stream.batch, self.args, self.message)))
         except Exception as exc:
             return self._failure(exc)
+        finally:
+            self.writer.wrote()
 
     def abort(self) -> None:
         self.stream.abort()

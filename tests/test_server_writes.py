@@ -1,0 +1,135 @@
+"""Writes through the real server process (`python -m docteur.guest --listen --rw`), over
+its unix socket, with git's CLI as the oracle of what the image holds afterwards."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from docteur.guest.protocol import End, Error
+from docteur.guest.values import CommitArgs, Committed, PutArgs, RenameArgs
+from tests.support.git import cat_blobs, git, ls_tree
+from tests.support.guestproc import GuestProcess
+from tests.support.v2 import FILES, call, put, upgraded_socket, writable_image
+from tests.support.writes import docteur, head_files
+
+AUTHOR = "Ops <ops@example.com>"
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("served-writes")
+
+
+@pytest.fixture
+def image(base: Path, tmp_path: Path) -> Path:
+    return writable_image(base, tmp_path, capacity="64M")
+
+
+def git_files(repo: Path) -> dict[str, tuple[int, bytes]]:
+    rows = [(mode, oid, path) for mode, kind, oid, path in ls_tree(repo) if kind != "tree"]
+    bodies = cat_blobs(repo, [oid for _, oid, _ in rows])
+    return {path.decode(): (mode, bodies[oid]) for mode, oid, path in rows}
+
+
+def test_a_batch_through_the_server_is_one_commit_that_git_reads_back(image: Path, tmp_path: Path) -> None:
+    rng = random.Random(7)
+    written = {
+        "index.html": (0o100644, b"<h1>hi</h1>\n"),
+        "assets/big.bin": (0o100644, rng.randbytes((5 << 20) + 123)),
+        "bin/tool": (0o100755, b"#!/bin/sh\necho tool\n"),
+        "link": (0o120000, b"index.html"),
+        "empty.txt": (0o100644, b""),
+        "naïve/ünï.txt": (0o100644, "ü\n".encode()),
+    }
+    with GuestProcess(image, rw=True) as served:
+        raw = upgraded_socket(served.sock)
+        assert raw.codec.hello is not None and raw.codec.hello.fields["writable.docteur"] == "yes"
+        first = bytes.fromhex(raw.codec.hello.fields["disk.docteur"])
+        begun = call(raw, "begin")
+        assert isinstance(begun, End) and begun.result.head == first  # type: ignore[union-attr]
+        for path, (mode, data) in written.items():
+            assert isinstance(put(raw, b"/" + path.encode(), data, mode), End), path
+        assert isinstance(call(raw, "remove", b"/d"), End)
+        assert isinstance(call(raw, "rename", b"/README.md", RenameArgs(b"/docs/README.md")), End)
+        other = upgraded_socket(served.sock)
+        assert isinstance(call(other, "get", b"/index.html"), Error)  # not committed yet
+        done = call(raw, "commit", args=CommitArgs("deploy", AUTHOR))
+        assert isinstance(done, End) and isinstance(done.result, Committed) and done.result.committed
+        body, last = other.until_end(other.request("get", b"/assets/big.bin"))
+        assert isinstance(last, End) and body == written["assets/big.bin"][1]  # everybody's now
+        raw.close()
+        other.close()
+    repo = tmp_path / "out.git"
+    docteur("export", image, repo)
+    git("fsck", "--full", cwd=repo)
+    assert git("rev-parse", "HEAD", cwd=repo).decode().strip() == done.result.commit.hex()
+    log = git("log", "--format=%H %an <%ae>|%s", cwd=repo).decode().splitlines()
+    assert log == [f"{done.result.commit.hex()} {AUTHOR}|deploy",
+                   f"{first.hex()} Dr. Greenthumb <noreply@cypress.hill>|"]  # fmt: skip
+    want = {"run.sh": (0o100644, FILES["run.sh"]), "x/e/c.txt": (0o100644, FILES["x/e/c.txt"]),
+            "docs/README.md": (0o100644, FILES["README.md"]), **written}  # fmt: skip
+    assert git_files(repo) == want
+
+
+CLIENT = """
+import sys, time
+from tests.support.v2 import upgraded_socket, call
+from docteur.guest.values import PutArgs
+raw = upgraded_socket(sys.argv[1])
+call(raw, "begin")
+rid = raw.request("put", b"/half", args=PutArgs(1 << 20))
+raw.send(raw.codec.chunk(rid, bytes(1 << 18)))
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_client_killed_mid_batch_aborts_it(image: Path) -> None:
+    before = head_files(image)
+    with GuestProcess(image, rw=True) as served:
+        client = subprocess.Popen([sys.executable, "-c", CLIENT, served.sock], stdout=subprocess.PIPE,
+                                  cwd=Path(__file__).parent.parent)  # fmt: skip
+        try:
+            assert client.stdout is not None and client.stdout.readline() == b"ready\n"
+            raw = upgraded_socket(served.sock)
+            assert call(raw, "begin").code == "busy"  # type: ignore[union-attr]
+        finally:
+            client.send_signal(signal.SIGKILL)
+            client.wait(30)
+        deadline = time.monotonic() + 60
+        while isinstance(last := call(raw, "begin"), Error) and time.monotonic() < deadline:
+            assert last.code == "busy"
+            time.sleep(0.05)
+        assert isinstance(last, End), last
+        assert isinstance(call(raw, "abort"), End)
+        raw.close()
+    assert head_files(image) == before
+
+
+def test_the_server_killed_after_a_commit_restarts_at_it(image: Path) -> None:
+    served = GuestProcess(image, rw=True)
+    try:
+        raw = upgraded_socket(served.sock)
+        done = put(raw, b"/acked.txt", b"acked\n", commit=CommitArgs("acked"))
+        assert isinstance(done, End)
+        call(raw, "begin")
+        rid = raw.request("put", b"/never", args=PutArgs(1 << 22))
+        raw.send(raw.codec.chunk(rid, bytes(1 << 18)))
+        os.kill(served.proc.pid, signal.SIGKILL)
+    finally:
+        served.close()
+    head, files = head_files(image)
+    assert head == done.result.commit.commit  # type: ignore[union-attr]
+    assert {p: d for p, (_, d) in files.items()} == {**FILES, "acked.txt": b"acked\n"}
+    with GuestProcess(image, rw=True) as again:  # the writer lock went with the process
+        raw = upgraded_socket(again.sock)
+        assert isinstance(call(raw, "begin"), End)
+        raw.close()
