@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from docteur.cli.errors import HostError
-from docteur.guest.defaults import DEFAULT_VERIFY, PORT_NAME, VERIFY_MODES
+from docteur.guest.defaults import DEFAULT_VERIFY, PORT_NAME, RW_PARAM, VERIFY_MODES
 from docteur.vm.runtime.defaults import ACCELS, DEFAULT_MEMORY
 
 QEMU = "qemu-system-x86_64"
@@ -26,7 +26,6 @@ QEMU = "qemu-system-x86_64"
 BLOCK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,20}")
 # TCG's AVX emulation (new in QEMU 7.2) makes glibc pick slower SHA-1/zlib paths.
 TCG_CPU = "max,-avx,-avx2,-fma,-f16c"
-RW_PARAM = "docteur.rw=1"  # placeholder until the guest's flag lands in guest/defaults.py
 BOOT_ARGS = (
     "console=ttyS0", "panic=-1", "quiet", "mitigations=off", "audit=0", "security=none",
     "cryptomgr.notests", "random.trust_cpu=on", "no_timer_check",
@@ -136,7 +135,7 @@ class Launch:
         args = [*BOOT_ARGS, f"tsc_early_khz={host_khz()}"]
         args += [f"docteur.verify={self.verify}", f"docteur.blocks={','.join(self.blocks)}"]
         if self.writable:
-            args.append(RW_PARAM)
+            args.append(f"{RW_PARAM}={','.join(self.blocks)}")
         return " ".join([*args, *self.extra_args])
 
     def disk_args(self, i: int, name: str, path: Path) -> list[str]:
