@@ -276,7 +276,10 @@ def build(commands: dict[str, Command], version: Callable[[], str]) -> Parser:
     query_args(sub.add_parser(
         "query", help="ask a served image (no command: an interactive console)",
         description="Commands: get PATH [OFFSET [LENGTH]], ls [-z] [PATH], stat PATH, exists PATH, "
-        "size PATH, digest PATH, mtime PATH, info, ping. Without one: a console.",
+        "size PATH, digest PATH, mtime PATH, info, ping; on a server run with --rw, each one commit "
+        "(its id printed): put PATH FILE (- = stdin) [-x], rm PATH, mv SOURCE DEST, with [-m MSG] "
+        "[--author 'NAME <EMAIL>'] [--expect HEAD]; log. Without one: a console (begin, ..., "
+        "commit -m MSG or abort: a batch as one commit; help lists all).",
     ), commands["query"])  # fmt: skip
     write_parsers(sub, commands)
     guest_args(sub.add_parser(
