@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Collection
 
 from .errors import DocteurError
 from .image import Image
 from .protocol import DEFAULT_DISK, VERSION
 from .service import Service
 from .treeview import Disk, generation_fields
+from .writer import DiskWriter
 
 
 def log(message: str) -> None:
@@ -30,11 +32,23 @@ def parse_block(spec: str) -> tuple[str, str]:
     return name, path
 
 
-def open_checked(path: str, mode: str) -> Image:
+def open_checked(path: str, mode: str, writable: bool = False) -> Image:
     """The image at `path`, opened for the boot check of `mode`: in `pack` and
     `full` the store hashes each extent's PACK as it chooses the generation, so a
-    damaged newest generation falls back to the one before."""
-    return Image.open(path, "cheap" if mode == "none" else "pack")
+    damaged newest generation falls back to the one before. `writable`: through a
+    writable device holding the writer's lock (as `docteur put` does; O_DIRECT on a
+    block device), the image's own reader locks left out (they would refuse it)."""
+    check_mode = "cheap" if mode == "none" else "pack"
+    if not writable:
+        return Image.open(path, check_mode)
+    from .device import FileDevice  # only with --rw
+
+    device = FileDevice(path, writable=True)
+    try:
+        return Image.open(path, check_mode, lock=False, device=device)
+    except BaseException:
+        device.close()
+        raise
 
 
 def check(image: Image, mode: str) -> None:
@@ -49,9 +63,11 @@ def check(image: Image, mode: str) -> None:
         checks.verify_pack(image)
 
 
-def boot(blocks: list[tuple[str, str]], mode: str) -> Service:
-    """Open and verify every disk; never raises for a bad image."""
+def boot(blocks: list[tuple[str, str]], mode: str, writable: Collection[str] = ()) -> Service:
+    """Open and verify every disk (those named in `writable` for writing too);
+    never raises for a bad image."""
     disks: dict[str, Disk] = {}
+    writers: dict[str, DiskWriter] = {}
     fields = {"status": "ok", "verify": mode, "protocol": str(VERSION)}
     error: str | None = None
     for name, path in blocks:
@@ -62,7 +78,7 @@ def boot(blocks: list[tuple[str, str]], mode: str) -> Service:
         image = None
         stage = "cannot open the image"
         try:
-            image = open_checked(path, mode)
+            image = open_checked(path, mode, name in writable)
             fields[f"disk.{name}"] = image.commit.hex()
             fields.update(generation_fields(image, f".{name}"))
             for line in image.warnings():
@@ -70,6 +86,8 @@ def boot(blocks: list[tuple[str, str]], mode: str) -> Service:
             stage = f"verify {mode} failed"
             check(image, mode)
             disks[name] = Disk(name, image)
+            if name in writable:
+                writers[name] = DiskWriter(disks[name], None if image.store.writable else "no write area")
         except (DocteurError, OSError, ValueError) as exc:
             error = f"disk {name!r} ({path}): {stage}: {exc}"
             if image is not None:
@@ -87,5 +105,5 @@ def boot(blocks: list[tuple[str, str]], mode: str) -> Service:
         fields["error"] = error
         for disk in disks.values():
             disk.image.close()
-        disks = {}
-    return Service(disks, fields, error)
+        disks, writers = {}, {}
+    return Service(disks, fields, error, writers)

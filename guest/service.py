@@ -10,78 +10,67 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from .errors import DocteurError, ImageError, IntegrityError, NotFound
+from .batchview import BatchView
+from .failures import NoSuchDisk, error_code, error_message, failure
 from .image import Image
-from .kverrors import InvalidPath
 from .protocol import MAX_CHUNK, VERSIONS, Request
-from .treeview import Disk, NotADirectory, NotAFile
-from .values import Answer, Body, Failure, History, Listing, LogEntry, Result
+from .treeview import Disk, generation_fields
+from .values import (
+    Answer,
+    Body,
+    CommitArgs,
+    Failure,
+    History,
+    Listing,
+    LogEntry,
+    PutArgs,
+    RenameArgs,
+    Result,
+)
+from .writer import DiskWriter, NoBatch, ReadOnlyDisk
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is dear to import in the VM
     from .connection import Session
 
-
-class NoSuchDisk(DocteurError):
-    """A request names a disk that is not served."""
-
-
-_ERROR_NAMES: tuple[tuple[type[BaseException], str], ...] = (
-    (InvalidPath, "invalid_path"),
-    (NoSuchDisk, "no_such_disk"),
-    (NotFound, "not_found"),
-    (NotAFile, "not_a_file"),
-    (NotADirectory, "not_a_directory"),
-    (IntegrityError, "integrity"),
-    (ImageError, "image"),
-    (OSError, "image"),
-)
-
-
-def error_code(exc: BaseException) -> str:
-    for cls, name in _ERROR_NAMES:
-        if isinstance(exc, cls):
-            return name
-    return "internal"
-
-
-def error_message(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and not isinstance(exc, DocteurError):
-        return f"I/O error reading the image: {exc.strerror or exc}"
-    if isinstance(exc, DocteurError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
-
-
-def failure(exc: BaseException) -> Failure:
-    return Failure(error_code(exc), error_message(exc))
+__all__ = ["NoSuchDisk", "Service", "error_code", "error_message", "failure"]
 
 
 class Service:
     """The disks being served, or the boot error that replaces them."""
 
-    def __init__(self, disks: dict[str, Disk], hello: dict[str, str], boot_error: str | None):
+    def __init__(
+        self,
+        disks: dict[str, Disk],
+        hello: dict[str, str],
+        boot_error: str | None,
+        writers: dict[str, DiskWriter] | None = None,
+    ):
         self.disks = disks
         self.hello_fields = hello
         self.boot_error = boot_error
+        self.writers = writers or {}  # the disks served writable (--rw)
         self.shutdown_requested = False
 
     def greeting(self, session: Session | None = None) -> dict[str, str]:
         """The HELLO's fields (in a session of `session.version`)."""
         fields = {**self.hello_fields, "versions": " ".join(map(str, VERSIONS))}
+        for name in self.writers:  # the head now: this server may have committed
+            image = self.disks[name].image
+            fields[f"disk.{name}"] = image.commit.hex()
+            fields.update(generation_fields(image, f".{name}"))
         if session is not None and session.version >= 2:
             fields["protocol"] = str(session.version)
             fields["max_chunk"] = str(MAX_CHUNK)
             for name in self.disks:
-                fields[f"writable.{name}"] = self.writable(name)
+                writer = self.writers.get(name)
+                fields[f"writable.{name}"] = "read-only attach" if writer is None else writer.writable
         return fields
 
-    def writable(self, name: str) -> str:
-        """`yes`, or why the disk cannot be written."""
-        return "read-only attach"
-
     def end_session(self, session: Session) -> None:
-        """A client's session ended: nothing kept yet."""
+        """A client's session ended: the batches it holds are aborted."""
+        for writer in list(session.state.values()):
+            writer.end_session(session)
 
     def handle(self, req: Request, session: Session | None = None) -> Answer:
         if self.boot_error is not None and req.op not in ("ping", "shutdown"):
@@ -100,6 +89,20 @@ class Service:
             known = ", ".join(sorted(self.disks)) or "none"
             raise NoSuchDisk(f"no disk named {name!r} (disks: {known})")
         return disk
+
+    def view(self, name: str, session: Session | None) -> Disk | BatchView:
+        """What `session` reads on disk `name`: its open batch there, else the last commit."""
+        disk = self.disk(name)
+        writer = self.writers.get(name)
+        batch = writer.holds(session) if writer is not None else None
+        return disk if batch is None else BatchView(disk, batch)
+
+    def writer(self, name: str) -> DiskWriter:
+        disk = self.disk(name)
+        writer = self.writers.get(name)
+        if writer is None:
+            raise ReadOnlyDisk(f"disk {disk.name} is served read-only")
+        return writer
 
 
 def _guarded(items: Iterator) -> Iterator:
@@ -124,32 +127,32 @@ def _info(service: Service, req: Request, session: Session | None) -> Answer:
 
 
 def _get(service: Service, req: Request, session: Session | None) -> Answer:
-    end, chunks = service.disk(req.disk).get(req.path, req.offset, req.length)
+    end, chunks = service.view(req.disk, session).get(req.path, req.offset, req.length)
     return Body(_guarded(chunks), end)
 
 
 def _list(service: Service, req: Request, session: Session | None) -> Answer:
-    return Listing(_guarded(service.disk(req.disk).list(req.path)))
+    return Listing(_guarded(service.view(req.disk, session).list(req.path)))
 
 
 def _exists(service: Service, req: Request, session: Session | None) -> Answer:
-    return Result(service.disk(req.disk).exists(req.path))
+    return Result(service.view(req.disk, session).exists(req.path))
 
 
 def _stat(service: Service, req: Request, session: Session | None) -> Answer:
-    return Result(service.disk(req.disk).stat(req.path))
+    return Result(service.view(req.disk, session).stat(req.path))
 
 
 def _size(service: Service, req: Request, session: Session | None) -> Answer:
-    return Result(service.disk(req.disk).size(req.path))
+    return Result(service.view(req.disk, session).size(req.path))
 
 
 def _digest(service: Service, req: Request, session: Session | None) -> Answer:
-    return Result(service.disk(req.disk).digest(req.path))
+    return Result(service.view(req.disk, session).digest(req.path))
 
 
 def _last_modified(service: Service, req: Request, session: Session | None) -> Answer:
-    return Result(service.disk(req.disk).last_modified(req.path))
+    return Result(service.view(req.disk, session).last_modified(req.path))
 
 
 def _log(service: Service, req: Request, session: Session | None) -> Answer:
@@ -171,8 +174,41 @@ def _history(image: Image, limit: int) -> Iterator[LogEntry]:
         oid = commit.parents[0] if commit.parents else None
 
 
-def _read_only(service: Service, req: Request, session: Session | None) -> Answer:
-    return Failure("read_only", f"disk {req.disk} is served read-only")
+def _begin(service: Service, req: Request, session: Session | None) -> Answer:
+    assert session is not None
+    return Result(service.writer(req.disk).begin(session))
+
+
+def _put(service: Service, req: Request, session: Session | None) -> Answer:
+    args = req.args
+    assert isinstance(args, PutArgs)
+    return service.writer(req.disk).put(session, req.path, args.size, args.mode, args.commit)
+
+
+def _remove(service: Service, req: Request, session: Session | None) -> Answer:
+    commit = req.args if isinstance(req.args, CommitArgs) else None
+    return Result(service.writer(req.disk).remove(session, req.path, commit))
+
+
+def _rename(service: Service, req: Request, session: Session | None) -> Answer:
+    args = req.args
+    assert isinstance(args, RenameArgs)
+    return Result(service.writer(req.disk).rename(session, req.path, args.dest, args.commit))
+
+
+def _commit(service: Service, req: Request, session: Session | None) -> Answer:
+    args = req.args
+    assert isinstance(args, CommitArgs)
+    return Result(service.writer(req.disk).commit(session, args))
+
+
+def _abort(service: Service, req: Request, session: Session | None) -> Answer:
+    writer = service.writers.get(req.disk)
+    if writer is None:
+        service.disk(req.disk)
+        raise NoBatch(f"disk {req.disk}: no batch open by this connection")
+    writer.abort(session)
+    return Result(None)
 
 
 OPERATIONS: dict[str, Callable[[Service, Request, Session | None], Answer]] = {
@@ -186,11 +222,11 @@ OPERATIONS: dict[str, Callable[[Service, Request, Session | None], Answer]] = {
     "list": _list,
     "ping": _ping,
     "shutdown": _shutdown,
-    "begin": _read_only,
-    "put": _read_only,
-    "remove": _read_only,
-    "rename": _read_only,
-    "commit": _read_only,
-    "abort": _read_only,
+    "begin": _begin,
+    "put": _put,
+    "remove": _remove,
+    "rename": _rename,
+    "commit": _commit,
+    "abort": _abort,
     "log": _log,
 }

@@ -125,6 +125,14 @@ class Disk:
         self._dirs: OrderedDict[bytes, bytes] = OrderedDict()  # "a/b" -> tree id
         self._modified: OrderedDict[bytes, Commit] = OrderedDict()  # "a/b" -> commit that changed it
 
+    def head_moved(self) -> None:
+        """The image's head moved (this server committed): answer from the new one.
+        The trees stay cached (by id); what was found by path is forgotten."""
+        self.commit = self.image.commit_object()
+        self.mtime = self.commit.committer.timestamp
+        self._dirs.clear()
+        self._modified.clear()
+
     # -- trees ----------------------------------------------------------------
     def tree(self, oid: bytes) -> Tree:
         hit = self._trees.get(oid)

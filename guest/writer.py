@@ -1,0 +1,227 @@
+"""The server as its disks' one writer: the batch open on each disk and who owns it.
+
+A disk served writable has one `DiskWriter`. It holds the store the served image
+reads (so a commit moves what every reader sees at once), the batch open on the
+disk (at most one, owned by one client session) and whether the disk may still
+be written: after an I/O error writing or flushing, the device's cache is in an
+unknown state, so the disk refuses writes (`read_only`, with the reason) until
+the server restarts, while reads go on.
+
+Every write is a batch (`batch.py`): a single put, remove or rename outside a
+batch is one of its own, committed before it is answered. Errors are exceptions
+carrying their protocol name (`code`), as kverrors' are.
+"""
+
+from __future__ import annotations
+
+from .batch import Batch, PutStream, check_author
+from .defaults import DEFAULT_AUTHOR, DEFAULT_MESSAGE
+from .device import DeviceFailed
+from .errors import DocteurError
+from .failures import failure
+from .treeview import Disk
+from .values import Begun, CommitArgs, Committed, Failure, Put, Result, Upload
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .connection import Session
+
+
+class ReadOnlyDisk(DocteurError):
+    code = "read_only"
+
+
+class Busy(DocteurError):
+    code = "busy"
+
+
+class Conflict(DocteurError):
+    code = "conflict"
+
+
+class NoBatch(DocteurError):
+    code = "no_batch"
+
+
+class BadArguments(DocteurError):
+    """Arguments the request may not carry here (commit arguments inside a batch)."""
+
+    code = "bad_request"
+
+
+class WriteFailed(DocteurError):
+    """An I/O error writing or flushing: the batch is lost, the disk stops writing."""
+
+    code = "image"
+
+
+class DiskWriter:
+    def __init__(self, disk: Disk, why_not: str | None = None):
+        self.disk = disk
+        self.name = disk.name
+        self.store = disk.image.store
+        self.why_not = why_not  # None: writable; else why not (writable.NAME says it)
+        self.batch: Batch | None = None
+        self.owner: Session | None = None
+
+    # -- state ----------------------------------------------------------------
+    @property
+    def writable(self) -> str:
+        """`yes`, or why the disk cannot be written (the greeting's writable.NAME)."""
+        return "yes" if self.why_not is None else self.why_not
+
+    def _check(self) -> None:
+        if self.why_not is not None:
+            if self.why_not in ("read-only attach", "no write area"):
+                raise ReadOnlyDisk(f"disk {self.name} is served read-only ({self.why_not})")
+            raise ReadOnlyDisk(f"disk {self.name} {self.why_not}")
+
+    def holds(self, session: Session | None) -> Batch | None:
+        """The batch `session` has open on this disk, if any."""
+        return self.batch if session is not None and self.owner is session else None
+
+    def _failed(self, exc: BaseException) -> WriteFailed:
+        """An I/O error: close the batch, stop writing for good, name the error."""
+        self._close()
+        self.why_not = f"stopped writing after an I/O error ({exc}): restart to write again"
+        return WriteFailed(f"disk {self.name}: I/O error: {exc}")
+
+    def _close(self) -> None:
+        if self.batch is not None:
+            self.batch.abort()
+        if self.owner is not None:
+            self.owner.state.pop(self.name, None)
+        self.batch = self.owner = None
+
+    # -- batches ----------------------------------------------------------------
+    def begin(self, session: Session) -> Begun:
+        self._check()
+        if self.batch is not None:
+            who = "this connection" if self.owner is session else "another connection"
+            raise Busy(f"disk {self.name}: a batch is open already (by {who})")
+        self.batch = Batch(self.store)
+        self.owner = session
+        session.state[self.name] = self
+        return Begun(self.store.head_commit, self.store.generation)
+
+    def _for_write(self, session: Session | None, args: CommitArgs | None) -> tuple[Batch, bool]:
+        """The batch a put/remove/rename goes into, and whether it is its own."""
+        self._check()
+        held = self.holds(session)
+        if held is not None:
+            if args is not None:
+                raise BadArguments("inside a batch, a write takes no commit arguments")
+            return held, False
+        if self.batch is not None:
+            raise Busy(f"disk {self.name}: another connection has a batch open")
+        check_author((args and args.author) or DEFAULT_AUTHOR)  # before any byte is written
+        return Batch(self.store), True
+
+    def commit(self, session: Session | None, args: CommitArgs) -> Committed:
+        batch = self.holds(session)
+        if batch is None:
+            raise NoBatch(f"disk {self.name}: no batch open by this connection")
+        check_author(args.author or DEFAULT_AUTHOR)  # a bad one leaves the batch open
+        try:
+            return self._commit(batch, args)
+        finally:
+            self._close()
+
+    def abort(self, session: Session | None) -> None:
+        if self.holds(session) is None:
+            raise NoBatch(f"disk {self.name}: no batch open by this connection")
+        self._close()
+
+    def end_session(self, session: Session) -> None:
+        """The session ended (closed, lost, greeted again): its batch is aborted."""
+        if self.owner is session:
+            self._close()
+
+    def _commit(self, batch: Batch, args: CommitArgs, default: str = DEFAULT_MESSAGE) -> Committed:
+        """Commit `batch` (closed whatever happens): durable when this returns."""
+        store = self.store
+        if args.expected is not None and args.expected != store.head_commit:
+            batch.abort()
+            raise Conflict(
+                f"disk {self.name}: the head is {store.head_commit.hex()}, "
+                f"not the expected {args.expected.hex()}: nothing written"
+            )
+        try:
+            done = batch.commit(args.message or default, args.author or DEFAULT_AUTHOR)
+        except (DeviceFailed, OSError) as exc:
+            raise self._failed(exc) from None
+        if done is None:
+            return Committed(False, bytes(20), store.generation, store.free_space())
+        commit, generation = done
+        self.disk.image.note_own_write()
+        self.disk.head_moved()
+        return Committed(True, commit, generation, store.free_space())
+
+    # -- the writes -----------------------------------------------------------------
+    def put(
+        self, session: Session | None, path: bytes, size: int, mode: int, args: CommitArgs | None
+    ) -> Upload:
+        batch, own = self._for_write(session, args)
+        try:
+            stream = batch.open_put(path, size, mode)
+        except (DeviceFailed, OSError) as exc:
+            raise self._failed(exc) from None
+        return PutUpload(self, stream, own, args or CommitArgs(), f"put {show(path)}")
+
+    def remove(self, session: Session | None, path: bytes, args: CommitArgs | None) -> Committed | None:
+        batch, own = self._for_write(session, args)
+        batch.remove(path)
+        return self._commit(batch, args or CommitArgs(), f"rm {show(path)}") if own else None
+
+    def rename(
+        self, session: Session | None, source: bytes, dest: bytes, args: CommitArgs | None
+    ) -> Committed | None:
+        batch, own = self._for_write(session, args)
+        batch.rename(source, dest)
+        if not own:
+            return None
+        return self._commit(batch, args or CommitArgs(), f"mv {show(source)} {show(dest)}")
+
+
+def show(path: bytes) -> str:
+    """A path in a default commit message."""
+    return path.decode("utf-8", "replace")
+
+
+class PutUpload(Upload):
+    """A put's content on its way into the batch (its own batch: committed at the end)."""
+
+    def __init__(self, writer: DiskWriter, stream: PutStream, own: bool, args: CommitArgs, message: str):
+        self.writer = writer
+        self.stream = stream
+        self.own = own
+        self.args = args
+        self.message = message  # the commit's when the client gives none
+
+    def _failure(self, exc: Exception) -> Failure:
+        if isinstance(exc, DeviceFailed | OSError):
+            exc = self.writer._failed(exc)
+        elif self.own:
+            self.stream.batch.abort()
+        return failure(exc)
+
+    def write(self, data: bytes) -> Failure | None:
+        try:
+            self.stream.write(data)
+        except Exception as exc:  # the stream rewound itself: the batch is as it was
+            return self._failure(exc)
+        return None
+
+    def finish(self) -> Result | Failure:
+        try:
+            blob = self.stream.finish()
+            if not self.own:
+                return Result(Put(blob))
+            return Result(Put(blob, self.writer._commit(self.stream.batch, self.args, self.message)))
+        except Exception as exc:
+            return self._failure(exc)
+
+    def abort(self) -> None:
+        self.stream.abort()
+        if self.own:
+            self.stream.batch.abort()
