@@ -18,9 +18,10 @@ from pathlib import Path
 from docteur.cli.errors import HostError
 from docteur.guest.device import Locked, lock_reader, lock_writer
 
-# QEMU 7.2: `Failed to get "write" lock` / `Failed to get shared "write" lock`,
-# then `Is another process using the image [PATH]?`
-_QEMU_LOCK = re.compile(r'Failed to get (?:shared )?"[a-z ]+" lock')
+# QEMU 7.2: `Failed to get "write" lock` / `Failed to get shared "write" lock`, then
+# `Is another process using the image [PATH]?`; or `Failed to lock byte 101` (another
+# process holds the byte exclusively, as docteur's writer does).
+_QEMU_LOCK = re.compile(r'Failed to (?:get (?:shared )?"[a-z ]+" lock|lock byte \d+)')
 _QEMU_IMAGE = re.compile(r"Is another process using the image \[(.*)\]\?")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from docteur.cli.errors import HostError
-from docteur.guest.defaults import DEFAULT_VERIFY, PORT_NAME, VERIFY_MODES
+from docteur.guest.defaults import DEFAULT_VERIFY, PORT_NAME, RW_PARAM, VERIFY_MODES
 from docteur.vm.runtime.defaults import ACCELS, DEFAULT_MEMORY
 
 QEMU = "qemu-system-x86_64"
@@ -26,7 +26,6 @@ QEMU = "qemu-system-x86_64"
 BLOCK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,20}")
 # TCG's AVX emulation (new in QEMU 7.2) makes glibc pick slower SHA-1/zlib paths.
 TCG_CPU = "max,-avx,-avx2,-fma,-f16c"
-RW_PARAM = "docteur.rw=1"  # placeholder until the guest's flag lands in guest/defaults.py
 BOOT_ARGS = (
     "console=ttyS0", "panic=-1", "quiet", "mitigations=off", "audit=0", "security=none",
     "cryptomgr.notests", "random.trust_cpu=on", "no_timer_check",
@@ -93,27 +92,6 @@ def _opt(value: str | Path) -> str:
     return str(value).replace(",", ",,")
 
 
-def direct_io(path: Path) -> bool:
-    """Whether the file system under `path` takes O_DIRECT (tmpfs does not): QEMU's
-    cache=none opens the image with it and would refuse to start."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
-
-
-def writable_cache(path: Path) -> str:
-    """The cache mode of a writable disk. `none`: O_DIRECT on the host, so the guest's
-    writes bypass the host's page cache and a guest flush (fdatasync of /dev/vdX) is
-    an fdatasync of the image; `writeback` where O_DIRECT is impossible keeps that
-    flush. Never `unsafe` (it drops flushes) or `directsync`/`writethrough` (no write
-    cache for the guest to flush: every write synchronous, the commit order the same
-    but ~10x slower)."""
-    return "none" if direct_io(path) else "writeback"
-
-
 @dataclass
 class Launch:
     kernel: Path
@@ -136,7 +114,7 @@ class Launch:
         args = [*BOOT_ARGS, f"tsc_early_khz={host_khz()}"]
         args += [f"docteur.verify={self.verify}", f"docteur.blocks={','.join(self.blocks)}"]
         if self.writable:
-            args.append(RW_PARAM)
+            args.append(f"{RW_PARAM}={','.join(self.blocks)}")
         return " ".join([*args, *self.extra_args])
 
     def disk_args(self, i: int, name: str, path: Path) -> list[str]:
@@ -147,11 +125,14 @@ class Launch:
         if custom is not None:
             backend = ["-blockdev", json.dumps({**custom, "node-name": node, "read-only": not self.writable})]
         elif self.writable:
-            # aio stays QEMU's default (threads: works on every file system; the serial
-            # port, not the disk, bounds a put); discard stays ignored: the store never
-            # discards, a freed extent is simply written over later.
-            cache = writable_cache(path)
-            backend = ["-drive", f"id={node},file={_opt(path)},if=none,format=raw,readonly=off,cache={cache}"]
+            # cache=none: O_DIRECT on the host, so the guest's writes skip the host's
+            # page cache and a guest flush (fdatasync of /dev/vdX) is an fdatasync of the
+            # image. Never `unsafe` (it drops flushes), nor writethrough/directsync (no
+            # write cache to flush: every write synchronous, same order, far slower).
+            # aio stays QEMU's default (threads: any file system; the serial port, not
+            # the disk, bounds a put); discard stays ignored: the store never discards,
+            # a freed extent is written over later.
+            backend = ["-drive", f"id={node},file={_opt(path)},if=none,format=raw,readonly=off,cache=none"]
         else:
             backend = ["-drive", f"id={node},file={_opt(path)},if=none,readonly=on,format=raw"]
         device = f"virtio-blk-device,drive={node},serial={name}"

@@ -51,7 +51,7 @@ async def serve(config: TargetConfig, path: str, ready: str | None = None) -> in
     async with appliance(config, make_client=None) as vm:
         assert vm.reader is not None and vm.writer is not None
         claim_socket_path(path)  # again: the boot took a while
-        mux = Mux(vm.reader, vm.writer, vm.hello)
+        mux = Mux(vm.reader, vm.writer, vm.hello, vm.hellos)
         pump = asyncio.create_task(mux.pump_upstream())
         server = await asyncio.start_unix_server(mux.handle, path=path)
         try:
@@ -69,4 +69,5 @@ async def serve(config: TargetConfig, path: str, ready: str | None = None) -> in
             server.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+            await mux.stop()  # each client's put cancelled and batch aborted before the power-off
             pump.cancel()
