@@ -235,6 +235,15 @@ async def test_a_put_streams_at_the_servers_pace(served) -> None:
         assert result is not None
         assert peak < 12 * MIB, peak  # without back-pressure the whole put would queue up
         assert await client.digest("/stream.bin") == _blob_id(expected_bytes(4, total))
+        # Of unknown size: spooled to a file to learn it, never held in memory either.
+        tracemalloc.start()
+        try:
+            result = await client.put("/spooled.bin", chunks(5, total))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert result is not None and peak < 12 * MIB, peak
+        assert await client.digest("/spooled.bin") == _blob_id(expected_bytes(5, total))
 
 
 def _blob_id(data: bytes) -> str:
