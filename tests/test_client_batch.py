@@ -221,6 +221,7 @@ async def test_failed_operations_leave_the_batch_usable(served, tmp_path: Path) 
     assert {p: d for p, (_, d) in files.items()} == {**FILES, "kept.txt": b"kept\n"}
 
 
+@pytest.mark.slow  # moves 96 MiB
 async def test_a_put_streams_at_the_servers_pace(served) -> None:
     """Tens of MiB from an async iterator: the client holds a few chunks at a time."""
     _, server = served
