@@ -44,8 +44,10 @@ def test_put_rm_mv_log_each_one_commit_git_agrees(served, tmp_path: Path) -> Non
         committed(run_cli(*q, "put", "/bin/run.sh", script, "-x", "-m", "a script")),
         committed(run_cli(*q, "put", "/stdin.bin", "-", input=bytes(range(256)) * 4096)),
         committed(run_cli(*q, "rm", "/old.txt")),
-        committed(run_cli(*q, "mv", "/a.txt", "/docs", "-m", "move a")),
     ]
+    mv = run_cli(*q, "mv", "/a.txt", "/docs", "-m", "move a")
+    commits.append(committed(mv))
+    assert mv.stderr.decode().startswith("generation 5, ") and mv.stderr.count(b"\n") == 1
     # The same bytes again: no commit, said on stderr, nothing on stdout.
     same = run_cli(*q, "put", "/bin/run.sh", script, "-x")
     assert same.returncode == 0 and same.stdout == b"" and b"nothing changed" in same.stderr

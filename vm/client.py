@@ -8,6 +8,12 @@ pipelined (each has an id) and every wait has a timeout.
         data = await client.get("/README.md")
         async for chunk in client.stream("/big.bin"):
             ...
+        # Writes (protocol version 2, a server run with --rw): one commit per batch.
+        async with client.batch(message="deploy", author="Ops <ops@example.org>") as b:
+            await b.put("/index.html", data)  # or an async iterator of chunks, any size
+            await b.remove("/old"); await b.rename("/a", "/b")
+            assert await b.get("/index.html") == data  # its reads see its writes
+        b.result  # the commit (None: nothing changed); an exception in the block aborts
 """
 
 from __future__ import annotations

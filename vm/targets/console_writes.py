@@ -154,6 +154,9 @@ def _committed(result: Committed | None, state: WriteState, line: Callable[[str]
     on stderr for a single command (as `docteur put IMAGE` does), in line in the console."""
     if result is not None:
         line(result.commit.hex())
+        if not state.console:  # as `docteur put IMAGE` says it
+            notice(f"generation {result.generation}, {result.free} bytes free", "committed",
+                   commit=result.commit.hex(), generation=result.generation, free=result.free)  # fmt: skip
     elif state.console:
         line("nothing changed: no commit")
     else:
