@@ -18,12 +18,15 @@ from pathlib import Path
 import pytest
 
 from docteur.vm.client import (
+    AlreadyPresentError,
     BadContentError,
     BusyError,
     Client,
     ConflictError,
+    DictionaryExpectedError,
     InvalidPathError,
     NoBatchError,
+    NoSpaceError,
     NotFoundError,
     ReadOnlyError,
     RenameSourcePrefixError,
@@ -201,6 +204,14 @@ async def test_failed_operations_leave_the_batch_usable(served, tmp_path: Path) 
                 await b.remove("/missing")
             with pytest.raises(RenameSourcePrefixError):
                 await b.rename("/docs", "/docs/inner")
+            with pytest.raises(DictionaryExpectedError):
+                await b.put("/a.txt/inner", b"x")
+            await b.put("/other/z.txt", b"z\n")
+            await b.put("/docs/other/y.txt", b"y\n")
+            with pytest.raises(AlreadyPresentError):  # into /docs, onto its /docs/other: no merge
+                await b.rename("/other", "/docs")
+            await b.remove("/other")
+            await b.remove("/docs/other")
             with pytest.raises(BadContentError):
                 await b.put("/short.bin", short(), size=100)  # cancelled mid-content
             # A put refused at once is not sent on to its end (64 chunks, one each 10 ms).
@@ -345,3 +356,17 @@ async def test_a_protocol_1_server_serves_reads_and_refuses_writes_in_one_line(v
             async with client.batch():
                 pass
         assert await client.exists("/x") == "absent"
+
+
+async def test_a_batch_bigger_than_the_free_space_is_no_space(tmp_path: Path) -> None:
+    image = made(tmp_path, FILES, capacity="4M")
+    with Served(image) as server:
+        async with await Client.open_unix(server.sock) as client:
+            head = (await client.info())["commit"]
+            with pytest.raises(NoSpaceError):
+                async with client.batch() as b:
+                    await b.put("/fits.txt", b"fits\n")
+                    await b.put("/huge.bin", chunks(6, 8 * MIB), size=8 * MIB)
+            assert not b.open and (await client.info())["commit"] == head
+            assert await client.exists("/fits.txt") == "absent"
+            assert await client.put("/small.txt", b"small\n") is not None  # the space is back
