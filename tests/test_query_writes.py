@@ -13,6 +13,7 @@ import pytest
 from tests.support.cli import DOCTEUR, fails, fails_in_one_line, run_cli
 from tests.support.git import git, needs_git
 from tests.support.served import Served
+from tests.support.vm import needs_vm
 from tests.support.writes import DATE, committed, docteur, git_head_files, made
 
 pytestmark = needs_git
@@ -172,3 +173,22 @@ def test_run_console_writes_and_a_forgotten_commit_fails(tmp_path: Path) -> None
     lines = docteur("log", image).stdout.decode().splitlines()
     assert len(lines) == 2 and lines[0].endswith(" empty-file")
     assert DATE[:10] in lines[1]
+
+
+@needs_vm
+@pytest.mark.vm
+def test_microvm_console_batch_then_query_through_the_port(tmp_path: Path) -> None:
+    """The same console on the microVM (`docteur run --rw IMAGE`): the client negotiates
+    version 2 on the serial port; the batch is one commit that git reads back."""
+    image = made(tmp_path, FILES, capacity="32M")
+    big = tmp_path / "big.bin"
+    big.write_bytes(bytes(range(256)) * 12289)  # 3 MiB and a bit: a dozen chunks
+    commands = f"begin\nput /big.bin {big}\nrm /old.txt\nsize /big.bin\ncommit -m 'in the vm'\n"
+    proc = subprocess.run([*DOCTEUR, "run", "--rw", str(image)], input=commands.encode(),
+                          capture_output=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.decode().splitlines()
+    assert lines[0].startswith("batch open on disk docteur") and lines[1] == str(big.stat().st_size)
+    head, files = git_head_files(image, tmp_path / "c.git")
+    assert head.hex() == lines[2]
+    assert data(files) == {"a.txt": b"a\n", "docs/b.txt": b"b\n", "big.bin": big.read_bytes()}
