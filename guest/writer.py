@@ -17,42 +17,14 @@ from __future__ import annotations
 from .batch import Batch, PutStream, check_author
 from .defaults import DEFAULT_AUTHOR, DEFAULT_MESSAGE
 from .device import DeviceFailed
-from .errors import DocteurError
 from .failures import failure
+from .kverrors import BadArguments, Busy, Conflict, NoBatch, ReadOnlyDisk, WriteFailed
 from .treeview import Disk
 from .values import Begun, CommitArgs, Committed, Failure, Put, Result, Upload
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .connection import Session
-
-
-class ReadOnlyDisk(DocteurError):
-    code = "read_only"
-
-
-class Busy(DocteurError):
-    code = "busy"
-
-
-class Conflict(DocteurError):
-    code = "conflict"
-
-
-class NoBatch(DocteurError):
-    code = "no_batch"
-
-
-class BadArguments(DocteurError):
-    """Arguments the request may not carry here (commit arguments inside a batch)."""
-
-    code = "bad_request"
-
-
-class WriteFailed(DocteurError):
-    """An I/O error writing or flushing: the batch is lost, the disk stops writing."""
-
-    code = "image"
 
 
 class DiskWriter:
