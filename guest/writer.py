@@ -63,6 +63,11 @@ class DiskWriter:
         them): the served image takes it as its own, not as a change under it."""
         self.disk.image.note_own_write()
 
+    def release(self, batch: Batch) -> None:
+        """`batch` is over: the disk is free again (unless it already went to another)."""
+        if self.batch is batch:
+            self._close()
+
     def _close(self) -> None:
         if self.batch is not None:
             self.batch.abort()
@@ -91,8 +96,32 @@ class DiskWriter:
             return held, False
         if self.batch is not None:
             raise Busy(f"disk {self.name}: another connection has a batch open")
-        check_author((args and args.author) or DEFAULT_AUTHOR)  # before any byte is written
-        return Batch(self.store), True
+        # Refused before any byte is written: a bad author, a head that moved already.
+        check_author((args and args.author) or DEFAULT_AUTHOR)
+        if args is not None and args.expected is not None:
+            self._check_head(args.expected)
+        # Its own batch holds the disk's slot like any other while it lasts (a put's
+        # content comes in many reads): no other write commits on a head it did not see.
+        self.batch = Batch(self.store)
+        self.owner = session
+        if session is not None:
+            session.state[self.name] = self
+        return self.batch, True
+
+    def _check_head(self, expected: bytes) -> None:
+        head = self.store.head_commit
+        if expected != head:
+            raise Conflict(
+                f"disk {self.name}: the head is {head.hex()}, not the expected "
+                f"{expected.hex()}: nothing written"
+            )
+
+    def _commit_own(self, batch: Batch, args: CommitArgs | None, default: str) -> Committed:
+        """Commit a write's own batch, which then gives the disk back."""
+        try:
+            return self._commit(batch, args or CommitArgs(), default)
+        finally:
+            self.release(batch)
 
     def commit(self, session: Session | None, args: CommitArgs) -> Committed:
         batch = self.holds(session)
@@ -117,12 +146,8 @@ class DiskWriter:
     def _commit(self, batch: Batch, args: CommitArgs, default: str = DEFAULT_MESSAGE) -> Committed:
         """Commit `batch` (closed whatever happens): durable when this returns."""
         store = self.store
-        if args.expected is not None and args.expected != store.head_commit:
-            batch.abort()
-            raise Conflict(
-                f"disk {self.name}: the head is {store.head_commit.hex()}, "
-                f"not the expected {args.expected.hex()}: nothing written"
-            )
+        if args.expected is not None:
+            self._check_head(args.expected)
         try:
             done = batch.commit(args.message or default, args.author or DEFAULT_AUTHOR)
         except (DeviceFailed, OSError) as exc:
@@ -144,21 +169,37 @@ class DiskWriter:
             stream = batch.open_put(path, size, mode)
         except (DeviceFailed, OSError) as exc:
             raise self._failed(exc) from None
-        return PutUpload(self, stream, own, args or CommitArgs(), f"put {show(path)}")
+        except BaseException:
+            if own:
+                self.release(batch)
+            raise
+        return PutUpload(self, stream, own, args, f"put {show(path)}")
 
     def remove(self, session: Session | None, path: bytes, args: CommitArgs | None) -> Committed | None:
         batch, own = self._for_write(session, args)
-        batch.remove(path)
-        return self._commit(batch, args or CommitArgs(), f"rm {show(path)}") if own else None
+        if not own:
+            batch.remove(path)
+            return None
+        try:
+            batch.remove(path)
+        except BaseException:
+            self.release(batch)
+            raise
+        return self._commit_own(batch, args, f"rm {show(path)}")
 
     def rename(
         self, session: Session | None, source: bytes, dest: bytes, args: CommitArgs | None
     ) -> Committed | None:
         batch, own = self._for_write(session, args)
-        batch.rename(source, dest)
         if not own:
+            batch.rename(source, dest)
             return None
-        return self._commit(batch, args or CommitArgs(), f"mv {show(source)} {show(dest)}")
+        try:
+            batch.rename(source, dest)
+        except BaseException:
+            self.release(batch)
+            raise
+        return self._commit_own(batch, args, f"mv {show(source)} {show(dest)}")
 
 
 def show(path: bytes) -> str:
@@ -169,7 +210,9 @@ def show(path: bytes) -> str:
 class PutUpload(Upload):
     """A put's content on its way into the batch (its own batch: committed at the end)."""
 
-    def __init__(self, writer: DiskWriter, stream: PutStream, own: bool, args: CommitArgs, message: str):
+    def __init__(
+        self, writer: DiskWriter, stream: PutStream, own: bool, args: CommitArgs | None, message: str
+    ):
         self.writer = writer
         self.stream = stream
         self.own = own
@@ -180,7 +223,7 @@ class PutUpload(Upload):
         if isinstance(exc, DeviceFailed | OSError):
             exc = self.writer._failed(exc)
         elif self.own:
-            self.stream.batch.abort()
+            self.writer.release(self.stream.batch)
         return failure(exc)
 
     def write(self, data: bytes) -> Failure | None:
@@ -197,7 +240,7 @@ class PutUpload(Upload):
             blob = self.stream.finish()
             if not self.own:
                 return Result(Put(blob))
-            return Result(Put(blob, self.writer._commit(self.stream.batch, self.args, self.message)))
+            return Result(Put(blob, self.writer._commit_own(self.stream.batch, self.args, self.message)))
         except Exception as exc:
             return self._failure(exc)
         finally:
@@ -206,4 +249,4 @@ class PutUpload(Upload):
     def abort(self) -> None:
         self.stream.abort()
         if self.own:
-            self.stream.batch.abort()
+            self.writer.release(self.stream.batch)
