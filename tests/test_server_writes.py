@@ -174,3 +174,20 @@ def test_rw_on_an_image_someone_serves_fails_the_boot_with_one_line(image: Path)
         assert "is being served by another process" in hello.fields["error"]
         raw.close()
         assert reader.proc.poll() is None
+
+
+def test_the_vm_kernel_parameter_makes_the_named_disks_writable() -> None:
+    """PID 1 turns `docteur.rw=NAME,...` (defaults.RW_PARAM, which the host passes) into
+    the server's --rw; the server then writes exactly those disks."""
+    from docteur.guest.defaults import RW_PARAM
+    from docteur.guest.pid1 import argv_for
+    from docteur.guest.server import Args
+
+    disks = {"docteur": "/dev/vda", "logs": "/dev/vdb"}
+    key = RW_PARAM.removeprefix("docteur.")
+    argv = argv_for(disks, "/dev/vport0p1", {key: "logs", "verify": "none"})
+    args = Args(argv)
+    assert args.device == "/dev/vport0p1" and args.verify == "none"
+    assert args.writable([tuple(b.split("=", 1)) for b in args.block]) == {"logs"}  # type: ignore[misc]
+    plain = Args(argv_for(disks, "/dev/vport0p1", {}))
+    assert plain.writable([("docteur", "/dev/vda"), ("logs", "/dev/vdb")]) == set()
