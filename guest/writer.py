@@ -28,11 +28,14 @@ if TYPE_CHECKING:
 
 
 class DiskWriter:
+    """The writes of one disk served --rw (`why_not`: why it cannot be written at all)."""
+
     def __init__(self, disk: Disk, why_not: str | None = None):
         self.disk = disk
         self.name = disk.name
         self.store = disk.image.store
-        self.why_not = why_not  # None: writable; else why not (writable.NAME says it)
+        self.why_not = why_not  # e.g. "no write area"
+        self.failed: str | None = None  # why writes stopped (an I/O error)
         self.batch: Batch | None = None
         self.owner: Session | None = None
 
@@ -40,13 +43,13 @@ class DiskWriter:
     @property
     def writable(self) -> str:
         """`yes`, or why the disk cannot be written (the greeting's writable.NAME)."""
-        return "yes" if self.why_not is None else self.why_not
+        return self.failed or self.why_not or "yes"
 
     def _check(self) -> None:
+        if self.failed is not None:
+            raise ReadOnlyDisk(f"disk {self.name} {self.failed}")
         if self.why_not is not None:
-            if self.why_not in ("read-only attach", "no write area"):
-                raise ReadOnlyDisk(f"disk {self.name} is served read-only ({self.why_not})")
-            raise ReadOnlyDisk(f"disk {self.name} {self.why_not}")
+            raise ReadOnlyDisk(f"disk {self.name} is served read-only ({self.why_not})")
 
     def holds(self, session: Session | None) -> Batch | None:
         """The batch `session` has open on this disk, if any."""
@@ -55,7 +58,7 @@ class DiskWriter:
     def _failed(self, exc: BaseException) -> WriteFailed:
         """An I/O error: close the batch, stop writing for good, name the error."""
         self._close()
-        self.why_not = f"stopped writing after an I/O error ({exc}): restart to write again"
+        self.failed = f"stopped writing after an I/O error ({exc}): restart to write again"
         return WriteFailed(f"disk {self.name}: I/O error: {exc}")
 
     def wrote(self) -> None:
@@ -76,14 +79,20 @@ class DiskWriter:
         self.batch = self.owner = None
 
     # -- batches ----------------------------------------------------------------
+    def _take(self, session: Session | None) -> Batch:
+        """A new batch on the head, the disk's one, owned by `session` until it ends."""
+        batch = Batch(self.store)
+        self.batch, self.owner = batch, session
+        if session is not None:
+            session.state[self.name] = self  # its end aborts the batch
+        return batch
+
     def begin(self, session: Session) -> Begun:
         self._check()
         if self.batch is not None:
             who = "this connection" if self.owner is session else "another connection"
             raise Busy(f"disk {self.name}: a batch is open already (by {who})")
-        self.batch = Batch(self.store)
-        self.owner = session
-        session.state[self.name] = self
+        self._take(session)
         return Begun(self.store.head_commit, self.store.generation)
 
     def _for_write(self, session: Session | None, args: CommitArgs | None) -> tuple[Batch, bool]:
@@ -100,13 +109,9 @@ class DiskWriter:
         check_author((args and args.author) or DEFAULT_AUTHOR)
         if args is not None and args.expected is not None:
             self._check_head(args.expected)
-        # Its own batch holds the disk's slot like any other while it lasts (a put's
-        # content comes in many reads): no other write commits on a head it did not see.
-        self.batch = Batch(self.store)
-        self.owner = session
-        if session is not None:
-            session.state[self.name] = self
-        return self.batch, True
+        # Its own batch holds the disk like any other while it lasts (a put's content
+        # comes in many reads): no other write commits on a head it did not see.
+        return self._take(session), True
 
     def _check_head(self, expected: bytes) -> None:
         head = self.store.head_commit
