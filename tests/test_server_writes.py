@@ -133,3 +133,61 @@ def test_the_server_killed_after_a_commit_restarts_at_it(image: Path) -> None:
         raw = upgraded_socket(again.sock)
         assert isinstance(call(raw, "begin"), End)
         raw.close()
+
+
+def test_a_big_put_leaves_the_server_memory_flat(base: Path, tmp_path: Path) -> None:
+    image = writable_image(base, tmp_path, capacity="200M", name="roomy.img")
+    block = random.Random(11).randbytes(1 << 20)  # barely compresses: 128 MiB reach the disk
+    with GuestProcess(image, rw=True) as served:
+        raw = upgraded_socket(served.sock)
+        assert isinstance(call(raw, "ping"), End)
+        before = served.peak_rss_mib()
+        rid = raw.request("put", b"/big.bin", args=PutArgs(128 << 20, 0o100644, CommitArgs("big")))
+        for _ in range(128):
+            for at in range(0, len(block), 1 << 18):
+                raw.send(raw.codec.chunk(rid, block[at : at + (1 << 18)]))
+        _, last = raw.until_end(rid)
+        assert isinstance(last, End) and last.result.commit.committed, last  # type: ignore[union-attr]
+        grown = served.peak_rss_mib() - before
+        _, size = raw.until_end(raw.request("size", b"/big.bin"))
+        assert isinstance(size, End) and size.result == 128 << 20
+        raw.close()
+    assert grown < 40, f"the server's peak memory grew {grown:.0f} MiB during a 128 MiB put"
+
+
+@pytest.mark.parametrize(("args", "why"), [
+    (["--rw=nope"], "--rw names no disk given with --block: nope"),
+    (["--rw="], "--rw= wants disk names (NAME,...)"),
+])  # fmt: skip
+def test_bad_rw_arguments_are_one_line(image: Path, args: list[str], why: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "docteur.guest", "--block", f"docteur={image}", *args,
+                           "--stdio"], capture_output=True, timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == b""
+    assert proc.stderr.decode().splitlines()[0] == f"docteur-guest: {why}"
+
+
+def test_rw_on_an_image_someone_serves_fails_the_boot_with_one_line(image: Path) -> None:
+    with GuestProcess(image) as reader, GuestProcess(image, rw=True) as writer:
+        raw = upgraded_socket(writer.sock)
+        hello = raw.codec.hello
+        assert hello is not None and hello.fields["status"] == "error"
+        assert "is being served by another process" in hello.fields["error"]
+        raw.close()
+        assert reader.proc.poll() is None
+
+
+def test_the_vm_kernel_parameter_makes_the_named_disks_writable() -> None:
+    """PID 1 turns `docteur.rw=NAME,...` (defaults.RW_PARAM, which the host passes) into
+    the server's --rw; the server then writes exactly those disks."""
+    from docteur.guest.defaults import RW_PARAM
+    from docteur.guest.pid1 import argv_for
+    from docteur.guest.server import Args
+
+    disks = {"docteur": "/dev/vda", "logs": "/dev/vdb"}
+    key = RW_PARAM.removeprefix("docteur.")
+    argv = argv_for(disks, "/dev/vport0p1", {key: "logs", "verify": "none"})
+    args = Args(argv)
+    assert args.device == "/dev/vport0p1" and args.verify == "none"
+    assert args.writable([tuple(b.split("=", 1)) for b in args.block]) == {"logs"}  # type: ignore[misc]
+    plain = Args(argv_for(disks, "/dev/vport0p1", {}))
+    assert plain.writable([("docteur", "/dev/vda"), ("logs", "/dev/vdb")]) == set()

@@ -390,3 +390,32 @@ def test_a_big_put_passes_through_bounded_memory(image: Path, base: Path, tmp_pa
     assert most <= len(piece) + p.HEADER_SIZE
     assert peak < 24 << 20, f"peak {peak >> 20} MiB for a {size >> 20} MiB put"
     assert session.ok("size", b"/huge.bin") == size
+
+
+def test_a_single_put_holds_the_disk_while_its_content_comes(image: Path) -> None:
+    """Another write may not commit between a single put's first and last CHUNK: the
+    put's commit would be built on a head it did not see (a lost update)."""
+    service = serve(image)
+    putter, other = Session(service), Session(service)
+    rid = putter.start("put", b"/slow.txt", PutArgs(10, 0o100644, CommitArgs("slow")))
+    putter.pair.pump()  # the put starts
+    putter.send(putter.pair.client.chunk(rid, b"01234"))
+    assert other.error("remove", b"/run.sh", CommitArgs()).code == "busy"
+    assert other.error("begin").code == "busy"
+    putter.send(putter.pair.client.chunk(rid, b"56789"))
+    _, last = putter.answer(rid)
+    assert isinstance(last, End) and last.result.commit.committed  # type: ignore[union-attr]
+    assert other.ok("remove", b"/run.sh").committed  # type: ignore[union-attr]
+    assert files_of(image) == expected(run_dot_sh=None, slow_dot_txt=b"0123456789")
+
+
+def test_a_single_write_with_a_stale_head_is_refused_before_its_content(image: Path) -> None:
+    before = image.read_bytes()
+    session = Session(serve(image))
+    rid = session.start("put", b"/z", PutArgs(1 << 20, 0o100644, CommitArgs("", "", b"\x07" * 20)))
+    _, last = session.answer(rid)  # answered at once: no content was needed
+    assert isinstance(last, Error) and last.code == "conflict"
+    for _ in range(4):  # the content still comes, and is dropped
+        session.send(session.pair.client.chunk(rid, bytes(1 << 18)))
+    assert session.ok("exists", b"/z") == "absent"
+    assert image.read_bytes() == before
