@@ -100,7 +100,7 @@ class Mux:
             return
         error = p.ERRORS.get(code, "internal") if ftype == p.ERROR else None
         owner = self.batches.get(route.disk)
-        if owner is route.client and (
+        if owner is not None and owner is route.client and (
             (route.op == "begin" and error)
             or (route.op in _ENDS_BATCH and error != "bad_request")
             or error in ("image", "read_only")  # the guest closed the batch
