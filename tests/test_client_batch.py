@@ -370,3 +370,26 @@ async def test_a_batch_bigger_than_the_free_space_is_no_space(tmp_path: Path) ->
             assert not b.open and (await client.info())["commit"] == head
             assert await client.exists("/fits.txt") == "absent"
             assert await client.put("/small.txt", b"small\n") is not None  # the space is back
+
+
+async def test_a_commit_refused_for_its_author_keeps_the_batch(served, tmp_path: Path) -> None:
+    image, server = served
+    async with await Client.open_unix(server.sock) as client, \
+            await Client.open_unix(server.sock) as other:  # fmt: skip
+        b = client.batch()
+        await b.begin()
+        await b.put("/kept.txt", b"kept\n")
+        with pytest.raises(RequestError, match="author"):
+            await b.commit("msg", author="nobody")
+        assert b.open and await b.get("/kept.txt") == b"kept\n"
+        result = await b.commit("msg", author="Some One <one@example.org>")
+        assert result is not None and not b.open
+        # In a block: the refused commit's batch is aborted on the way out, the disk freed.
+        with pytest.raises(RequestError, match="author"):
+            async with client.batch(author="nobody") as b:
+                await b.put("/lost.txt", b"lost\n")
+        assert not b.open
+        async with other.batch() as b2:  # not busy: nothing was left open
+            await b2.remove("/a.txt")
+    files = files_of(image, tmp_path, "c.git")[1]
+    assert "kept.txt" in files and "lost.txt" not in files and "a.txt" not in files

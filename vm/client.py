@@ -668,11 +668,16 @@ class Batch:
     async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         if not self.open:
             return
-        if exc_type is None:
-            await self.commit()
+        if exc_type is not None:
+            with contextlib.suppress(ClientError):  # the connection is gone: the server aborted it
+                await self.abort()
             return
-        with contextlib.suppress(ClientError):  # the connection is gone: the server aborted it
-            await self.abort()
+        try:
+            await self.commit()
+        finally:
+            if self.open:  # a commit refused for its arguments leaves the batch open
+                with contextlib.suppress(ClientError):
+                    await self.abort()
 
     async def begin(self) -> Begun:
         client = self.client
@@ -708,15 +713,20 @@ class Batch:
         self, message: str | None = None, author: str | None = None,
         expected_head: bytes | None = None,
     ) -> Committed | None:
-        """One commit of the batch, durable when this returns (None: the tree is unchanged);
-        the batch is over whatever the answer. Arguments default to the batch's."""
+        """One commit of the batch, durable when this returns (None: the tree is unchanged).
+        The batch is over, whatever the answer, but for a RequestError (an author that is not
+        'Name <email>', ...): it stays open. Arguments default to the batch's."""
         self._check_open("commit")
         m, a, e = self._commit
         args = CommitArgs(message or m or "", author or a or "", expected_head or e)
         try:
             result = await self.client.call("commit", b"", self.disk, args)
-        finally:
+        except RequestError:
+            raise  # refused for its arguments: the server keeps the batch open
+        except BaseException:
             self._close()
+            raise
+        self._close()
         assert result is None or isinstance(result, Committed)
         self.result = _changed(result)
         return self.result

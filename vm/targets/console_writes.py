@@ -121,12 +121,15 @@ async def execute_write(client: Client, state: WriteState, argv: list[str], out:
     elif cmd in ("commit", "abort"):
         if batch is None:
             raise UsageError(f"{cmd}: no open batch (begin one)")
-        state.batch = None  # whatever the answer, the batch is over
-        if cmd == "abort":
-            await batch.abort()
-            line("aborted: nothing written")
-        else:
-            _committed(await batch.commit(**commit), state, line)
+        try:
+            if cmd == "abort":
+                await batch.abort()
+                line("aborted: nothing written")
+            else:
+                _committed(await batch.commit(**commit), state, line)
+        finally:
+            if not batch.open:  # over, whatever the answer (but a commit refused for its args)
+                state.batch = None
     elif cmd == "put":
         mode = MODES[args.mode or "100644"]
         chunks, size = _content(args.file, state)
