@@ -185,6 +185,7 @@ async def test_expected_head_conflicts_once_the_head_moved(served, tmp_path: Pat
             await b.put("/a.txt", b"a\n")
         assert b.result is None
         assert [e.commit for e in await client.log()] == [moved.commit, first]
+        assert [e.commit for e in await client.log(limit=1)] == [moved.commit]
     assert files_of(image, tmp_path, "c.git")[0] == moved.commit
 
 
