@@ -30,6 +30,8 @@ from .treeedit import TreeEditor
 class BadAuthor(DocteurError):
     """An author that is not `Name <email>`."""
 
+    code = "bad_request"
+
 
 class BatchClosed(DocteurError):
     """The batch was committed or aborted already."""

@@ -15,7 +15,10 @@ from .image import Image
 from .protocol import DEFAULT_DISK, VERSION
 from .service import Service
 from .treeview import Disk, generation_fields
-from .writer import DiskWriter
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .writer import DiskWriter
 
 
 def log(message: str) -> None:
@@ -67,7 +70,7 @@ def boot(blocks: list[tuple[str, str]], mode: str, writable: Collection[str] = (
     """Open and verify every disk (those named in `writable` for writing too);
     never raises for a bad image."""
     disks: dict[str, Disk] = {}
-    writers: dict[str, DiskWriter] = {}
+    writers: dict[str, DiskWriter] = {}  # the disks served writable
     fields = {"status": "ok", "verify": mode, "protocol": str(VERSION)}
     error: str | None = None
     for name, path in blocks:
@@ -87,6 +90,8 @@ def boot(blocks: list[tuple[str, str]], mode: str, writable: Collection[str] = (
             check(image, mode)
             disks[name] = Disk(name, image)
             if name in writable:
+                from .writer import DiskWriter  # the write side: only with --rw
+
                 writers[name] = DiskWriter(disks[name], None if image.store.writable else "no write area")
         except (DocteurError, OSError, ValueError) as exc:
             error = f"disk {name!r} ({path}): {stage}: {exc}"

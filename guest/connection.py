@@ -122,11 +122,7 @@ class ServerConnection:
         if not data:
             if self.state in (OPEN, RESYNC):
                 self.state = DRAINING
-                if self.upload is not None:  # its content will never come
-                    rid = self.upload[0]
-                    if self._stop_upload():
-                        why = "the client ended before the put's content"
-                        self._push(ServerCodec.error(rid, "bad_request", why))
+                self._feed(b"")  # a put being received gives up (nothing more comes)
             self._settle()
             return
         if self.state in (OPEN, RESYNC):
@@ -153,6 +149,11 @@ class ServerConnection:
                     self.cancelled.add(rid)
             else:
                 self.queue.append(event)
+        if self.state == DRAINING and self.upload is not None:
+            # Past the client's EOF, with all it sent parsed: the rest never comes.
+            rid = self.upload[0]
+            if self._stop_upload():
+                self._push(ServerCodec.error(rid, "bad_request", "the client ended before the put's content"))
 
     def _chunk(self, chunk: Chunk) -> None:
         """A piece of the put being received: to its Upload, or dropped."""

@@ -1,16 +1,14 @@
 """Exceptions to answers: the one table from an error to its protocol name.
 
-Errors that carry a `code` of PROTOCOL.md (kverrors' path errors, the writer's
-busy/conflict/...) answer with it; the others by class, most specific first.
+Errors that carry a `code` of PROTOCOL.md (kverrors' path errors, the writes'
+no_space/read_only/busy/conflict/...) answer with it; the others by class, most
+specific first. Nothing of the write side is imported here: a read-only server
+never loads it.
 """
 
 from __future__ import annotations
 
-from .batch import BadAuthor
 from .errors import DocteurError, ImageError, IntegrityError, NotFound
-from .generations import ReadOnly, TooManyExtents
-from .kverrors import InvalidMode
-from .packwrite import NoSpace
 from .protocol import ERROR_CODES
 from .treeview import NotADirectory, NotAFile
 from .values import Failure
@@ -26,11 +24,6 @@ _ERROR_NAMES: tuple[tuple[type[BaseException], str], ...] = (
     (NotAFile, "not_a_file"),
     (NotADirectory, "not_a_directory"),
     (IntegrityError, "integrity"),
-    (InvalidMode, "bad_request"),
-    (BadAuthor, "bad_request"),
-    (NoSpace, "no_space"),
-    (TooManyExtents, "no_space"),
-    (ReadOnly, "read_only"),
     (ImageError, "image"),
     (OSError, "image"),
 )

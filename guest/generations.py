@@ -70,9 +70,13 @@ __all__ = ["NoSpace", "ReadOnly", "Skipped", "Store", "TooManyExtents"]
 class ReadOnly(DocteurError):
     """The image has no room for writes (no write area)."""
 
+    code = "read_only"
+
 
 class TooManyExtents(DocteurError):
     """A root record is full of extents: the image must be compacted first."""
+
+    code = "no_space"
 
 
 class Skipped(namedtuple("Skipped", "generation reason")):

@@ -111,6 +111,8 @@ class ObjectStream:
 class NoSpace(DocteurError):
     """The batch does not fit in the image's free space; nothing was committed."""
 
+    code = "no_space"
+
 
 def entry_header(kind: str | int, size: int) -> bytes:
     """A PACK entry header: type (a kind or a type number) and size, little-endian base-128."""

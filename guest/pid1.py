@@ -135,6 +135,11 @@ def server_argv(params: dict[str, str]) -> list[str]:
     names = [n for n in params.get("blocks", "").split(",") if n]
     disks, port = wait_devices(names)
     log(f"port {port}, disks {' '.join(f'{n}={p}' for n, p in disks.items()) or '(none)'}")
+    return argv_for(disks, port, params)
+
+
+def argv_for(disks: dict[str, str], port: str, params: dict[str, str]) -> list[str]:
+    """The guest server's command line for the disks and port found and the kernel parameters."""
     argv: list[str] = []
     for name, path in disks.items():
         argv += ["--block", f"{name}={path}"]

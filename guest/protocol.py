@@ -681,10 +681,9 @@ class ServerCodec:
                 return Chunk(rid, payload, not upload[1])
             if rid and rid == self._refused:
                 return None  # the content of a put refused as malformed
+            # Not the id of a request waiting for it: the connection's error (id 0).
             raise ProtocolError(
-                f"a CHUNK for request {rid}, which is not a put receiving its content",
-                "bad_request",
-                rid,
+                f"a CHUNK for request {rid}, which is not a put receiving its content", "bad_request"
             )
         if upload is not None and ftype not in (CANCEL, GREET):
             raise ProtocolError(

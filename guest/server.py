@@ -369,8 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             server.listener.close()
             if args.listen and os.path.exists(args.listen):
                 os.unlink(args.listen)
-        for disk in service.disks.values():
-            disk.image.close()
+        service.close()
         if previous is not None:
             signal(SIGTERM, previous)
     return 0

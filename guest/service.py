@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from .batchview import BatchView
 from .failures import NoSuchDisk, error_code, error_message, failure
 from .image import Image
+from .kverrors import NoBatch, ReadOnlyDisk
 from .protocol import MAX_CHUNK, VERSIONS, Request
 from .treeview import Disk, generation_fields
 from .values import (
@@ -27,11 +27,12 @@ from .values import (
     RenameArgs,
     Result,
 )
-from .writer import DiskWriter, NoBatch, ReadOnlyDisk
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is dear to import in the VM
+    from .batchview import BatchView
     from .connection import Session
+    from .writer import DiskWriter
 
 __all__ = ["NoSuchDisk", "Service", "error_code", "error_message", "failure"]
 
@@ -83,6 +84,11 @@ class Service:
         except Exception as exc:  # every failure is an answer, never a crash
             return failure(exc)
 
+    def close(self) -> None:
+        """Close the images (a batch still open is dropped: nothing of it was committed)."""
+        for disk in self.disks.values():
+            disk.image.close()
+
     def disk(self, name: str) -> Disk:
         disk = self.disks.get(name)
         if disk is None:
@@ -95,7 +101,11 @@ class Service:
         disk = self.disk(name)
         writer = self.writers.get(name)
         batch = writer.holds(session) if writer is not None else None
-        return disk if batch is None else BatchView(disk, batch)
+        if batch is None:
+            return disk
+        from .batchview import BatchView  # the write side: only with a batch open
+
+        return BatchView(disk, batch)
 
     def writer(self, name: str) -> DiskWriter:
         disk = self.disk(name)

@@ -17,8 +17,8 @@ from __future__ import annotations
 from .batch import Batch, PutStream, check_author
 from .defaults import DEFAULT_AUTHOR, DEFAULT_MESSAGE
 from .device import DeviceFailed
-from .errors import DocteurError
 from .failures import failure
+from .kverrors import BadArguments, Busy, Conflict, NoBatch, ReadOnlyDisk, WriteFailed
 from .treeview import Disk
 from .values import Begun, CommitArgs, Committed, Failure, Put, Result, Upload
 
@@ -27,40 +27,15 @@ if TYPE_CHECKING:
     from .connection import Session
 
 
-class ReadOnlyDisk(DocteurError):
-    code = "read_only"
-
-
-class Busy(DocteurError):
-    code = "busy"
-
-
-class Conflict(DocteurError):
-    code = "conflict"
-
-
-class NoBatch(DocteurError):
-    code = "no_batch"
-
-
-class BadArguments(DocteurError):
-    """Arguments the request may not carry here (commit arguments inside a batch)."""
-
-    code = "bad_request"
-
-
-class WriteFailed(DocteurError):
-    """An I/O error writing or flushing: the batch is lost, the disk stops writing."""
-
-    code = "image"
-
-
 class DiskWriter:
+    """The writes of one disk served --rw (`why_not`: why it cannot be written at all)."""
+
     def __init__(self, disk: Disk, why_not: str | None = None):
         self.disk = disk
         self.name = disk.name
         self.store = disk.image.store
-        self.why_not = why_not  # None: writable; else why not (writable.NAME says it)
+        self.why_not = why_not  # e.g. "no write area"
+        self.failed: str | None = None  # why writes stopped (an I/O error)
         self.batch: Batch | None = None
         self.owner: Session | None = None
 
@@ -68,13 +43,13 @@ class DiskWriter:
     @property
     def writable(self) -> str:
         """`yes`, or why the disk cannot be written (the greeting's writable.NAME)."""
-        return "yes" if self.why_not is None else self.why_not
+        return self.failed or self.why_not or "yes"
 
     def _check(self) -> None:
+        if self.failed is not None:
+            raise ReadOnlyDisk(f"disk {self.name} {self.failed}")
         if self.why_not is not None:
-            if self.why_not in ("read-only attach", "no write area"):
-                raise ReadOnlyDisk(f"disk {self.name} is served read-only ({self.why_not})")
-            raise ReadOnlyDisk(f"disk {self.name} {self.why_not}")
+            raise ReadOnlyDisk(f"disk {self.name} is served read-only ({self.why_not})")
 
     def holds(self, session: Session | None) -> Batch | None:
         """The batch `session` has open on this disk, if any."""
@@ -83,8 +58,18 @@ class DiskWriter:
     def _failed(self, exc: BaseException) -> WriteFailed:
         """An I/O error: close the batch, stop writing for good, name the error."""
         self._close()
-        self.why_not = f"stopped writing after an I/O error ({exc}): restart to write again"
+        self.failed = f"stopped writing after an I/O error ({exc}): restart to write again"
         return WriteFailed(f"disk {self.name}: I/O error: {exc}")
+
+    def wrote(self) -> None:
+        """This process wrote the file (a batch's data, a root record, or only part of
+        them): the served image takes it as its own, not as a change under it."""
+        self.disk.image.note_own_write()
+
+    def release(self, batch: Batch) -> None:
+        """`batch` is over: the disk is free again (unless it already went to another)."""
+        if self.batch is batch:
+            self._close()
 
     def _close(self) -> None:
         if self.batch is not None:
@@ -94,14 +79,20 @@ class DiskWriter:
         self.batch = self.owner = None
 
     # -- batches ----------------------------------------------------------------
+    def _take(self, session: Session | None) -> Batch:
+        """A new batch on the head, the disk's one, owned by `session` until it ends."""
+        batch = Batch(self.store)
+        self.batch, self.owner = batch, session
+        if session is not None:
+            session.state[self.name] = self  # its end aborts the batch
+        return batch
+
     def begin(self, session: Session) -> Begun:
         self._check()
         if self.batch is not None:
             who = "this connection" if self.owner is session else "another connection"
             raise Busy(f"disk {self.name}: a batch is open already (by {who})")
-        self.batch = Batch(self.store)
-        self.owner = session
-        session.state[self.name] = self
+        self._take(session)
         return Begun(self.store.head_commit, self.store.generation)
 
     def _for_write(self, session: Session | None, args: CommitArgs | None) -> tuple[Batch, bool]:
@@ -114,8 +105,28 @@ class DiskWriter:
             return held, False
         if self.batch is not None:
             raise Busy(f"disk {self.name}: another connection has a batch open")
-        check_author((args and args.author) or DEFAULT_AUTHOR)  # before any byte is written
-        return Batch(self.store), True
+        # Refused before any byte is written: a bad author, a head that moved already.
+        check_author((args and args.author) or DEFAULT_AUTHOR)
+        if args is not None and args.expected is not None:
+            self._check_head(args.expected)
+        # Its own batch holds the disk like any other while it lasts (a put's content
+        # comes in many reads): no other write commits on a head it did not see.
+        return self._take(session), True
+
+    def _check_head(self, expected: bytes) -> None:
+        head = self.store.head_commit
+        if expected != head:
+            raise Conflict(
+                f"disk {self.name}: the head is {head.hex()}, not the expected "
+                f"{expected.hex()}: nothing written"
+            )
+
+    def _commit_own(self, batch: Batch, args: CommitArgs | None, default: str) -> Committed:
+        """Commit a write's own batch, which then gives the disk back."""
+        try:
+            return self._commit(batch, args or CommitArgs(), default)
+        finally:
+            self.release(batch)
 
     def commit(self, session: Session | None, args: CommitArgs) -> Committed:
         batch = self.holds(session)
@@ -140,20 +151,17 @@ class DiskWriter:
     def _commit(self, batch: Batch, args: CommitArgs, default: str = DEFAULT_MESSAGE) -> Committed:
         """Commit `batch` (closed whatever happens): durable when this returns."""
         store = self.store
-        if args.expected is not None and args.expected != store.head_commit:
-            batch.abort()
-            raise Conflict(
-                f"disk {self.name}: the head is {store.head_commit.hex()}, "
-                f"not the expected {args.expected.hex()}: nothing written"
-            )
+        if args.expected is not None:
+            self._check_head(args.expected)
         try:
             done = batch.commit(args.message or default, args.author or DEFAULT_AUTHOR)
         except (DeviceFailed, OSError) as exc:
             raise self._failed(exc) from None
+        finally:
+            self.wrote()
         if done is None:
             return Committed(False, bytes(20), store.generation, store.free_space())
         commit, generation = done
-        self.disk.image.note_own_write()
         self.disk.head_moved()
         return Committed(True, commit, generation, store.free_space())
 
@@ -166,21 +174,37 @@ class DiskWriter:
             stream = batch.open_put(path, size, mode)
         except (DeviceFailed, OSError) as exc:
             raise self._failed(exc) from None
-        return PutUpload(self, stream, own, args or CommitArgs(), f"put {show(path)}")
+        except BaseException:
+            if own:
+                self.release(batch)
+            raise
+        return PutUpload(self, stream, own, args, f"put {show(path)}")
 
     def remove(self, session: Session | None, path: bytes, args: CommitArgs | None) -> Committed | None:
         batch, own = self._for_write(session, args)
-        batch.remove(path)
-        return self._commit(batch, args or CommitArgs(), f"rm {show(path)}") if own else None
+        if not own:
+            batch.remove(path)
+            return None
+        try:
+            batch.remove(path)
+        except BaseException:
+            self.release(batch)
+            raise
+        return self._commit_own(batch, args, f"rm {show(path)}")
 
     def rename(
         self, session: Session | None, source: bytes, dest: bytes, args: CommitArgs | None
     ) -> Committed | None:
         batch, own = self._for_write(session, args)
-        batch.rename(source, dest)
         if not own:
+            batch.rename(source, dest)
             return None
-        return self._commit(batch, args or CommitArgs(), f"mv {show(source)} {show(dest)}")
+        try:
+            batch.rename(source, dest)
+        except BaseException:
+            self.release(batch)
+            raise
+        return self._commit_own(batch, args, f"mv {show(source)} {show(dest)}")
 
 
 def show(path: bytes) -> str:
@@ -191,7 +215,9 @@ def show(path: bytes) -> str:
 class PutUpload(Upload):
     """A put's content on its way into the batch (its own batch: committed at the end)."""
 
-    def __init__(self, writer: DiskWriter, stream: PutStream, own: bool, args: CommitArgs, message: str):
+    def __init__(
+        self, writer: DiskWriter, stream: PutStream, own: bool, args: CommitArgs | None, message: str
+    ):
         self.writer = writer
         self.stream = stream
         self.own = own
@@ -202,7 +228,7 @@ class PutUpload(Upload):
         if isinstance(exc, DeviceFailed | OSError):
             exc = self.writer._failed(exc)
         elif self.own:
-            self.stream.batch.abort()
+            self.writer.release(self.stream.batch)
         return failure(exc)
 
     def write(self, data: bytes) -> Failure | None:
@@ -210,6 +236,8 @@ class PutUpload(Upload):
             self.stream.write(data)
         except Exception as exc:  # the stream rewound itself: the batch is as it was
             return self._failure(exc)
+        finally:
+            self.writer.wrote()
         return None
 
     def finish(self) -> Result | Failure:
@@ -217,11 +245,13 @@ class PutUpload(Upload):
             blob = self.stream.finish()
             if not self.own:
                 return Result(Put(blob))
-            return Result(Put(blob, self.writer._commit(self.stream.batch, self.args, self.message)))
+            return Result(Put(blob, self.writer._commit_own(self.stream.batch, self.args, self.message)))
         except Exception as exc:
             return self._failure(exc)
+        finally:
+            self.writer.wrote()
 
     def abort(self) -> None:
         self.stream.abort()
         if self.own:
-            self.stream.batch.abort()
+            self.writer.release(self.stream.batch)
