@@ -8,6 +8,12 @@ pipelined (each has an id) and every wait has a timeout.
         data = await client.get("/README.md")
         async for chunk in client.stream("/big.bin"):
             ...
+        # Writes (protocol version 2, a server run with --rw): one commit per batch.
+        async with client.batch(message="deploy", author="Ops <ops@example.org>") as b:
+            await b.put("/index.html", data)  # or an async iterator of chunks, any size
+            await b.remove("/old"); await b.rename("/a", "/b")
+            assert await b.get("/index.html") == data  # its reads see its writes
+        b.result  # the commit (None: nothing changed); an exception in the block aborts
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ from docteur.guest.values import (
     Stat,
 )
 
-from .content import Content, ContentError, prepared
+from .content import Chunks, Content, ContentError, prepared
 
 T = TypeVar("T")
 QUEUE_CHUNKS = 64  # chunks buffered per request before the connection stops reading
@@ -589,8 +595,8 @@ class Client:
         except ContentError as exc:
             raise BadContentError(str(exc)) from None
         name = _path(path).decode("utf-8", "replace")
-        step = min(int(self.hello.fields.get("max_chunk", MAX_CHUNK)) if self.hello else MAX_CHUNK,
-                   MAX_CHUNK)  # fmt: skip
+        announced = self.hello.fields.get("max_chunk", "") if self.hello else ""
+        step = min(int(announced), MAX_CHUNK) if announced.isdigit() and int(announced) else MAX_CHUNK
         try:
             # No other frame may go between a put's REQUEST and its last CHUNK.
             async with self._write_lock:
@@ -598,19 +604,21 @@ class Client:
                                                      args=PutArgs(size, mode, commit))  # fmt: skip
                 try:
                     await self._send_content(rid, queue, chunks, size, name, step)
-                except BaseException:
+                except BaseException as exc:
                     self._abandon(rid)  # CANCEL instead of the rest of the content
+                    if isinstance(exc, ContentError):  # a chunk that is not bytes
+                        raise BadContentError(f"put {name}: {exc}") from None
                     raise
         finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await chunks.aclose()
         event = await self._next(rid, queue, f"put {name}")
-        while isinstance(event, Data):  # a put has no DATA; be lenient
-            event = await self._next(rid, queue, f"put {name}")
-        assert isinstance(event.result, Put)
+        if not isinstance(event, End) or not isinstance(event.result, Put):
+            self._abandon(rid)
+            raise ConnectionLost(f"protocol error from the server: put {name} answered {event!r:.80}")
         return event.result
 
     async def _send_content(
-        self, rid: int, queue: asyncio.Queue, chunks: AsyncIterator[memoryview], size: int,
+        self, rid: int, queue: asyncio.Queue, chunks: Chunks, size: int,
         name: str, step: int,
     ) -> None:
         sent = 0
@@ -627,6 +635,7 @@ class Client:
                     piece = memoryview(bytes(piece))
                 self.writer.writelines((chunk_header(rid, len(piece)), piece))
                 await self._drain(f"sending put {name}")
+                await asyncio.sleep(0)  # the read loop's turn: a refusal stops the content early
             sent += len(view)
         if sent != size:
             raise BadContentError(f"put {name}: {sent} bytes of content, {size} declared")
@@ -659,11 +668,16 @@ class Batch:
     async def __aexit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         if not self.open:
             return
-        if exc_type is None:
-            await self.commit()
+        if exc_type is not None:
+            with contextlib.suppress(ClientError):  # the connection is gone: the server aborted it
+                await self.abort()
             return
-        with contextlib.suppress(ClientError):  # the connection is gone: the server aborted it
-            await self.abort()
+        try:
+            await self.commit()
+        finally:
+            if self.open:  # a commit refused for its arguments leaves the batch open
+                with contextlib.suppress(ClientError):
+                    await self.abort()
 
     async def begin(self) -> Begun:
         client = self.client
@@ -699,15 +713,20 @@ class Batch:
         self, message: str | None = None, author: str | None = None,
         expected_head: bytes | None = None,
     ) -> Committed | None:
-        """One commit of the batch, durable when this returns (None: the tree is unchanged);
-        the batch is over whatever the answer. Arguments default to the batch's."""
+        """One commit of the batch, durable when this returns (None: the tree is unchanged).
+        The batch is over, whatever the answer, but for a RequestError (an author that is not
+        'Name <email>', ...): it stays open. Arguments default to the batch's."""
         self._check_open("commit")
         m, a, e = self._commit
         args = CommitArgs(message or m or "", author or a or "", expected_head or e)
         try:
             result = await self.client.call("commit", b"", self.disk, args)
-        finally:
+        except RequestError:
+            raise  # refused for its arguments: the server keeps the batch open
+        except BaseException:
             self._close()
+            raise
+        self._close()
         assert result is None or isinstance(result, Committed)
         self.result = _changed(result)
         return self.result

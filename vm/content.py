@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
 from typing import IO
 
 Content = bytes | bytearray | memoryview | AsyncIterable[bytes]
+Chunks = AsyncGenerator[memoryview, None]
 SPOOL_READ = 1 << 20  # bytes read back from the spool file at a time
 
 
@@ -20,7 +21,7 @@ class ContentError(ValueError):
     """The content does not match what the put declared (or is of no usable type)."""
 
 
-async def prepared(data: Content, size: int | None) -> tuple[AsyncIterator[memoryview], int]:
+async def prepared(data: Content, size: int | None) -> tuple[Chunks, int]:
     """(chunks, their total size) for `data`; an iterable of unknown size is spooled."""
     if isinstance(data, bytes | bytearray | memoryview):
         view = memoryview(data).cast("B")
@@ -36,18 +37,18 @@ async def prepared(data: Content, size: int | None) -> tuple[AsyncIterator[memor
     return await _spooled(data)
 
 
-async def _one(view: memoryview) -> AsyncIterator[memoryview]:
+async def _one(view: memoryview) -> Chunks:
     yield view
 
 
-async def _views(chunks: AsyncIterable[bytes]) -> AsyncIterator[memoryview]:
+async def _views(chunks: AsyncIterable[bytes]) -> Chunks:
     async for chunk in chunks:
         if not isinstance(chunk, bytes | bytearray | memoryview):
             raise ContentError(f"a put's chunks are bytes, not {type(chunk).__name__}")
         yield memoryview(chunk).cast("B")
 
 
-async def _spooled(chunks: AsyncIterable[bytes]) -> tuple[AsyncIterator[memoryview], int]:
+async def _spooled(chunks: AsyncIterable[bytes]) -> tuple[Chunks, int]:
     """Copy `chunks` to an unlinked temporary file (its size is then known) and read it back."""
     spool = tempfile.TemporaryFile(prefix="docteur-put-")  # noqa: SIM115 (closed by _read_back)
     try:
@@ -62,13 +63,9 @@ async def _spooled(chunks: AsyncIterable[bytes]) -> tuple[AsyncIterator[memoryvi
     return _read_back(spool), size
 
 
-async def _read_back(spool: IO[bytes]) -> AsyncIterator[memoryview]:
+async def _read_back(spool: IO[bytes]) -> Chunks:
     try:
-        while True:
-            buf = bytearray(SPOOL_READ)
-            n = await asyncio.to_thread(spool.readinto, buf)  # type: ignore[attr-defined]
-            if not n:
-                return
-            yield memoryview(buf)[:n]
+        while data := await asyncio.to_thread(spool.read, SPOOL_READ):
+            yield memoryview(data)
     finally:
         spool.close()

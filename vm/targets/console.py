@@ -226,7 +226,9 @@ def console(runner: asyncio.Runner, client: Client, strict: bool = False) -> int
     scripted = strict and not interactive  # its status says whether every command succeeded
     failed = False
     if hello is not None and not scripted:
-        disks = ", ".join(f"{n} ({c[:12] or 'unopened'})" for n, c in hello.disks.items())
+        writable = {n for n in hello.disks if hello.fields.get(f"writable.{n}") == "yes"}
+        disks = ", ".join(f"{n} ({c[:12] or 'unopened'}{', writable' * (n in writable)})"
+                          for n, c in hello.disks.items())  # fmt: skip
         print(f"docteur protocol v{hello.version}, disks: {disks}; type help")
         if not hello.ok:
             print(f"the server failed to boot: {hello.fields.get('error', '?')}")

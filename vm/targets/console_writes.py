@@ -15,7 +15,7 @@ import argparse
 import os
 import stat
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import BinaryIO, NoReturn
 
@@ -121,12 +121,15 @@ async def execute_write(client: Client, state: WriteState, argv: list[str], out:
     elif cmd in ("commit", "abort"):
         if batch is None:
             raise UsageError(f"{cmd}: no open batch (begin one)")
-        state.batch = None  # whatever the answer, the batch is over
-        if cmd == "abort":
-            await batch.abort()
-            line("aborted: nothing written")
-        else:
-            _committed(await batch.commit(**commit), state, line)
+        try:
+            if cmd == "abort":
+                await batch.abort()
+                line("aborted: nothing written")
+            else:
+                _committed(await batch.commit(**commit), state, line)
+        finally:
+            if not batch.open:  # over, whatever the answer (but a commit refused for its args)
+                state.batch = None
     elif cmd == "put":
         mode = MODES[args.mode or "100644"]
         chunks, size = _content(args.file, state)
@@ -136,7 +139,7 @@ async def execute_write(client: Client, state: WriteState, argv: list[str], out:
             else:
                 _committed(await client.put(args.path, chunks, size=size, mode=mode, **commit), state, line)
         finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
+            await chunks.aclose()
     elif cmd == "rm":
         if batch is not None:
             await batch.remove(args.path)
@@ -154,13 +157,16 @@ def _committed(result: Committed | None, state: WriteState, line: Callable[[str]
     on stderr for a single command (as `docteur put IMAGE` does), in line in the console."""
     if result is not None:
         line(result.commit.hex())
+        if not state.console:  # as `docteur put IMAGE` says it
+            notice(f"generation {result.generation}, {result.free} bytes free", "committed",
+                   commit=result.commit.hex(), generation=result.generation, free=result.free)  # fmt: skip
     elif state.console:
         line("nothing changed: no commit")
     else:
         notice("nothing changed: no commit", "unchanged")
 
 
-def _content(name: str, state: WriteState) -> tuple[AsyncIterator[bytes], int | None]:
+def _content(name: str, state: WriteState) -> tuple[AsyncGenerator[bytes, None], int | None]:
     """FILE's bytes as chunks, and its size when known without reading it (a regular
     file); otherwise (a pipe) the client spools it to learn the size."""
     if name == "-":
@@ -170,16 +176,9 @@ def _content(name: str, state: WriteState) -> tuple[AsyncIterator[bytes], int | 
         return _chunks(f, close=False), _regular_size(f.fileno())
     try:
         f = open(name, "rb")  # noqa: SIM115 (closed by _chunks once read)
-    except OSError as exc:
+    except OSError as exc:  # a directory too (EISDIR)
         raise UsageError(f"put: cannot read {name}: {exc.strerror}") from None
-    try:
-        size = _regular_size(f.fileno())
-        if stat.S_ISDIR(os.fstat(f.fileno()).st_mode):
-            raise UsageError(f"put: {name} is a directory")
-    except BaseException:
-        f.close()
-        raise
-    return _chunks(f, close=True), size
+    return _chunks(f, close=True), _regular_size(f.fileno())
 
 
 def _regular_size(fd: int) -> int | None:
@@ -189,7 +188,7 @@ def _regular_size(fd: int) -> int | None:
     return st.st_size - os.lseek(fd, 0, os.SEEK_CUR)
 
 
-async def _chunks(f: BinaryIO, close: bool) -> AsyncIterator[bytes]:
+async def _chunks(f: BinaryIO, close: bool) -> AsyncGenerator[bytes, None]:
     """The file's bytes in chunks, each read in a thread (a slow pipe stalls no answer)."""
     import asyncio
 
