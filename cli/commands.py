@@ -94,11 +94,13 @@ def run_console(target: ModuleType, config: TargetConfig) -> int:
     the guest off (the session's exit)."""
     from docteur.vm.client import new_runner
     from docteur.vm.targets.console import console
+    from docteur.vm.targets.serving import say_not_writable
 
     with new_runner() as runner:
         session = target.session(config)
         client = runner.run(session.__aenter__())
         try:
+            say_not_writable(config, client.hello)
             return console(runner, client, strict=True)
         finally:  # Ctrl-C and SIGTERM too: a clean power-off, not a killed VM
             runner.run(session.__aexit__(None, None, None))

@@ -15,7 +15,7 @@ from docteur.guest.defaults import RW_PARAM
 from docteur.vm.runtime import qemu
 from docteur.vm.runtime.locks import lock_refusal
 from docteur.vm.runtime.rundir import RUNDIR_BASE, RUNDIR_PREFIX
-from tests.support.cli import fails
+from tests.support.cli import fails, fails_in_one_line, run_cli, start_cli
 from tests.support.git import needs_git
 from tests.support.writes import made
 
@@ -125,3 +125,26 @@ def test_run_on_an_image_in_use_is_one_line(capsys: pytest.CaptureFixture[str], 
     prefix = "disk docteur: " if target == "unix" else ""
     assert line == f"docteur: error: {prefix}{image} " + said.format(pid=pid)
     assert _rundirs() <= before
+
+
+def test_rw_on_an_image_without_room_says_it_is_served_read_only(tmp_path: Path) -> None:
+    """An image made without --capacity cannot take writes: `run --rw` says so once, then
+    serves it (its writes answer read_only), on a socket and in the console alike."""
+    image = made(tmp_path, {"a.txt": b"a\n"}, capacity=None)
+    said = "docteur: disk docteur is served read-only: no write area"
+    sock = tmp_path / "s"
+    server = start_cli("run", "--target", "unix", "--rw", image, "--socket", sock)
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline() == f"docteur: serving docteur on {sock}\n".encode()
+        put = run_cli("query", "--socket", sock, "put", "/b.txt", "-", input=b"b")
+        fails_in_one_line(put, "read-only")
+    finally:
+        server.terminate()
+        _out, err = server.communicate(timeout=60)
+    assert err.decode().splitlines()[0] == said
+    console = run_cli("run", "--target", "unix", "--rw", image, input=b"get /a.txt\n")
+    assert console.returncode == 0 and console.stdout == b"a\n", console.err
+    assert console.err.splitlines() == [said]
+    plain = run_cli("run", "--target", "unix", image, input=b"get /a.txt\n")  # no --rw: no word
+    assert plain.returncode == 0 and plain.stderr == b""

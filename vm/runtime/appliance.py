@@ -110,6 +110,10 @@ def _check_image(name: str, path: Path) -> Path:
 class Appliance:
     """One microVM serving `blocks` ({name: image}); see the module docstring.
 
+    `writable`: every disk attached read-write (cache=none) and served writable by the
+    guest (protocol 2 writes); nobody else may use the images meanwhile (locks.py).
+    `blockdevs`: a disk's own QEMU -blockdev instead of its file (qemu.Launch.blockdevs).
+
     After `async with`: `client` (the runtime's protocol client), `greeting`
     (the guest's HELLO), `boot_seconds`, `events` (QMP), `shutdown_reason`,
     `returncode`, and `log_tail()` while the run directory still exists.

@@ -18,7 +18,7 @@ from docteur.cli.log import notice
 from docteur.vm.runtime.appliance import Appliance, ApplianceError
 from docteur.vm.targets.config import TargetConfig
 from docteur.vm.targets.mux import Mux
-from docteur.vm.targets.serving import claim_socket_path, serve_until_stopped
+from docteur.vm.targets.serving import claim_socket_path, say_not_writable, serve_until_stopped
 
 
 def appliance(config: TargetConfig, **kw: Any) -> Appliance:
@@ -51,6 +51,7 @@ async def serve(config: TargetConfig, path: str, ready: str | None = None) -> in
     async with appliance(config, make_client=None) as vm:
         assert vm.reader is not None and vm.writer is not None
         claim_socket_path(path)  # again: the boot took a while
+        say_not_writable(config, vm.greeting)
         mux = Mux(vm.reader, vm.writer, vm.hello, vm.hellos)
         pump = asyncio.create_task(mux.pump_upstream())
         server = await asyncio.start_unix_server(mux.handle, path=path)

@@ -26,7 +26,7 @@ from docteur.vm.client import Client, ClientError
 from docteur.vm.runtime.locks import ImageInUse, check_free
 from docteur.vm.runtime.process import die_with_parent, terminate
 from docteur.vm.targets.config import TargetConfig
-from docteur.vm.targets.serving import claim_socket_path, serve_until_stopped
+from docteur.vm.targets.serving import claim_socket_path, say_not_writable, serve_until_stopped
 
 log = get_logger("docteur.vm.unix")
 
@@ -132,6 +132,7 @@ async def serve(config: TargetConfig, path: str, ready: str | None = None) -> in
         if not hello.ok:
             raise TargetError(hello.fields.get("error", "boot failed"))
         disks = ", ".join(hello.disks)
+        say_not_writable(config, hello)
         # Ctrl-C/SIGTERM before this raise (the server is stopped on the way out);
         # from now on they stop serving cleanly.
         if await serve_until_stopped(ready or f"docteur: serving {disks} on {path}", proc.wait()):
