@@ -248,3 +248,20 @@ def test_fuzzed_bytes_in_a_v2_session_give_events_or_a_protocol_error(data: byte
         return
     for event in events:
         assert isinstance(event, Request | BadRequest | Cancel | Greet | Chunk)
+
+
+def test_a_client_joining_a_stream_upgrades_blind_and_skips_to_the_v2_hello() -> None:
+    """The microVM's serial port: whatever an earlier session left, then the boot HELLO
+    (version 1), then the answer to GREET(2)."""
+    client = ClientCodec(resync=True)
+    client.upgrade(2)
+    leftovers = b"\x11\x00\x00\x00\x00\x07" + b"half a frame"
+    v1 = ServerCodec.hello({"status": "ok", "versions": "1 2"})
+    v2 = ServerCodec.hello({"status": "ok", "protocol": "2"}, version=2)
+    events = client.receive(leftovers + v1 + ServerCodec.end(3, "ping", None) + v2[:7])
+    assert events == [] and client.version == 1
+    [hello] = client.receive(v2[7:])
+    assert hello.version == 2 and client.version == 2
+    rid, _ = client.request("begin")
+    begun = Begun(HEAD, 0)
+    assert client.receive(ServerCodec.end(rid, "begin", begun)) == [End(rid, "begin", begun)]

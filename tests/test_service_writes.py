@@ -419,3 +419,22 @@ def test_a_single_write_with_a_stale_head_is_refused_before_its_content(image: P
         session.send(session.pair.client.chunk(rid, bytes(1 << 18)))
     assert session.ok("exists", b"/z") == "absent"
     assert image.read_bytes() == before
+
+
+def test_a_serial_stream_whose_host_leaves_mid_put_aborts_and_waits_for_a_greet(image: Path) -> None:
+    service = serve(image)
+    port = Session(service, stream=True)
+    port.ok("begin")
+    rid = port.start("put", b"/half", PutArgs(1000))
+    port.pair.pump()
+    port.send(port.pair.client.chunk(rid, b"x" * 400))
+    port.server.abandon()  # the port reads EOF: no host any more
+    other = Session(service)
+    assert other.ok("begin").generation == 0  # the batch went with the host
+    other.ok("abort")
+    port.send(port.pair.client.chunk(rid, b"y" * 600) + b"leftovers of the old host")
+    assert port.pair.pump() == []  # skipped, up to a new host's GREET
+    port.send(port.pair.client.upgrade(2))  # a new host
+    [hello] = port.pair.pump()
+    assert hello.version == 2
+    assert port.ok("exists", b"/half") == "absent" and port.ok("begin").generation == 0
