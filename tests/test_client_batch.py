@@ -101,7 +101,7 @@ async def test_a_batch_is_one_commit_and_reads_its_own_writes(served, tmp_path: 
         assert result is not None and result.generation == b.generation + 1
         assert (await other.info())["commit"] == result.commit.hex()
         assert await other.get("/spooled.bin") == expected_bytes(2, 3 * MIB + 5)
-        [entry, first] = (await other.log())[:2]
+        [entry, first] = await other.log(limit=2)
         assert entry.commit == result.commit and first.commit == head
         assert entry.message == "deploy\n\nthe body\n"  # as git stores it: one final newline
         assert entry.author == "Ops <ops@example.org>"
@@ -185,6 +185,7 @@ async def test_expected_head_conflicts_once_the_head_moved(served, tmp_path: Pat
             await b.put("/a.txt", b"a\n")
         assert b.result is None
         assert [e.commit for e in await client.log()] == [moved.commit, first]
+        assert [e.commit for e in await client.log(limit=1)] == [moved.commit]
     assert files_of(image, tmp_path, "c.git")[0] == moved.commit
 
 

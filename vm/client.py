@@ -559,11 +559,11 @@ class Client:
         args = RenameArgs(_path(dest), _commit_args(message, author, expected_head))
         return _changed(await self.call("rename", source, disk, args))
 
-    async def log(self, max: int | None = None, disk: str | None = None) -> list[LogEntry]:
-        """The disk's commits, newest first (at most `max`)."""
+    async def log(self, limit: int | None = None, disk: str | None = None) -> list[LogEntry]:
+        """The disk's commits, newest first (at most `limit`)."""
         self._check_version("log")
         entries: list[LogEntry] = []
-        async for event in self.request("log", b"", disk=disk, args=max or None):
+        async for event in self.request("log", b"", disk=disk, args=limit or None):
             if isinstance(event, Data):
                 try:
                     entries += decode_log(event.data)

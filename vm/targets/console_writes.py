@@ -12,21 +12,24 @@ the message and author go on `commit`. A console left with an open batch aborts 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
 import stat
 import sys
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import BinaryIO, NoReturn
 
 from docteur.cli.errors import UsageError
 from docteur.cli.log import notice
+from docteur.guest.protocol import MAX_CHUNK
+from docteur.guest.protocol import MODES as PUT_MODES
 from docteur.vm.client import Batch, Client, Committed
 
 WRITE_COMMANDS = ("put", "rm", "mv", "begin", "commit", "abort", "log")
 CONSOLE_ONLY = ("begin", "commit", "abort")
-MODES = {"100644": 0o100644, "100755": 0o100755, "120000": 0o120000}
-READ_CHUNK = 1 << 18
+MODES = {f"{mode:o}": mode for mode in PUT_MODES}  # as git writes them: 100644, 100755, 120000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,8 +44,7 @@ def _parser(name: str, *, commit_args: bool) -> _Parser:
     if commit_args:
         p.add_argument("-m", "--message", metavar="MSG")
         p.add_argument("--author", metavar="'NAME <EMAIL>'")
-        p.add_argument("--expect", metavar="HEAD", type=_commit_id,
-                       help="refuse (conflict) unless the head is still this commit")  # fmt: skip
+        p.add_argument("--expect", metavar="HEAD", type=_commit_id)  # else: conflict, nothing written
     return p
 
 
@@ -132,14 +134,11 @@ async def execute_write(client: Client, state: WriteState, argv: list[str], out:
                 state.batch = None
     elif cmd == "put":
         mode = MODES[args.mode or "100644"]
-        chunks, size = _content(args.file, state)
-        try:
+        with _content(args.file, state) as (chunks, size):
             if batch is not None:
                 await batch.put(args.path, chunks, size=size, mode=mode)
             else:
                 _committed(await client.put(args.path, chunks, size=size, mode=mode, **commit), state, line)
-        finally:
-            await chunks.aclose()
     elif cmd == "rm":
         if batch is not None:
             await batch.remove(args.path)
@@ -166,19 +165,21 @@ def _committed(result: Committed | None, state: WriteState, line: Callable[[str]
         notice("nothing changed: no commit", "unchanged")
 
 
-def _content(name: str, state: WriteState) -> tuple[AsyncGenerator[bytes, None], int | None]:
+@contextlib.contextmanager
+def _content(name: str, state: WriteState) -> Iterator[tuple[AsyncGenerator[bytes, None], int | None]]:
     """FILE's bytes as chunks, and its size when known without reading it (a regular
     file); otherwise (a pipe) the client spools it to learn the size."""
     if name == "-":
         if not state.stdin_free:
             raise UsageError("put FILE: - (stdin) holds the console's commands here; give a file")
-        f = sys.stdin.buffer
-        return _chunks(f, close=False), _regular_size(f.fileno())
+        yield _chunks(sys.stdin.buffer), _regular_size(sys.stdin.buffer.fileno())
+        return
     try:
-        f = open(name, "rb")  # noqa: SIM115 (closed by _chunks once read)
+        f = open(name, "rb")  # noqa: SIM115 (a with block would hide which call failed)
     except OSError as exc:  # a directory too (EISDIR)
         raise UsageError(f"put: cannot read {name}: {exc.strerror}") from None
-    return _chunks(f, close=True), _regular_size(f.fileno())
+    with f:
+        yield _chunks(f), _regular_size(f.fileno())
 
 
 def _regular_size(fd: int) -> int | None:
@@ -188,16 +189,10 @@ def _regular_size(fd: int) -> int | None:
     return st.st_size - os.lseek(fd, 0, os.SEEK_CUR)
 
 
-async def _chunks(f: BinaryIO, close: bool) -> AsyncGenerator[bytes, None]:
+async def _chunks(f: BinaryIO) -> AsyncGenerator[bytes, None]:
     """The file's bytes in chunks, each read in a thread (a slow pipe stalls no answer)."""
-    import asyncio
-
-    try:
-        while chunk := await asyncio.to_thread(f.read, READ_CHUNK):
-            yield chunk
-    finally:
-        if close:
-            f.close()
+    while chunk := await asyncio.to_thread(f.read, MAX_CHUNK):
+        yield chunk
 
 
 def iso_date(seconds: int, tz_minutes: int) -> str:
