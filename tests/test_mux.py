@@ -130,6 +130,19 @@ async def test_mux_keeps_a_batch_to_its_client_over_the_one_upstream_session() -
         refused = [(await answer(b_reader))[1:3] for _ in range(3)]
         assert refused == [("busy", 1), ("busy", 2), ("no_batch", 3)]
 
+        # The owner's second begin is busy too (as the guest answers it), here.
+        a.write(p.encode_request(9, "begin"))
+        assert (await answer(a_reader))[1:3] == ("busy", 9)
+        # A put the guest refuses before its content: the client's CANCEL still goes up
+        # (the guest waits for the content or a CANCEL), and the port is free again.
+        a.write(p.encode_request(8, "put", path=b"/early", args=p.PutArgs(5)))
+        early = await upstream()
+        assert isinstance(early, p.Request) and early.op == "put"
+        g_writer.write(p.ServerCodec.error(early.id, "invalid_path", "refused"))
+        assert (await answer(a_reader))[1:3] == ("invalid_path", 8)
+        a.write(p.frame(p.CANCEL, 0, 8))
+        assert await upstream() == p.Cancel(early.id)
+
         # A put's content goes up in one piece: B's ping waits behind it.
         a.write(p.encode_request(2, "put", path=b"/big", args=p.PutArgs(10)) + p.chunk_frame(2, b"01234"))
         put = await upstream()

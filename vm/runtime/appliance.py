@@ -221,7 +221,10 @@ class Appliance:
     async def start(self) -> None:
         exe = qemu.find_qemu()
         for path in self.blocks.values():  # one docteur line, not QEMU's lock error
-            locks.check_free(path, self.writable)
+            try:
+                locks.check_free(path, self.writable)
+            except locks.ImageInUse as exc:
+                raise ApplianceError(str(exc)) from None
         # Short, private run directory for the console log and QEMU's stderr.
         # (locked by us while it exists; stale ones of dead owners are removed first)
         self.rundir, self._rundir_lock = make_rundir()
@@ -343,7 +346,7 @@ class Appliance:
                 said = (self.rundir / "qemu.err").read_text(errors="replace")  # type: ignore[operator]
                 in_use = locks.lock_refusal(said, self.blocks, self.writable)
                 if in_use:  # another process took the image between our check and QEMU's
-                    raise locks.ImageInUse(in_use)
+                    raise ApplianceError(in_use)
             msg = f"{what} failed: {self.exit_description()}"
         elif paused in done:
             msg = f"{what} failed: QEMU stopped the guest ({self._paused_reason})"

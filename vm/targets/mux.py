@@ -179,11 +179,13 @@ class Mux:
             if event.last:
                 client.upload = None
         elif isinstance(event, p.Cancel):
-            up = client.by_own.get(event.id)
-            if up is not None:
-                await self._up(client, p.frame(p.CANCEL, 0, up))
             if client.upload is not None and client.upload[1] == event.id:
-                client.upload = None
+                # Instead of the rest of its content, even when the guest has answered
+                # the put already (it refused it early): the guest waits for one or the other.
+                up, client.upload = client.upload[0], None
+                await self._up(client, p.frame(p.CANCEL, 0, up))
+            elif event.id in client.by_own:
+                await self._up(client, p.frame(p.CANCEL, 0, client.by_own[event.id]))
         elif isinstance(event, p.Greet):
             await self._end_session(client)
             version = max(v for v in self.hellos if v <= event.version)
@@ -212,7 +214,11 @@ class Mux:
         if req.op not in WRITES:
             return None
         owner = self.batches.get(req.disk)
-        if owner is None or owner is client:
+        if owner is None:
+            return None
+        if req.op == "begin":  # the guest too answers a second begin busy, its owner's included
+            return "busy", f"disk {req.disk}: a batch is open already"
+        if owner is client:
             return None
         if req.op in _ENDS_BATCH:
             return "no_batch", f"no batch of this connection on disk {req.disk}"
