@@ -34,6 +34,7 @@ from docteur.vm.client import (
     ValueExpectedError,
     VersionError,
 )
+from tests.support.cli import fails_in_one_line, run_cli
 from tests.support.git import git, needs_git
 from tests.support.served import Served
 from tests.support.writes import docteur, git_head_files, made
@@ -394,3 +395,10 @@ async def test_a_commit_refused_for_its_author_keeps_the_batch(served, tmp_path:
             await b2.remove("/a.txt")
     files = files_of(image, tmp_path, "c.git")[1]
     assert "kept.txt" in files and "lost.txt" not in files and "a.txt" not in files
+
+
+def test_query_put_to_a_protocol_1_server_is_one_line(v1_server: str, tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"f\n")
+    proc = run_cli("query", "--socket", v1_server, "put", "/f", tmp_path / "f")
+    fails_in_one_line(proc, "the server speaks protocol 1: no writes (put)")
+    assert run_cli("query", "--socket", v1_server, "get", "/a.txt").stdout == b"a\n"

@@ -536,7 +536,7 @@ class Client:
     ) -> Committed | None:
         """Bind `path` to `data` (bytes, or an async iterator of chunks: `size` its total,
         else it is spooled to a temporary file first) as one commit; None: unchanged tree."""
-        disk = self._single_write(disk)
+        disk = self._single_write("put", disk)
         commit = _commit_args(message, author, expected_head)
         put = await self._put(path, data, size, mode, disk, commit)
         return _changed(put.commit)
@@ -546,7 +546,7 @@ class Client:
         expected_head: bytes | None = None, disk: str | None = None,
     ) -> Committed | None:
         """Remove `path` (recursively) as one commit."""
-        disk = self._single_write(disk)
+        disk = self._single_write("remove", disk)
         result = await self.call("remove", path, disk, _commit_args(message, author, expected_head))
         return _changed(result)
 
@@ -555,7 +555,7 @@ class Client:
         author: str | None = None, expected_head: bytes | None = None, disk: str | None = None,
     ) -> Committed | None:
         """Move `source` to `dest` (inside it when it is a directory) as one commit."""
-        disk = self._single_write(disk)
+        disk = self._single_write("rename", disk)
         args = RenameArgs(_path(dest), _commit_args(message, author, expected_head))
         return _changed(await self.call("rename", source, disk, args))
 
@@ -575,11 +575,11 @@ class Client:
         if self.version < 2:
             raise VersionError(f"the server speaks protocol {self.version}: no writes ({op})")
 
-    def _single_write(self, disk: str | None) -> str:
+    def _single_write(self, op: str, disk: str | None) -> str:
         """The disk of a write that is its own batch; refused while this client holds one there
         (the server would take it into that batch)."""
         disk = disk or self.disk
-        self._check_version("write")
+        self._check_version(op)
         if disk in self._batches:
             raise RequestError(f"a batch of this client is open on disk {disk}: write through it")
         return disk
