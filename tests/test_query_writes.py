@@ -4,6 +4,8 @@ the result."""
 
 from __future__ import annotations
 
+import os
+import pty
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from tests.support.cli import DOCTEUR, fails, fails_in_one_line, run_cli
 from tests.support.git import git, needs_git
 from tests.support.served import Served
+from tests.support.terminal import read_until
 from tests.support.vm import needs_vm
 from tests.support.writes import DATE, committed, docteur, git_head_files, made
 
@@ -192,3 +195,29 @@ def test_microvm_console_batch_then_query_through_the_port(tmp_path: Path) -> No
     head, files = git_head_files(image, tmp_path / "c.git")
     assert head.hex() == lines[2]
     assert data(files) == {"a.txt": b"a\n", "docs/b.txt": b"b\n", "big.bin": big.read_bytes()}
+
+
+def test_console_on_a_terminal_shows_the_batch_and_aborts_it_on_ctrl_d(served, tmp_path: Path) -> None:
+    image, server = served
+    main, sub = pty.openpty()
+    env = {**os.environ, "HOME": str(tmp_path)}  # the console's history file goes there
+    proc = subprocess.Popen([*DOCTEUR, "query", "--socket", server.sock],
+                            stdin=sub, stdout=sub, stderr=sub, env=env)  # fmt: skip
+    os.close(sub)
+    seen = bytearray()
+    try:
+        read_until(main, b"docteur:docteur> ", seen)
+        os.write(main, b"begin\n")
+        read_until(main, b"docteur:docteur [batch]> ", seen)
+        os.write(main, b"rm /a.txt\nexists /a.txt\n")
+        read_until(main, b"absent\r\ndocteur:docteur [batch]> ", seen)
+        os.write(main, b"\x04")  # Ctrl-D
+        assert proc.wait(60) == 0, bytes(seen)
+        read_until(main, b"the open batch on disk docteur is aborted: nothing written", seen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(main)
+    server.stop()
+    assert data(git_head_files(image, tmp_path / "c.git")[1]) == FILES
