@@ -402,3 +402,28 @@ def test_query_put_to_a_protocol_1_server_is_one_line(v1_server: str, tmp_path: 
     proc = run_cli("query", "--socket", v1_server, "put", "/f", tmp_path / "f")
     fails_in_one_line(proc, "the server speaks protocol 1: no writes (put)")
     assert run_cli("query", "--socket", v1_server, "get", "/a.txt").stdout == b"a\n"
+
+
+async def test_a_cancelled_put_leaves_the_batch_and_the_connection_usable(served, tmp_path: Path) -> None:
+    image, server = served
+    started = asyncio.Event()
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            yield bytes(MIB)
+            started.set()
+            await asyncio.sleep(0.01)
+
+    async with await Client.open_unix(server.sock) as client:
+        async with client.batch(message="after a cancel") as b:
+            task = asyncio.create_task(b.put("/never.bin", endless(), size=1 << 40))
+            await started.wait()
+            task.cancel()  # Ctrl-C in the console does this
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await b.put("/after.txt", b"after\n")  # the same connection goes on
+            assert await b.exists("/never.bin") == "absent"
+            assert await b.get("/after.txt") == b"after\n"
+        assert b.result is not None
+    files = files_of(image, tmp_path, "c.git")[1]
+    assert {p: d for p, (_, d) in files.items()} == {**FILES, "after.txt": b"after\n"}
