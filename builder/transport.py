@@ -46,23 +46,26 @@ class Stalled(TimeoutError):
     """The server (the ssh process) sent nothing for the whole stall timeout."""
 
 
-def client_for(source: Source, timeout: float = DEFAULT_TIMEOUT) -> tuple[dclient.GitClient, str]:
-    """A client for `source` and the path to ask it for."""
+def client_for(
+    source: Source, timeout: float = DEFAULT_TIMEOUT, thin: bool = False
+) -> tuple[dclient.GitClient, str]:
+    """A client for `source` and the path to ask it for; `thin`: a fetch accepts a thin
+    pack (deltas against objects the client has; a pull completes it)."""
     if source.kind == "local-git":
         if git_path():
             # git-upload-pack does what a server would (depth, deltas reused), in C.
-            return dclient.SubprocessGitClient(thin_packs=False), source.location
-        return dclient.LocalGitClient(thin_packs=False), source.location
+            return dclient.SubprocessGitClient(thin_packs=thin), source.location
+        return dclient.LocalGitClient(thin_packs=thin), source.location
     scheme = source.location.split("://", 1)[0].lower() if "://" in source.location else "ssh"
     if scheme == "git":
         parts = urlsplit(source.location)
         assert parts.hostname is not None  # parse_source checked it
-        return _TCPClient(parts.hostname, parts.port, timeout), parts.path
+        return _TCPClient(parts.hostname, parts.port, timeout, thin), parts.path
     ssh = os.environ.get("GIT_SSH_COMMAND") or os.environ.get("GIT_SSH") or None
     pool = _http_pool(source.location, timeout) if scheme in ("http", "https") else None
     try:
         gc, path = dclient.get_transport_and_path(
-            source.location, thin_packs=False, ssh_command=ssh, quiet=True, pool_manager=pool
+            source.location, thin_packs=thin, ssh_command=ssh, quiet=True, pool_manager=pool
         )
     except ValueError as e:
         raise BuildError(f"bad URL {source.display!r}: {redact(str(e))}") from None
@@ -88,15 +91,15 @@ class _TCPClient(dclient.TCPGitClient):
     """git://, with the timeout on the socket. dulwich's own connects without one and
     offers no hook to set it, so the (short) request is sent here the way it does."""
 
-    def __init__(self, host: str, port: int | None, timeout: float) -> None:
-        super().__init__(host, port, thin_packs=False, quiet=True)
+    def __init__(self, host: str, port: int | None, timeout: float, thin: bool = False) -> None:
+        super().__init__(host, port, thin_packs=thin, quiet=True)
         self.timeout = timeout
 
     def _connect(
         self, cmd: bytes, path: str | bytes, protocol_version: int | None = None
     ) -> tuple[Protocol, Callable[[], bool], IO[bytes] | None]:
-        if cmd != b"upload-pack":
-            raise NotImplementedError("docteur only fetches")
+        if cmd not in (b"upload-pack", b"receive-pack"):
+            raise NotImplementedError(f"git daemon serves no {cmd.decode()}")
         path = path if isinstance(path, bytes) else path.encode(self._remote_path_encoding)
         sock = socket.create_connection((self._host, self._port), timeout=self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -115,7 +118,9 @@ class _TCPClient(dclient.TCPGitClient):
 
         proto = Protocol(rfile.read, wfile.write, close, report_activity=self._report_activity,
                          shutdown_write=shutdown_write)  # fmt: skip
-        self.protocol_version = protocol_version or DEFAULT_GIT_PROTOCOL_VERSION_FETCH
+        # A push speaks version 0 (send_pack set it; git has no version 2 push).
+        default = DEFAULT_GIT_PROTOCOL_VERSION_FETCH if cmd == b"upload-pack" else self.protocol_version
+        self.protocol_version = protocol_version or default
         # Version 2 hides behind two NULs, where old servers look for nothing more.
         version = b"\0\0version=2\0" if self.protocol_version == 2 else b""
         if path.startswith(b"/~"):
