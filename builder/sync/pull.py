@@ -140,17 +140,19 @@ def _integrate(store: Store, objects: Objects, remote: Remote, state: SyncState,
     # The record moves with a pull from the recorded remote (or when none is recorded).
     records = not state.record or state.synced is not None
     synced = (tip, remote.record) if records else None
-    if is_ancestor(objects, tip, head):
-        ahead = len(reach(objects, [head], reach(objects, [tip])))
-        if records and state.synced != tip:
-            record_sync(store, tip, remote)
-        return Pulled(shown, "ahead" if ahead else "up to date", head, store.generation, ahead=ahead)
+    # First: a tip that does not descend from the last commit synced with (even one
+    # behind the head) means the remote's history was rewritten under us.
     if state.synced is not None and not is_ancestor(objects, state.synced, tip):
         raise BuildError(
             f"{remote.ref.decode()} on {remote.source.display} was rewritten (force-pushed): its tip "
             f"{tip.hex()} does not descend from {state.synced.hex()}, the last commit synced with; "
             "the image is unchanged"
         )
+    if is_ancestor(objects, tip, head):
+        ahead = len(reach(objects, [head], reach(objects, [tip])))
+        if records and state.synced != tip:
+            record_sync(store, tip, remote)
+        return Pulled(shown, "ahead" if ahead else "up to date", head, store.generation, ahead=ahead)
     head_tree = objects.commit(head).tree
     if is_ancestor(objects, head, tip):
         writer = store.begin()

@@ -71,7 +71,8 @@ def check_tip(objects: Objects, remote: Remote, tip: bytes | None, head: bytes, 
         return
     if tip not in objects or not is_ancestor(objects, tip, head):
         raise BuildError(
-            f"push refused: {where} has commits the image lacks (docteur pull first; never forced)"
+            f"push refused: {where} is at {tip.hex()}, which the image's head does not contain "
+            "(docteur pull first; a push is never forced)"
         )
     if state.synced is not None and not is_ancestor(objects, state.synced, tip):
         raise BuildError(
