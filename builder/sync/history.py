@@ -65,6 +65,21 @@ def reach(
     return seen
 
 
+def arrived(objects: Objects, tip: bytes) -> list[bytes]:
+    """The commits of `tip`'s history that a fetch brought (the image does not hold them)."""
+    out: list[bytes] = []
+    seen: set[bytes] = set()
+    todo = [tip]
+    while todo:
+        oid = todo.pop()
+        if oid in seen or oid in objects.store or oid not in objects:
+            continue
+        seen.add(oid)
+        out.append(oid)
+        todo.extend(objects.parents(oid))
+    return out
+
+
 def is_ancestor(objects: Objects, old: bytes, new: bytes) -> bool:
     """Is `old` `new` or one of its ancestors (as far as the objects go)?"""
     return old == new or old in reach(objects, [new])

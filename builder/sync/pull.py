@@ -30,7 +30,7 @@ from ..fetch import Sideband, resolve_ref
 from ..scratch import scratch_dir
 from ..transport import client_for, describe_failure
 from ..writes import writable_store
-from .history import Objects, is_ancestor, newest_first, reach, shallow
+from .history import Objects, arrived, is_ancestor, new_objects, newest_first, reach, shallow
 from .merge import Change, changes, merge_tree
 from .received import Received
 from .remote import Remote, resolve
@@ -88,8 +88,7 @@ def pull(image: str, url: str | None, branch: str | None, merge: bool = False,
             tip, received = _fetch(store, objects, remote, state, work, timeout)
             if received is not None:
                 objects.extra.update(received.small)
-            if tip not in objects:
-                raise BuildError(f"{remote.source.display} sent no commit {tip.hex()}")
+            _check_complete(objects, received, tip, remote)
             return _integrate(store, objects, remote, state, tip, received, merge, author)
 
 
@@ -101,7 +100,7 @@ def _fetch(store: Store, objects: Objects, remote: Remote, state: SyncState, wor
 
     def determine_wants(refs: dict[bytes, bytes], depth: int | None = None) -> list[bytes]:
         refs = {k: v for k, v in refs.items() if not k.endswith(b"^{}")}
-        _, value = resolve_ref(refs, remote.ref.decode(), remote.display)
+        _, value = resolve_ref(refs, remote.ref.decode(), remote.source.display)
         found.append(bytes.fromhex(value.decode()))
         return [] if found[-1] in objects else [value]
 
@@ -131,6 +130,21 @@ def _fetch(store: Store, objects: Objects, remote: Remote, state: SyncState, wor
     if not received:
         return found[-1], None
     return found[-1], Received(pack, store, remote.source.display)
+
+
+def _check_complete(objects: Objects, received: Received | None, tip: bytes, remote: Remote) -> None:
+    """Every object the new commits need is in the image or arrived (git's connectivity
+    check): a server that wrongly assumed the image holds something is caught here."""
+    if tip not in objects:
+        raise BuildError(f"{remote.source.display} sent no commit {tip.hex()}")
+    if received is None:
+        return
+    for oid in new_objects(objects, arrived(objects, tip)):
+        if oid not in received.ids and oid not in objects.store:
+            raise BuildError(
+                f"{remote.source.display} sent an incomplete pack: object {oid.hex()} is missing; "
+                "the image is unchanged"
+            )
 
 
 def _integrate(store: Store, objects: Objects, remote: Remote, state: SyncState, tip: bytes,

@@ -25,7 +25,7 @@ from docteur.guest.objects import TYPE_CODES
 from ..defaults import DEFAULT_TIMEOUT
 from ..errors import BuildError
 from ..fetch import Sideband
-from ..transport import client_for, describe_failure
+from ..transport import client_for, describe_failure, is_stall
 from ..writes import writable_store
 from .history import Objects, is_ancestor, new_objects, reach
 from .remote import Remote, is_recorded, resolve
@@ -116,9 +116,10 @@ def push(image: str, url: str | None, branch: str | None, timeout: float = DEFAU
                 result = gc.send_pack(path, update_refs, generate_pack_data, progress=messages)
             except BuildError:
                 raise
-            except GitProtocolError as e:
-                raise BuildError(_refusal(remote, str(e), messages.lines)) from None
             except Exception as e:  # dulwich, urllib3 and sockets all raise their own kinds
+                if isinstance(e, GitProtocolError) and "tip" in seen and not _stalled(e):
+                    # The server took the request and refused it (e.g. "unpack failed").
+                    raise BuildError(_refusal(remote, str(e), messages.lines)) from None
                 raise describe_failure(e, remote.source, timeout) from None
         status = (result.ref_status or {}).get(remote.ref)
         if status is not None:
@@ -140,6 +141,15 @@ def _records(store: object, oids: list[bytes], bar: Progress) -> Iterator[Unpack
         kind, body = store.read_object(oid)
         yield UnpackedObject(TYPE_CODES[kind], decomp_chunks=[body])
         bar.update(n, len(oids))
+
+
+def _stalled(e: BaseException | None) -> bool:
+    seen = 0
+    while e is not None and seen < 10:
+        if is_stall(e):
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 def _refusal(remote: Remote, reason: str, lines: list[str]) -> str:

@@ -31,12 +31,13 @@ class Received:
         self.store = store
         self.where = where
         self.small: dict[bytes, tuple[str, bytes]] = {}  # commits and trees
-        self.count = 0
+        self.ids: set[bytes] = set()
         for obj in self._objects():
-            self.count += 1
+            oid = bytes.fromhex(obj.id.decode())
+            self.ids.add(oid)
             kind = obj.type_name.decode()
             if kind in (COMMIT, TREE):
-                self.small[bytes.fromhex(obj.id.decode())] = (kind, obj.as_raw_string())
+                self.small[oid] = (kind, obj.as_raw_string())
 
     def _base(self, oid: bytes) -> tuple[int, list[bytes]]:
         """A thin pack's delta base: an object of the image."""
