@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 
+from dulwich.objects import parse_tree
+
 from docteur.guest.generations import Store
-from docteur.guest.objects import COMMIT, MODE_GITLINK, MODE_TREE, TREE, Commit, iter_tree
+from docteur.guest.objects import COMMIT, MODE_GITLINK, MODE_TREE, TREE, Commit
 
 from ..errors import BuildError
 
@@ -107,33 +109,38 @@ def newest_first(objects: Objects, head: bytes, limit: int) -> Iterator[bytes]:
 def new_objects(objects: Objects, commits: list[bytes]) -> list[bytes]:
     """The ids of `commits` and of every tree and blob they bring that their parents'
     trees do not hold: each tree is walked against the same directory of the parents
-    (identical subtrees are skipped whole), as git's pack-objects does with edges."""
+    (identical subtrees are skipped whole), as git's pack-objects does with edges.
+    Tree entries are parsed by dulwich's C parser, ids kept in hex until output."""
     out: list[bytes] = []
-    seen: set[bytes] = set()
+    seen: set[bytes] = set()  # hex
+    parsed: dict[bytes, dict[bytes, tuple[int, bytes]]] = {}
 
-    def entries(tree: bytes | None) -> dict[bytes, tuple[int, bytes]]:
-        if tree is None or tree not in objects:
-            return {}
-        return {e.name: (e.mode, e.id) for e in iter_tree(objects.tree(tree))}
+    def entries(tree: bytes) -> dict[bytes, tuple[int, bytes]]:
+        got = parsed.get(tree)
+        if got is None:
+            body = objects.tree(tree) if tree in objects else b""
+            got = parsed[tree] = {name: (mode, hexid) for name, mode, hexid in parse_tree(body, 20)}
+        return got
 
     def walk(tree: bytes, bases: list[bytes]) -> None:
-        seen.add(tree)
+        seen.add(tree.hex().encode())
         out.append(tree)
         known = [entries(b) for b in bases]
-        ids = {oid for k in known for _, oid in k.values()}
-        for e in iter_tree(objects.tree(tree)):
-            if e.id in seen or e.id in ids or e.mode == MODE_GITLINK:
+        ids = {hexid for k in known for _, hexid in k.values()}
+        for name, (mode, hexid) in entries(tree).items():
+            if hexid in seen or hexid in ids or mode == MODE_GITLINK:
                 continue
-            if e.mode == MODE_TREE:
-                walk(e.id, [k[e.name][1] for k in known if e.name in k and k[e.name][0] == MODE_TREE])
+            if mode == MODE_TREE:
+                subs = [k[name][1] for k in known if k.get(name, (0,))[0] == MODE_TREE]
+                walk(bytes.fromhex(hexid.decode()), [bytes.fromhex(h.decode()) for h in subs])
             else:
-                seen.add(e.id)
-                out.append(e.id)
+                seen.add(hexid)
+                out.append(bytes.fromhex(hexid.decode()))
 
     for oid in commits:
         out.append(oid)
         c = objects.commit(oid)
         bases = [objects.commit(p).tree for p in c.parents if p in objects]
-        if c.tree not in seen and c.tree not in bases:
+        if c.tree.hex().encode() not in seen and c.tree not in bases:
             walk(c.tree, bases)
     return out

@@ -1,12 +1,13 @@
 """A pack a pull received, in a scratch file: read with dulwich, thin or not.
 
 A server may send a thin pack (deltas against objects it knows the image has): such
-bases are read from the image. The commits and trees are kept in memory (the history
-walks and the merge need them); everything is read again, whole, when the objects are
-written into the new generation: `import_into` resolves every delta and hands each
-object whole to the image's PACK writer, which skips what the image holds already. So
-the new generation's PACK is self-contained (FORMAT.md: never a REF_DELTA, never a delta
-against another PACK), whatever the server sent.
+bases are read from the image. The pack is read once, every delta resolved; the commits
+and trees are kept in memory (the history walks and the merge need them), the other
+objects too while they fit in KEEP bytes (else the pack is read again when they are
+written). `import_into` hands each object whole to the image's PACK writer, which
+skips what the image holds already. So the new generation's PACK is self-contained
+(FORMAT.md: never a REF_DELTA, never a delta against another PACK), whatever the server
+sent: objects are re-deflated, not copied (git's pull keeps the server's deltas instead).
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from dulwich.object_format import SHA1
-from dulwich.objects import ShaFile
-from dulwich.pack import PackData, PackInflater
+from dulwich.pack import PackData, UnpackedObjectIterator
 
 from docteur.guest.errors import DocteurError
 from docteur.guest.generations import Store
-from docteur.guest.objects import COMMIT, TREE, TYPE_CODES
+from docteur.guest.objects import COMMIT, TREE, TYPE_CODES, TYPE_NUMBERS
 from docteur.guest.packwrite import PackWriter
 
 from ..errors import BuildError
+
+# Objects kept in memory from the one pass that reads the pack, up to this many bytes;
+# a bigger pack is read a second time when its objects are written into the image.
+KEEP = 64 << 20
 
 
 class Received:
@@ -32,12 +36,18 @@ class Received:
         self.where = where
         self.small: dict[bytes, tuple[str, bytes]] = {}  # commits and trees
         self.ids: set[bytes] = set()
-        for obj in self._objects():
-            oid = bytes.fromhex(obj.id.decode())
+        self.kept: list[tuple[str, bytes]] | None = []  # every object, while they fit
+        kept_bytes = 0
+        for kind, body, oid in self._objects():
             self.ids.add(oid)
-            kind = obj.type_name.decode()
             if kind in (COMMIT, TREE):
-                self.small[oid] = (kind, obj.as_raw_string())
+                self.small[oid] = (kind, body)
+            if self.kept is not None:
+                kept_bytes += len(body)
+                if kept_bytes > KEEP:
+                    self.kept = None
+                else:
+                    self.kept.append((kind, body))
 
     def _base(self, oid: bytes) -> tuple[int, list[bytes]]:
         """A thin pack's delta base: an object of the image."""
@@ -47,14 +57,16 @@ class Received:
             raise KeyError(oid) from None
         return TYPE_CODES[kind], [body]
 
-    def _objects(self) -> Iterator[ShaFile]:
+    def _objects(self) -> Iterator[tuple[str, bytes, bytes]]:
+        """(kind, body, id) of every object, deltas resolved."""
         data = PackData(self.path, object_format=SHA1)
         try:
-            yield from PackInflater.for_pack_data(data, resolve_ext_ref=self._base)
+            for unpacked in UnpackedObjectIterator.for_pack_data(data, resolve_ext_ref=self._base):
+                assert unpacked.obj_type_num is not None and unpacked.obj_chunks is not None
+                body = b"".join(unpacked.obj_chunks)
+                yield TYPE_NUMBERS[unpacked.obj_type_num], body, bytes(unpacked.sha())
         except KeyError as e:
-            raise BuildError(
-                f"{self.where} sent a pack with a delta against {e}, which the image lacks"
-            ) from None
+            raise BuildError(f"{self.where} sent a delta against {e}, which the image lacks") from None
         except (ValueError, AssertionError, OSError) as e:
             raise BuildError(f"{self.where} sent a broken pack: {e}") from None
         finally:
@@ -63,8 +75,7 @@ class Received:
     def import_into(self, writer: PackWriter) -> int:
         """Every object, whole, into `writer`; returns how many the image lacked."""
         before = len(writer.entries)
-        for obj in self._objects():
-            want = bytes.fromhex(obj.id.decode())
-            if writer.add(obj.type_name.decode(), obj.as_raw_string()) != want:
-                raise BuildError(f"{self.where}: object {want.hex()} does not hash to its id")
+        objects = self.kept if self.kept is not None else ((k, b) for k, b, _ in self._objects())
+        for kind, body in objects:
+            writer.add(kind, body)
         return len(writer.entries) - before
