@@ -33,7 +33,7 @@ from ..writes import writable_store
 from .history import Objects, arrived, is_ancestor, new_objects, newest_first, reach, shallow
 from .merge import Change, changes, merge_tree
 from .received import Received
-from .remote import Remote, resolve
+from .remote import Remote, is_recorded, resolve
 from .state import SyncState, record_sync, sync_state
 
 log = get_logger("docteur.pull")
@@ -152,7 +152,7 @@ def _integrate(store: Store, objects: Objects, remote: Remote, state: SyncState,
     head = store.head_commit
     shown = remote.display
     # The record moves with a pull from the recorded remote (or when none is recorded).
-    records = not state.record or state.synced is not None
+    records = not state.record or is_recorded(remote, state.record)
     synced = (tip, remote.record) if records else None
     # First: a tip that does not descend from the last commit synced with (even one
     # behind the head) means the remote's history was rewritten under us.

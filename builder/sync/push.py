@@ -20,6 +20,7 @@ from dulwich.pack import UnpackedObject
 
 from docteur.cli.log import get_logger
 from docteur.cli.progress import Progress
+from docteur.guest.generations import Store
 from docteur.guest.objects import TYPE_CODES
 
 from ..defaults import DEFAULT_TIMEOUT
@@ -132,11 +133,8 @@ def push(image: str, url: str | None, branch: str | None, timeout: float = DEFAU
         return Pushed(remote.display, seen["tip"], head, sent[0])
 
 
-def _records(store: object, oids: list[bytes], bar: Progress) -> Iterator[UnpackedObject]:
+def _records(store: Store, oids: list[bytes], bar: Progress) -> Iterator[UnpackedObject]:
     """The objects to send, read one at a time from the image."""
-    from docteur.guest.generations import Store
-
-    assert isinstance(store, Store)
     for n, oid in enumerate(oids, 1):
         kind, body = store.read_object(oid)
         yield UnpackedObject(TYPE_CODES[kind], decomp_chunks=[body])

@@ -12,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from docteur.guest.roots import REMOTE_MAX, ZERO_ID
-
 from ..errors import BuildError
 from ..source import Source, parse_source
 
@@ -92,14 +90,3 @@ def resolve(recorded: str, url: str | None, branch: str | None) -> Remote:
 def is_recorded(remote: Remote, recorded: str) -> bool:
     """Is `remote` the one the image's record names (so its synced commit applies)?"""
     return parse_record(recorded) == (remote.url, remote.branch)
-
-
-def synced_commit(store_head_synced: bytes | None, remote: Remote, recorded: str) -> bytes | None:
-    """The last commit known to be on `remote`'s branch, if the record is about it."""
-    if store_head_synced is None or store_head_synced == ZERO_ID or not is_recorded(remote, recorded):
-        return None
-    return store_head_synced
-
-
-def fits(remote: Remote) -> bool:
-    return len(remote.record.encode()) <= REMOTE_MAX
