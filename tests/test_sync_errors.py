@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.git import git, needs_git
 from tests.support.relay import stalling_relay
+from tests.support.repos import make_repo
 from tests.support.servers import free_port, run_http_git
 from tests.support.store import open_store
 from tests.support.sync import clone, commit_and_push, ref, seed_remote
@@ -133,3 +134,20 @@ def test_push_to_another_remote_and_branch(remote: tuple[Path, Path], tmp_path: 
     line = fails(image, "push", image, empty, "-b", "main")
     assert "refs/heads/main" in line, line
     assert git("for-each-ref", cwd=empty) == b""
+
+
+def test_make_records_the_branch_it_fetched(tmp_path: Path) -> None:
+    """HEAD is recorded as the branch it points to, -b BRANCH as itself; a tag is no
+    branch: nothing is recorded (generation 0), and push then asks for a remote."""
+    repo = make_repo(tmp_path / "origin", history=2)
+    for args, record in (([], f"{repo} main"), (["-b", "feature"], f"{repo} feature")):
+        image = tmp_path / "b.img"
+        docteur("make", "--capacity", "8M", *args, repo, image)
+        assert recorded(image) == record
+        image.unlink()
+    tagged = tmp_path / "t.img"
+    docteur("make", "--capacity", "8M", "-b", "v1", repo, tagged)
+    dev, store = open_store(tagged)
+    with dev, store:
+        assert store.generation == 0
+    assert "records no remote" in fails(tagged, "push", tagged)
