@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,8 @@ def test_push_then_pull(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPat
         mine = committed(docteur("put", image, "/bin/run.sh", script, "-m", "a script"))
         pushed = docteur("push", image)
         assert pushed.stdout.decode().split() == [mine.hex()]
+        # Only what the remote lacks: the commit, the root and bin/ trees, the blob.
+        assert b", 4 objects sent" in pushed.stderr, pushed.stderr
         assert ref(bare) == mine.hex()
         git("fsck", "--strict", "--no-dangling", cwd=bare)
         work = clone(bare, tmp_path / "work")
@@ -58,3 +61,25 @@ def test_push_then_pull(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert files == remote_files(bare, theirs)
     assert files["new/d.txt"] == (MODE_FILE, b"delta\n")
     assert ref(bare) == theirs
+
+
+@pytest.mark.parametrize("kind", ["git", "http"])
+def test_pull_completes_a_thin_pack(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small edit of a big file comes as a delta against the image's copy of it (a thin
+    pack); the new generation holds it whole, and reads back as git has it."""
+    srv = tmp_path / "srv"
+    srv.mkdir()
+    bare = seed_remote(srv)
+    work = clone(bare, tmp_path / "work")
+    text = b"".join(b"line %d of a long text file\n" % i for i in range(4000))
+    commit_and_push(work, {"long.txt": text}, "a long file")
+    image = tmp_path / "site.img"
+    with served(kind, bare, monkeypatch) as url:
+        docteur("make", "--capacity", "16M", url, image)
+        theirs = commit_and_push(work, {"long.txt": text + b"one more line\n"}, "one more line")
+        pulled = docteur("--log-format", "json", "-v", "pull", image)
+    events = [json.loads(line) for line in pulled.stderr.decode().splitlines() if line.startswith("{")]
+    received = [e for e in events if e.get("event") == "received"]
+    assert received and received[0]["thin_bases"] >= 1, events
+    head, files = head_files(image)
+    assert head.hex() == theirs and files == remote_files(bare, theirs)

@@ -17,12 +17,15 @@ from collections.abc import Iterator
 from dulwich.object_format import SHA1
 from dulwich.pack import PackData, UnpackedObjectIterator
 
+from docteur.cli.log import get_logger
 from docteur.guest.errors import DocteurError
 from docteur.guest.generations import Store
 from docteur.guest.objects import COMMIT, TREE, TYPE_CODES, TYPE_NUMBERS
 from docteur.guest.packwrite import PackWriter
 
 from ..errors import BuildError
+
+log = get_logger("docteur.pull")
 
 # Objects kept in memory from the one pass that reads the pack, up to this many bytes;
 # a bigger pack is read a second time when its objects are written into the image.
@@ -37,6 +40,7 @@ class Received:
         self.small: dict[bytes, tuple[str, bytes]] = {}  # commits and trees
         self.ids: set[bytes] = set()
         self.kept: list[tuple[str, bytes]] | None = []  # every object, while they fit
+        self.thin_bases = 0  # objects of the image the server's deltas were made against
         kept_bytes = 0
         for kind, body, oid in self._objects():
             self.ids.add(oid)
@@ -48,9 +52,11 @@ class Received:
                     self.kept = None
                 else:
                     self.kept.append((kind, body))
+        log.info("received", objects=len(self.ids), thin_bases=self.thin_bases, kept=self.kept is not None)
 
     def _base(self, oid: bytes) -> tuple[int, list[bytes]]:
         """A thin pack's delta base: an object of the image."""
+        self.thin_bases += 1
         try:
             kind, body = self.store.read_object(bytes(oid))
         except DocteurError:
