@@ -23,11 +23,11 @@ import select
 import socket
 import ssl
 import subprocess
+import sys
 from collections.abc import Callable
-from typing import IO
+from typing import IO, TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-import urllib3
 from dulwich import client as dclient
 from dulwich.config import ConfigDict, StackedConfig
 from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
@@ -40,6 +40,9 @@ from .defaults import DEFAULT_TIMEOUT
 from .errors import BuildError
 from .gittools import git_path
 from .source import Source
+
+if TYPE_CHECKING:
+    import urllib3
 
 
 class Stalled(TimeoutError):
@@ -76,10 +79,13 @@ def client_for(
 
 def is_stall(e: BaseException) -> bool:
     """Is `e` one of the ways a transport says the stall timeout ran out?"""
-    if isinstance(e, urllib3.exceptions.NewConnectionError):
-        return False  # a refused or unreachable connection, which urllib3 files under timeouts
-    if isinstance(e, urllib3.exceptions.ReadTimeoutError | urllib3.exceptions.ConnectTimeoutError):
-        return True
+    # urllib3 is loaded only for http(s) (it costs ~0.1 s to import): not loaded, not its error.
+    exceptions = sys.modules.get("urllib3.exceptions")
+    if exceptions is not None:
+        if isinstance(e, exceptions.NewConnectionError):
+            return False  # a refused or unreachable connection, which urllib3 files under timeouts
+        if isinstance(e, exceptions.ReadTimeoutError | exceptions.ConnectTimeoutError):
+            return True
     # A socket's own timeout has no errno; ETIMEDOUT is the kernel giving up on a route.
     return isinstance(e, TimeoutError) and e.errno is None
 
@@ -174,6 +180,8 @@ class _WatchedPipe(io.RawIOBase):
 
 
 def _http_pool(url: str, timeout: float) -> urllib3.PoolManager:
+    import urllib3
+
     parts = urlsplit(url)
     host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname or ""
     base = urlunsplit((parts.scheme, f"{host}:{parts.port}" if parts.port else host, parts.path, "", ""))
