@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dulwich.object_format import SHA1
 from dulwich.objects import Commit, ShaFile, Tag, Tree
@@ -41,6 +41,7 @@ class PackFiles:
     idx: str  # path of its IDX v2
     commit: bytes  # raw id of the commit the image holds
     objects: int
+    ref: bytes = b""  # the ref fetched, HEAD resolved to its branch (push/pull's default)
 
 
 class _NoHaves:
@@ -131,7 +132,9 @@ def fetch(source: Source, ref: str | None, workdir: str, timeout: float = DEFAUL
 
             log.info("fetching", source=source.display, ref=ref or "HEAD")
             try:
-                gc.fetch_pack(path, determine_wants, _NoHaves(), pack_data, progress=progress, depth=1)
+                result = gc.fetch_pack(
+                    path, determine_wants, _NoHaves(), pack_data, progress=progress, depth=1
+                )
             except BuildError:
                 raise
             except Exception as e:  # dulwich, urllib3 and sockets all raise their own kinds
@@ -143,7 +146,9 @@ def fetch(source: Source, ref: str | None, workdir: str, timeout: float = DEFAUL
         sink.finish()
     finally:
         sink.close()
-    return _finish(base, chosen[-1], source, workdir)
+    name = chosen[-1][0]
+    name = (result.symrefs or {}).get(name, name) if name == b"HEAD" else name
+    return replace(_finish(base, chosen[-1], source, workdir), ref=name)
 
 
 class Sideband:

@@ -72,7 +72,8 @@ def make(
                 where = os.path.dirname(work)
                 raise BuildError(describe_os_error(e, f"no room for the scratch copy in {where}")) from None
             raise
-        size = write_atomically(image, files, block_size, work, capacity)
+        origin = src.location if src.is_git else None
+        size = write_atomically(image, files, block_size, work, capacity, origin)
     log.info("image written", image=image, commit=files.commit.hex(), objects=files.objects, size=size)
     return Summary(image, files.commit, files.objects, size, src.display)
 
@@ -97,10 +98,10 @@ def _check_replaced_image(image: str, capacity: int | None) -> None:
 
     try:
         with FileDevice(image) as dev, Store.open(dev) as store:
-            writable, generation = store.writable, store.generation
+            writable, generation, written = store.writable, store.generation, bool(store.extents)
     except DocteurError:
         return  # no image there (or not one): replaced as before
-    if generation > 0:
+    if written:  # a root-only generation (the recorded remote) holds no commit
         raise BuildError(
             f"{image} holds writes (generation {generation}) that replacing it would lose: "
             "docteur export them, or remove the image first"
@@ -113,10 +114,12 @@ def _check_replaced_image(image: str, capacity: int | None) -> None:
 
 
 def write_atomically(
-    image: str, files: PackFiles, block_size: int, workdir: str, capacity: int | None = None
+    image: str, files: PackFiles, block_size: int, workdir: str, capacity: int | None = None,
+    origin: str | None = None,
 ) -> int:
     """Write the image in `workdir` (beside IMAGE, so on its filesystem), sync it, give
-    it room for writes when `capacity` says so, and rename it over IMAGE. Returns the
+    it room for writes when `capacity` says so (remembering the `origin` URL it came
+    from), and rename it over IMAGE. Returns the
     size of the first generation."""
     image = os.path.abspath(image)
     parent = os.path.dirname(image)
@@ -141,6 +144,10 @@ def write_atomically(
             from docteur.guest.capacity import prepare
 
             prepare(tmp, capacity)
+            if origin is not None:  # push and pull's default remote and branch
+                from .sync.state import record_origin
+
+                record_origin(tmp, origin, files.ref, files.commit)
         os.replace(tmp, image)
     except BaseException as e:
         with contextlib.suppress(OSError):

@@ -23,11 +23,11 @@ import select
 import socket
 import ssl
 import subprocess
+import sys
 from collections.abc import Callable
-from typing import IO
+from typing import IO, TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-import urllib3
 from dulwich import client as dclient
 from dulwich.config import ConfigDict, StackedConfig
 from dulwich.errors import GitProtocolError, HangupException, NotGitRepository
@@ -41,28 +41,34 @@ from .errors import BuildError
 from .gittools import git_path
 from .source import Source
 
+if TYPE_CHECKING:
+    import urllib3
+
 
 class Stalled(TimeoutError):
     """The server (the ssh process) sent nothing for the whole stall timeout."""
 
 
-def client_for(source: Source, timeout: float = DEFAULT_TIMEOUT) -> tuple[dclient.GitClient, str]:
-    """A client for `source` and the path to ask it for."""
+def client_for(
+    source: Source, timeout: float = DEFAULT_TIMEOUT, thin: bool = False
+) -> tuple[dclient.GitClient, str]:
+    """A client for `source` and the path to ask it for; `thin`: a fetch accepts a thin
+    pack (deltas against objects the client has; a pull completes it)."""
     if source.kind == "local-git":
         if git_path():
             # git-upload-pack does what a server would (depth, deltas reused), in C.
-            return dclient.SubprocessGitClient(thin_packs=False), source.location
-        return dclient.LocalGitClient(thin_packs=False), source.location
+            return dclient.SubprocessGitClient(thin_packs=thin), source.location
+        return dclient.LocalGitClient(thin_packs=thin), source.location
     scheme = source.location.split("://", 1)[0].lower() if "://" in source.location else "ssh"
     if scheme == "git":
         parts = urlsplit(source.location)
         assert parts.hostname is not None  # parse_source checked it
-        return _TCPClient(parts.hostname, parts.port, timeout), parts.path
+        return _TCPClient(parts.hostname, parts.port, timeout, thin), parts.path
     ssh = os.environ.get("GIT_SSH_COMMAND") or os.environ.get("GIT_SSH") or None
     pool = _http_pool(source.location, timeout) if scheme in ("http", "https") else None
     try:
         gc, path = dclient.get_transport_and_path(
-            source.location, thin_packs=False, ssh_command=ssh, quiet=True, pool_manager=pool
+            source.location, thin_packs=thin, ssh_command=ssh, quiet=True, pool_manager=pool
         )
     except ValueError as e:
         raise BuildError(f"bad URL {source.display!r}: {redact(str(e))}") from None
@@ -73,10 +79,13 @@ def client_for(source: Source, timeout: float = DEFAULT_TIMEOUT) -> tuple[dclien
 
 def is_stall(e: BaseException) -> bool:
     """Is `e` one of the ways a transport says the stall timeout ran out?"""
-    if isinstance(e, urllib3.exceptions.NewConnectionError):
-        return False  # a refused or unreachable connection, which urllib3 files under timeouts
-    if isinstance(e, urllib3.exceptions.ReadTimeoutError | urllib3.exceptions.ConnectTimeoutError):
-        return True
+    # urllib3 is loaded only for http(s) (it costs ~0.1 s to import): not loaded, not its error.
+    exceptions = sys.modules.get("urllib3.exceptions")
+    if exceptions is not None:
+        if isinstance(e, exceptions.NewConnectionError):
+            return False  # a refused or unreachable connection, which urllib3 files under timeouts
+        if isinstance(e, exceptions.ReadTimeoutError | exceptions.ConnectTimeoutError):
+            return True
     # A socket's own timeout has no errno; ETIMEDOUT is the kernel giving up on a route.
     return isinstance(e, TimeoutError) and e.errno is None
 
@@ -88,15 +97,15 @@ class _TCPClient(dclient.TCPGitClient):
     """git://, with the timeout on the socket. dulwich's own connects without one and
     offers no hook to set it, so the (short) request is sent here the way it does."""
 
-    def __init__(self, host: str, port: int | None, timeout: float) -> None:
-        super().__init__(host, port, thin_packs=False, quiet=True)
+    def __init__(self, host: str, port: int | None, timeout: float, thin: bool = False) -> None:
+        super().__init__(host, port, thin_packs=thin, quiet=True)
         self.timeout = timeout
 
     def _connect(
         self, cmd: bytes, path: str | bytes, protocol_version: int | None = None
     ) -> tuple[Protocol, Callable[[], bool], IO[bytes] | None]:
-        if cmd != b"upload-pack":
-            raise NotImplementedError("docteur only fetches")
+        if cmd not in (b"upload-pack", b"receive-pack"):
+            raise NotImplementedError(f"git daemon serves no {cmd.decode()}")
         path = path if isinstance(path, bytes) else path.encode(self._remote_path_encoding)
         sock = socket.create_connection((self._host, self._port), timeout=self.timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -115,7 +124,9 @@ class _TCPClient(dclient.TCPGitClient):
 
         proto = Protocol(rfile.read, wfile.write, close, report_activity=self._report_activity,
                          shutdown_write=shutdown_write)  # fmt: skip
-        self.protocol_version = protocol_version or DEFAULT_GIT_PROTOCOL_VERSION_FETCH
+        # A push speaks version 0 (send_pack set it; git has no version 2 push).
+        default = DEFAULT_GIT_PROTOCOL_VERSION_FETCH if cmd == b"upload-pack" else self.protocol_version
+        self.protocol_version = protocol_version or default
         # Version 2 hides behind two NULs, where old servers look for nothing more.
         version = b"\0\0version=2\0" if self.protocol_version == 2 else b""
         if path.startswith(b"/~"):
@@ -169,6 +180,8 @@ class _WatchedPipe(io.RawIOBase):
 
 
 def _http_pool(url: str, timeout: float) -> urllib3.PoolManager:
+    import urllib3
+
     parts = urlsplit(url)
     host = f"[{parts.hostname}]" if parts.hostname and ":" in parts.hostname else parts.hostname or ""
     base = urlunsplit((parts.scheme, f"{host}:{parts.port}" if parts.port else host, parts.path, "", ""))

@@ -350,5 +350,7 @@ def _copy_pack(store: Store, repo: str, off: int, length: int, idx: bytes) -> No
 
 
 def _write(repo: str, name: str, text: str) -> None:
-    with open(os.path.join(repo, name), "w") as f:
+    path = os.path.join(repo, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)  # refs/remotes/origin/, a branch a/b
+    with open(path, "w") as f:
         f.write(text)

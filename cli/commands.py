@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -69,6 +70,7 @@ def target_config(args: argparse.Namespace) -> TargetConfig:
 
     return TargetConfig(
         blocks=block_specs(args.image, args.block), verify=args.verify, timeout=args.timeout,
+        writable=args.rw,
         disk=args.disk, filename=args.filename, socket=args.socket, memory=args.memory,
         accel=args.accel, kernel=args.kernel, initrd=args.initrd, snapshot=args.snapshot,
     )  # fmt: skip
@@ -93,11 +95,13 @@ def run_console(target: ModuleType, config: TargetConfig) -> int:
     the guest off (the session's exit)."""
     from docteur.vm.client import new_runner
     from docteur.vm.targets.console import console
+    from docteur.vm.targets.serving import say_not_writable
 
     with new_runner() as runner:
         session = target.session(config)
         client = runner.run(session.__aenter__())
         try:
+            say_not_writable(config, client.hello)
             return console(runner, client, strict=True)
         finally:  # Ctrl-C and SIGTERM too: a clean power-off, not a killed VM
             runner.run(session.__aexit__(None, None, None))
@@ -233,3 +237,37 @@ COMMANDS = {
     "commit": commit, "log": history, "compact": compact, "export": export, "grow": grow,
     "guest": guest,
 }  # fmt: skip
+
+
+# -- push and pull (issue 10) ---------------------------------------------------------------------
+def push(args: argparse.Namespace) -> int:
+    from docteur.builder.sync.push import push
+
+    p = push(args.image, args.remote, args.branch, args.timeout)
+    if p.objects or p.old != p.head:
+        log.notice(f"{p.remote}: {p.old.hex() if p.old else '(new branch)'} -> {p.head.hex()}, "
+                   f"{p.objects} objects sent", "pushed", remote=p.remote, old=p.old.hex() if p.old else None,
+                   head=p.head.hex(), objects=p.objects)  # fmt: skip
+    else:
+        log.notice(f"{p.remote}: up to date at {p.head.hex()}", "up to date", remote=p.remote,
+                   head=p.head.hex())  # fmt: skip
+    print(p.head.hex(), flush=True)
+    return 0
+
+
+def pull(args: argparse.Namespace) -> int:
+    from docteur.builder.sync.pull import pull
+
+    p = pull(args.image, args.remote, args.branch, args.merge, args.author, args.timeout)
+    out = sys.stdout
+    for kind, path in p.changes:
+        out.write(f"{kind} {os.fsdecode(path)}\n")
+    out.write(f"head {p.head.hex()}\n")
+    out.flush()
+    detail = f", {p.ahead} commits to push" if p.ahead else ""
+    log.notice(f"{p.remote}: {p.outcome}{detail}, generation {p.generation}", p.outcome, remote=p.remote,
+               head=p.head.hex(), generation=p.generation, changes=len(p.changes))  # fmt: skip
+    return 0
+
+
+COMMANDS.update(push=push, pull=pull)

@@ -151,6 +151,9 @@ def run_args(p: argparse.ArgumentParser, func: Command) -> None:
                    help=f"boot verification (default {DEFAULT_VERIFY})")  # fmt: skip
     p.add_argument("--timeout", type=seconds, default=BOOT_TIMEOUT, metavar="SECONDS",
                    help=f"boot timeout, verification included ({BOOT_TIMEOUT:g})")  # fmt: skip
+    p.add_argument("--rw", action="store_true",
+                   help="serve writes (query put/rm/mv): the images attached read-write, "
+                   "locked against any other user")  # fmt: skip
     g = p.add_argument_group("microvm target")
     g.add_argument("--accel", choices=ACCELS, default="auto",
                    help="kvm only where the CPU has vmx/svm; tcg otherwise (default: auto)")  # fmt: skip
@@ -243,6 +246,30 @@ def write_parsers(sub: argparse._SubParsersAction, commands: dict[str, Command])
     p.add_argument("size", metavar="SIZE", type=size)
 
 
+def sync_parsers(sub: argparse._SubParsersAction, commands: dict[str, Command]) -> None:
+    """push, pull."""
+    for name, help, description in (
+        ("push", "send an image's new commits to its git remote (never forced)",
+         "Send IMAGE's commits to REMOTE (default: the one it was made from) and move BRANCH "
+         "(default: the one it was made from) to its head, only if that loses no commit there."),
+        ("pull", "bring a git remote's new commits into an image",
+         "Fetch BRANCH of REMOTE (defaults: those IMAGE was made from) and fast-forward IMAGE "
+         "to it as a new generation; diverged histories are a conflict (see --merge). Prints "
+         "the paths that changed and the new head."),
+    ):  # fmt: skip
+        p = _image_command(sub, commands[name], name, help, description)
+        p.add_argument("remote", nargs="?", metavar="REMOTE",
+                       help="a URL or path, as make takes (default: the recorded one)")  # fmt: skip
+        p.add_argument("-b", "--branch", metavar="BRANCH", help="NAME or refs/heads/NAME")
+        p.add_argument("--timeout", type=seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                       help=f"give up on a silent remote after this long ({DEFAULT_TIMEOUT:g})")  # fmt: skip
+    pull = sub.choices["pull"]
+    pull.add_argument("--merge", action="store_true",
+                      help="diverged: a merge commit when the changed paths are disjoint")  # fmt: skip
+    pull.add_argument("--author", metavar="'NAME <EMAIL>'", default=DEFAULT_AUTHOR,
+                      help=f"the merge commit's author and committer ({DEFAULT_AUTHOR})")  # fmt: skip
+
+
 class _Version(argparse.Action):
     """--version, looked up only when asked."""
 
@@ -282,9 +309,13 @@ def build(commands: dict[str, Command], version: Callable[[], str]) -> Parser:
     query_args(sub.add_parser(
         "query", help="ask a served image (no command: an interactive console)",
         description="Commands: get PATH [OFFSET [LENGTH]], ls [-z] [PATH], stat PATH, exists PATH, "
-        "size PATH, digest PATH, mtime PATH, info, ping. Without one: a console.",
+        "size PATH, digest PATH, mtime PATH, info, ping; on a server run with --rw, each one commit "
+        "(its id printed): put PATH FILE (- = stdin) [-x], rm PATH, mv SOURCE DEST, with [-m MSG] "
+        "[--author 'NAME <EMAIL>'] [--expect HEAD]; log. Without one: a console (begin, ..., "
+        "commit -m MSG or abort: a batch as one commit; help lists all).",
     ), commands["query"])  # fmt: skip
     write_parsers(sub, commands)
+    sync_parsers(sub, commands)
     guest_args(sub.add_parser(
         "guest", help="build the microVM's guest, or show it (info, path)",
         description="build: the guest kernel and initramfs into the cache "

@@ -23,15 +23,40 @@ from collections.abc import Iterable
 from .errors import DocteurError, IntegrityError
 from .generations import Store, _signature
 from .objects import BLOB, MODE_FILE, TREE
+from .packwrite import ObjectStream
 from .treeedit import TreeEditor
 
 
 class BadAuthor(DocteurError):
     """An author that is not `Name <email>`."""
 
+    code = "bad_request"
+
 
 class BatchClosed(DocteurError):
     """The batch was committed or aborted already."""
+
+
+class PutStream:
+    """A put whose content is pushed in pieces; `finish` binds the path."""
+
+    def __init__(self, batch: Batch, path: bytes, mode: int, stream: ObjectStream):
+        self.batch = batch
+        self.path = path
+        self.mode = mode
+        self.stream = stream
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(data)
+
+    def finish(self) -> bytes:
+        """The blob's id, the path bound to it in the batch."""
+        oid = self.stream.finish()
+        self.batch.editor.put(self.path, oid, self.mode)
+        return oid
+
+    def abort(self) -> None:
+        self.stream.abort()
 
 
 def check_author(who: str) -> str:
@@ -78,6 +103,13 @@ class Batch:
         oid = self.writer.add_stream(BLOB, size, chunks)
         self.editor.put(path, oid, mode)
         return oid
+
+    def open_put(self, path: bytes, size: int, mode: int = MODE_FILE) -> PutStream:
+        """Bind `path` to `size` bytes pushed as they come (`write`, then `finish`):
+        the path is checked first, so a refused put writes nothing."""
+        self._open()
+        self.editor.check_put(path, mode)
+        return PutStream(self, path, mode, self.writer.stream(BLOB, size))
 
     def remove(self, path: bytes) -> None:
         """Unbind `path`, recursively for a directory (absent: PathNotFound)."""

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Collection
 
 from .errors import DocteurError
 from .image import Image, open_checked
 from .protocol import DEFAULT_DISK, VERSION
 from .service import Service
 from .treeview import Disk, generation_fields
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .writer import DiskWriter
 
 
 def log(message: str) -> None:
@@ -42,9 +47,11 @@ def check(image: Image, mode: str) -> None:
         checks.verify_pack(image)
 
 
-def boot(blocks: list[tuple[str, str]], mode: str) -> Service:
-    """Open and verify every disk; never raises for a bad image."""
+def boot(blocks: list[tuple[str, str]], mode: str, writable: Collection[str] = ()) -> Service:
+    """Open and verify every disk (those named in `writable` for writing too);
+    never raises for a bad image."""
     disks: dict[str, Disk] = {}
+    writers: dict[str, DiskWriter] = {}  # the disks served writable
     fields = {"status": "ok", "verify": mode, "protocol": str(VERSION)}
     error: str | None = None
     for name, path in blocks:
@@ -55,7 +62,7 @@ def boot(blocks: list[tuple[str, str]], mode: str) -> Service:
         image = None
         stage = "cannot open the image"
         try:
-            image = open_checked(path, mode)
+            image = open_checked(path, mode, name in writable)
             fields[f"disk.{name}"] = image.commit.hex()
             fields.update(generation_fields(image, f".{name}"))
             for line in image.warnings():
@@ -63,6 +70,10 @@ def boot(blocks: list[tuple[str, str]], mode: str) -> Service:
             stage = f"verify {mode} failed"
             check(image, mode)
             disks[name] = Disk(name, image)
+            if name in writable:
+                from .writer import DiskWriter  # the write side: only with --rw
+
+                writers[name] = DiskWriter(disks[name], None if image.store.writable else "no write area")
         except (DocteurError, OSError, ValueError) as exc:
             error = f"disk {name!r} ({path}): {stage}: {exc}"
             if image is not None:
@@ -80,5 +91,5 @@ def boot(blocks: list[tuple[str, str]], mode: str) -> Service:
         fields["error"] = error
         for disk in disks.values():
             disk.image.close()
-        disks = {}
-    return Service(disks, fields, error)
+        disks, writers = {}, {}
+    return Service(disks, fields, error, writers)

@@ -9,8 +9,13 @@ broken frame, closing, and the back-pressure decisions: stop reading past
 `high_water` bytes wait to be written. The server loop only moves bytes.
 
 The application answers one request at a time with a value of `values`
-(Result, Failure, Body, Listing); the connection encodes it. New operations
-plug in as new answers (and, for uploads, new input events) here.
+(Result, Failure, Body, Listing, History, Upload); the connection encodes it.
+A put (protocol version 2) is answered with an Upload: the connection feeds it
+the put's CHUNKs as they are read, and parses nothing else meanwhile (the codec
+stops at a put until every earlier request is answered), so a big put passes
+through one read buffer at a time. What the application keeps for a session
+(the batch a client began) lives in `session.state` and is ended with the
+session: on GREET, a broken frame, EOF, a lost peer, close.
 
 States (`state`):
     OPEN      reading requests and answering them in order
@@ -23,20 +28,23 @@ States (`state`):
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from .protocol import (
     CHUNK,
+    VERSION,
     BadRequest,
     Cancel,
+    Chunk,
     Greet,
     ProtocolError,
     Request,
     ServerCodec,
     data_header,
     encode_entries,
+    encode_log,
 )
-from .values import Body, Entry, Failure, GetEnd, Listing, Result
+from .values import Body, Entry, Failure, GetEnd, History, Listing, LogEntry, Result, Upload
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is dear to import in the VM
@@ -45,8 +53,9 @@ if TYPE_CHECKING:  # typing is dear to import in the VM
     from .values import Answer
 
     class Application(Protocol):
-        def greeting(self) -> dict[str, str]: ...
-        def handle(self, request: Request) -> Answer: ...
+        def greeting(self, session: Session) -> dict[str, str]: ...
+        def handle(self, request: Request, session: Session) -> Answer: ...
+        def end_session(self, session: Session) -> None: ...
 
 
 OPEN, RESYNC, CLOSING, DRAINING, CLOSED = "open", "resync", "closing", "draining", "closed"
@@ -56,6 +65,15 @@ IOV_MAX = 64  # buffers handed out at once (one writev)
 LIST_BATCH = 1 << 16  # list entries go out in DATA frames of about this size
 
 Frame = tuple  # the buffers of one frame: header, then payload pieces (for writev)
+
+
+class Session:
+    """One client session: its protocol version and what the application keeps
+    for it (`state`, e.g. the batch it began), ended with it."""
+
+    def __init__(self, version: int = VERSION):
+        self.version = version
+        self.state: dict = {}
 
 
 class ServerConnection:
@@ -79,40 +97,101 @@ class ServerConnection:
         self.queue: deque[Request | BadRequest] = deque()
         self.current: tuple[int, Iterator[Frame]] | None = None  # the reply being streamed
         self.cancelled: set[int] = set()
-        self._push(ServerCodec.hello(app.greeting()))
+        # The put being received: (its id, where its CHUNKs go; None = dropped).
+        self.upload: tuple[int, Upload | None] | None = None
+        self.session = Session()
+        self._push(self._hello())
+
+    def _hello(self) -> bytes:
+        fields = self.app.greeting(self.session)
+        return ServerCodec.hello(fields, version=self.session.version)
 
     # -- input ------------------------------------------------------------------
     @property
     def wants_input(self) -> bool:
-        """Read more now? False past `max_queued` (back-pressure) or when done reading."""
-        return self.state in (OPEN, RESYNC) and len(self.queue) < self.max_queued
+        """Read more now? False past `max_queued` (back-pressure), at a put that
+        waits for the requests before it, or when done reading."""
+        return (
+            self.state in (OPEN, RESYNC)
+            and len(self.queue) < self.max_queued
+            and not self.codec.paused
+        )
 
     def receive_data(self, data: bytes) -> None:
         """Bytes from the client; b"" is its EOF."""
         if not data:
             if self.state in (OPEN, RESYNC):
                 self.state = DRAINING
+                self._feed(b"")  # a put being received gives up (nothing more comes)
             self._settle()
             return
         if self.state in (OPEN, RESYNC):
             self._feed(data)
 
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: bytes, resume: bool = False) -> None:
         try:
-            events = self.codec.receive(data)
+            events = self.codec.resume() if resume else self.codec.receive(data)
         except ProtocolError as exc:
             self._broken(exc)
             return
         for event in events:
-            if isinstance(event, Greet):
-                self._restart()
+            if isinstance(event, Chunk):
+                self._chunk(event)
+            elif isinstance(event, Greet):
+                self._restart(event.version)
             elif isinstance(event, Cancel):
                 rid = event.id
+                if self.upload is not None and self.upload[0] == rid:
+                    if self._stop_upload():
+                        self._push(_cancelled(rid))
                 # A cancel of an unknown or finished request has nothing to answer.
-                if (self.current and self.current[0] == rid) or any(r.id == rid for r in self.queue):
+                elif (self.current and self.current[0] == rid) or any(r.id == rid for r in self.queue):
                     self.cancelled.add(rid)
             else:
                 self.queue.append(event)
+        if self.state == DRAINING and self.upload is not None:
+            # Past the client's EOF, with all it sent parsed: the rest never comes.
+            rid = self.upload[0]
+            if self._stop_upload():
+                self._push(ServerCodec.error(rid, "bad_request", "the client ended before the put's content"))
+
+    def _chunk(self, chunk: Chunk) -> None:
+        """A piece of the put being received: to its Upload, or dropped."""
+        if self.upload is None or self.upload[0] != chunk.id:
+            return  # the codec gives only the current put's
+        rid, sink = self.upload
+        if sink is not None:
+            failed = sink.write(chunk.data)
+            if failed is not None:
+                sink = None  # the rest is read and dropped
+                self._push(ServerCodec.error(rid, failed.code, failed.message))
+        self.upload = None if chunk.last else (rid, sink)
+        if chunk.last and sink is not None:
+            self._answer(rid, "put", sink.finish())
+
+    def _start_upload(self, req: Request, answer: object) -> None:
+        """A put was answered: receive its content (or drop it), then parse on."""
+        size = req.args.size  # type: ignore[union-attr]
+        sink = answer if isinstance(answer, Upload) else None
+        if sink is None:
+            self._answer(req.id, req.op, answer)
+        if size == 0:
+            if sink is not None:
+                self._answer(req.id, req.op, sink.finish())
+        else:
+            self.upload = (req.id, sink)
+        self._feed(b"", resume=True)
+
+    def _stop_upload(self) -> bool:
+        """Give up the put being received; True when it was not answered yet."""
+        if self.upload is None:
+            return False
+        _, sink = self.upload
+        self.upload = None
+        if sink is not None:
+            sink.abort()
+            return True
+        return False
 
     def _broken(self, exc: ProtocolError) -> None:
         """The framing is broken: say why, drop the session's work."""
@@ -125,9 +204,10 @@ class ServerConnection:
         else:
             self.state = CLOSING
 
-    def _restart(self) -> None:
+    def _restart(self, version: int) -> None:
         """GREET: forget the session (keeping a half-written frame whole), greet again."""
         self._drop_work()
+        self.session = Session(version)
         keep = []
         while self._out and not self._out[0][1]:
             keep.append(self._out.popleft())
@@ -135,12 +215,16 @@ class ServerConnection:
         self._out.extend(keep)
         self.out_bytes = sum(len(b) for b, _ in keep)
         self.state = OPEN
-        self._push(ServerCodec.hello(self.app.greeting()))
+        self._push(self._hello())
 
     # -- events from the driver ---------------------------------------------------
     def abandon(self) -> None:
         """No host on the stream any more (a serial port reads EOF): drop its work."""
+        midput = self.codec.paused or self.codec.receiving is not None
         self._drop_work()
+        if midput:  # what follows the put's REQUEST cannot be parsed: wait for a GREET
+            self.state = RESYNC
+            self.codec.resync()
 
     def reset(self) -> None:
         """The stream's peer went away mid-write: drop everything, wait for a GREET."""
@@ -199,12 +283,15 @@ class ServerConnection:
         """Pull replies until the output reaches the high-water mark."""
         while self.out_bytes < self.high_water and self.state in (OPEN, DRAINING):
             if self.current is None:
-                if not self.queue:
+                if not self.queue or self.upload is not None:
                     break
                 req = self.queue.popleft()
                 if req.id in self.cancelled:
                     self.cancelled.discard(req.id)
-                    self._push(_cancelled(req.id))
+                    if isinstance(req, Request) and req.op == "put":
+                        self._start_upload(req, Failure("cancelled", "cancelled by the client"))
+                    else:
+                        self._push(_cancelled(req.id))
                 elif isinstance(req, BadRequest):
                     self._push(ServerCodec.error(req.id, req.code, req.message))
                 else:
@@ -224,22 +311,37 @@ class ServerConnection:
         self._settle()
 
     def _start(self, req: Request) -> None:
-        answer = self.app.handle(req)
+        answer = self.app.handle(req, self.session)
+        if req.op == "put":
+            self._start_upload(req, answer)
+        else:
+            self._answer(req.id, req.op, answer)
+
+    def _answer(self, rid: int, op: str, answer: object) -> None:
         if isinstance(answer, Result):
-            self._push(ServerCodec.end(req.id, req.op, answer.value))
+            self._push(ServerCodec.end(rid, op, answer.value))
         elif isinstance(answer, Failure):
-            self._push(ServerCodec.error(req.id, answer.code, answer.message))
+            self._push(ServerCodec.error(rid, answer.code, answer.message))
         elif isinstance(answer, Body):
-            self.current = (req.id, _body_frames(req.id, answer))
+            self.current = (rid, _body_frames(rid, answer))
         elif isinstance(answer, Listing):
-            self.current = (req.id, _listing_frames(req.id, answer.entries))
+            self.current = (rid, _entry_frames(rid, "list", answer.entries, encode_entries))
+        elif isinstance(answer, History):
+            self.current = (rid, _entry_frames(rid, "log", answer.entries, encode_log))
         else:  # an application bug: an answer, never a crash
-            self._push(ServerCodec.error(req.id, "internal", f"no answer for {req.op}"))
+            self._push(ServerCodec.error(rid, "internal", f"no answer for {op}"))
 
     def _settle(self) -> None:
         # CLOSING sends only what is queued; DRAINING also answers what was asked.
         if not self._out and self.state in (CLOSING, DRAINING) and not self.has_work:
             self.state = CLOSED
+            self._end_session()
+
+    def _end_session(self) -> None:
+        """The session is over: the application drops what it kept (aborts its batch)."""
+        if self.session.state:
+            self.app.end_session(self.session)
+            self.session.state.clear()
 
     def _drop_current(self) -> None:
         if self.current is not None:
@@ -248,9 +350,12 @@ class ServerConnection:
             frames.close()  # type: ignore[attr-defined]  # generators: closes the source too
 
     def _drop_work(self) -> None:
+        """Drop the session's requests, replies and put, and what it kept."""
         self.queue.clear()
         self.cancelled.clear()
         self._drop_current()
+        self._stop_upload()
+        self._end_session()
 
 
 def _cancelled(rid: int) -> bytes:
@@ -297,9 +402,12 @@ def _body_frames(rid: int, body: Body) -> Iterator[Frame]:
     yield (ServerCodec.end(rid, "get", end),)
 
 
-def _listing_frames(rid: int, entries: Iterator[Entry | Failure]) -> Iterator[Frame]:
+def _entry_frames(
+    rid: int, op: str, entries: Iterator[Entry | LogEntry | Failure], encode: Callable[[list], bytes]
+) -> Iterator[Frame]:
+    """A list's entries (or a log's), packed whole in DATA frames, then END with the count."""
     count = 0
-    batch: list[Entry] = []
+    batch: list = []
     size = 0
     try:
         for entry in entries:
@@ -307,9 +415,9 @@ def _listing_frames(rid: int, entries: Iterator[Entry | Failure]) -> Iterator[Fr
                 yield (ServerCodec.error(rid, entry.code, entry.message),)
                 return
             batch.append(entry)
-            size += 7 + len(entry.key)
+            size += _entry_size(entry)
             if size >= LIST_BATCH:
-                payload = encode_entries(batch)
+                payload = encode(batch)
                 count += len(batch)
                 batch, size = [], 0
                 yield data_header(rid, len(payload)), payload
@@ -318,7 +426,14 @@ def _listing_frames(rid: int, entries: Iterator[Entry | Failure]) -> Iterator[Fr
         if close is not None:
             close()
     if batch:
-        payload = encode_entries(batch)
+        payload = encode(batch)
         count += len(batch)
         yield data_header(rid, len(payload)), payload
-    yield (ServerCodec.end(rid, "list", count),)
+    yield (ServerCodec.end(rid, op, count),)
+
+
+def _entry_size(entry: Entry | LogEntry) -> int:
+    """About what an entry takes in a DATA frame (a log entry's UTF-8 may be longer)."""
+    if isinstance(entry, Entry):
+        return 7 + len(entry.key)
+    return 36 + len(entry.author) + len(entry.message)

@@ -70,9 +70,13 @@ __all__ = ["NoSpace", "ReadOnly", "Skipped", "Store", "TooManyExtents"]
 class ReadOnly(DocteurError):
     """The image has no room for writes (no write area)."""
 
+    code = "read_only"
+
 
 class TooManyExtents(DocteurError):
     """A root record is full of extents: the image must be compacted first."""
+
+    code = "no_space"
 
 
 class Skipped(namedtuple("Skipped", "generation reason")):
@@ -587,3 +591,25 @@ def _signature(who: Signature | str, when: int, tz: str) -> Signature:
     if not email.endswith(">") or "\n" in who or "<" in email or not name.strip():
         raise ValueError(f"bad author {who!r}: give 'Name <email>'")
     return Signature.make(name.strip(), email[:-1], when, tz)
+
+
+# -- sync (push and pull) ----------------------------------------------------------------
+
+
+def adopt(
+    store: Store, writer: PackWriter | None, head: bytes, synced: tuple[bytes, str] | None = None
+) -> int:
+    """Make `head`, a commit object already written into `writer` (a batch of fetched
+    objects) or already in the image, the head of a new generation; with `synced`
+    (commit, remote), record it as the remote's tip in the same root. This is how a
+    pull fast-forwards or merges. Returns the generation once durable."""
+    if writer is not None and head in writer:
+        pass  # added through the writer, which checked its id
+    elif head in store:
+        store.commit_object(head)  # a commit, not some other object
+    else:
+        raise NotFound(f"commit {head.hex()} is neither in the batch nor in the image")
+    extents = list(store.extents)
+    if writer is not None and writer.entries:
+        extents.insert(0, writer.finish())
+    return store._publish(extents, head, synced=synced).generation

@@ -124,17 +124,21 @@ class Image:
         self.fully_verified = False
 
     @classmethod
-    def open(cls, path: str, check: str = "cheap", *, lock: bool = True) -> Image:
+    def open(
+        cls, path: str, check: str = "cheap", *, lock: bool = True, device: Device | None = None
+    ) -> Image:
         """Open `path` and choose the generation to serve. `check` is the store's
         (generations.CHECKS): "pack" also hashes the PACK of every extent it adopts,
         so a damaged one falls back to the generation before. `lock`: take the
-        reader's locks (refused while a writer has the image)."""
+        reader's locks (refused while a writer has the image). `device`: the store
+        reads (and writes) through it, a writable device of the same file that this
+        process writes (then lock=False); the image closes it."""
         fd = open_image_fd(path)
         try:
             identity = _identity(fd)  # before any read: a write during them is a change
             if lock:
                 lock_reader(fd, path)
-            store = Store.open(_Reading(fd, path), check)
+            store = Store.open(device or _Reading(fd, path), check)
             return cls(fd, path, store, check, identity)
         except ImageError as exc:
             os.close(fd)
@@ -147,6 +151,7 @@ class Image:
     def close(self) -> None:
         if self.fd >= 0:
             self.store.close()
+            self.store.device.close()  # a writable device given to open; else a no-op
             os.close(self.fd)
             self.fd = -1
 
@@ -379,9 +384,21 @@ class Blob:
             raise image.named(exc) from None
 
 
-def open_checked(path: str, mode: str) -> Image:
+def open_checked(path: str, mode: str, writable: bool = False) -> Image:
     """The image at `path`, opened for the boot check of `mode`: in `pack` and
     `full` the store hashes each extent's PACK as it chooses the generation, so a
-    damaged newest generation falls back to the one before. (Here, not in boot.py:
-    `docteur verify` needs it without the server's modules.)"""
-    return Image.open(path, "cheap" if mode == "none" else "pack")
+    damaged newest generation falls back to the one before. `writable`: through a
+    writable device holding the writer's lock (as `docteur put` does; O_DIRECT on a
+    block device), the image's own reader locks left out (they would refuse it).
+    (Here, not in boot.py: `docteur verify` needs it without the server's modules.)"""
+    check_mode = "cheap" if mode == "none" else "pack"
+    if not writable:
+        return Image.open(path, check_mode)
+    from .device import FileDevice  # only with --rw
+
+    device = FileDevice(path, writable=True)
+    try:
+        return Image.open(path, check_mode, lock=False, device=device)
+    except BaseException:
+        device.close()
+        raise

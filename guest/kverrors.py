@@ -24,7 +24,7 @@ class InvalidPath(DocteurError):
 class InvalidMode(DocteurError):
     """A put with a mode that is not a file, an executable or a symlink."""
 
-    code = "invalid_mode"
+    code = "bad_request"  # the protocol's name: a request no server can take
 
 
 class PathError(DocteurError):
@@ -76,6 +76,44 @@ class RenameSourcePrefix(DocteurError):
         super().__init__(f"cannot move {show(source)} inside itself ({show(dest)})")
         self.path = source
         self.dest = dest
+
+
+# -- the server's write errors (protocol version 2) ----------------------------------
+class ReadOnlyDisk(DocteurError):
+    """Writes refused: a disk served read-only, without a write area, or stopped
+    after an I/O error."""
+
+    code = "read_only"
+
+
+class Busy(DocteurError):
+    """Another batch is open on the disk."""
+
+    code = "busy"
+
+
+class Conflict(DocteurError):
+    """The expected head is not the head."""
+
+    code = "conflict"
+
+
+class BadArguments(DocteurError):
+    """Arguments the request may not carry here (commit arguments inside a batch)."""
+
+    code = "bad_request"
+
+
+class WriteFailed(DocteurError):
+    """An I/O error writing or flushing: the batch is lost, the disk stops writing."""
+
+    code = "image"
+
+
+class NoBatch(DocteurError):
+    """commit or abort without a batch of this connection on the disk."""
+
+    code = "no_batch"
 
 
 # Most specific first, for a server's error table.

@@ -119,6 +119,22 @@ class Signature(namedtuple("Signature", "raw")):
         except (IndexError, UnicodeDecodeError):
             return "+0000"
 
+    @property
+    def tz_minutes(self) -> int:
+        """The offset as minutes east of UTC; 0 when unreadable."""
+        tz = self.tz_offset
+        try:
+            minutes = int(tz[1:3]) * 60 + int(tz[3:5])
+        except ValueError:
+            return 0
+        return -minutes if tz.startswith("-") else minutes
+
+    @property
+    def who(self) -> str:
+        """`Name <email>`, without the time."""
+        head, sep, _ = self.raw.rpartition(b"> ")
+        return (head + b">" if sep else self.raw).decode("utf-8", "replace")
+
     @classmethod
     def make(cls, name: str, email: str, timestamp: int, tz: str = "+0000") -> Signature:
         return cls(f"{name} <{email}> {timestamp} {tz}".encode())

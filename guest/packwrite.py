@@ -13,20 +13,21 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from .deltaenc import make_delta
 from .device import BLOCK, Device, align_up
-from .errors import DocteurError
+from .errors import DocteurError, IntegrityError
 from .idx import build_idx
-from .objects import TYPE_CODES, object_header, object_id, sha1
-from .pack import OFS_DELTA
+from .objects import TYPE_CODES, TYPE_NUMBERS, object_header, object_id, sha1
+from .pack import OFS_DELTA, parse_entry
 from .roots import Extent
 
 # Pending bytes above this are written out (whole blocks), so a small batch's
 # PACK stays in memory until `finish` and is written once.
 _SPILL = 4 << 20
 _READ_BACK = 1 << 20
+_INFLATE = 1 << 18  # inflated pieces of a read back from an open batch
 # git's default delta chain limit (pack.depth).
 MAX_DEPTH = 50
 
@@ -42,8 +43,75 @@ def _ofs_bytes(rel: int) -> bytes:
     return bytes(reversed(out))
 
 
+class ObjectStream:
+    """One object being written into a PackWriter, its bytes pushed as they come."""
+
+    def __init__(self, writer: PackWriter, kind: str, size: int):
+        self.writer = writer
+        self.kind = kind
+        self.size = size
+        self.start = start = writer.pos
+        self.written = written = writer._written
+        # The bytes of the block `start` lies in, to restore them when rewinding.
+        self.tail = bytes(writer._buf[start - start % BLOCK - written :])
+        self.got = 0
+        self.hash = sha1(object_header(kind, size), size)
+        self.comp = zlib.compressobj(writer.level)
+        head = entry_header(kind, size)
+        self.crc = zlib.crc32(head)
+        self.closed = False
+        self._write(head)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.writer._write(data)
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, chunk: bytes) -> None:
+        if self.closed:
+            raise ValueError("this object is finished or aborted")
+        self.got += len(chunk)
+        if self.got > self.size:
+            self.abort()
+            raise ValueError(f"the {self.kind} is longer than the {self.size} bytes declared")
+        self.hash.update(chunk)
+        data = self.comp.compress(chunk)
+        self.crc = zlib.crc32(data, self.crc)
+        self._write(data)
+
+    def finish(self) -> bytes:
+        """The object's id, once its `size` bytes were written (the writer keeps
+        one copy of an object: one it holds already is rewound)."""
+        if self.got != self.size:
+            self.abort()
+            raise ValueError(
+                f"the {self.kind} changed while it was read: {self.got} bytes, expected {self.size}"
+            )
+        data = self.comp.flush()
+        self.crc = zlib.crc32(data, self.crc)
+        self._write(data)
+        self.closed = True
+        writer = self.writer
+        oid = self.hash.digest()
+        if oid in writer.entries or writer.known(oid):
+            writer._rewind(self.start, self.written, self.tail)
+        else:
+            writer.entries[oid] = (self.crc, self.start)
+        return oid
+
+    def abort(self) -> None:
+        """Leave the writer as it was before this object."""
+        if not self.closed:
+            self.closed = True
+            self.writer._rewind(self.start, self.written, self.tail)
+
+
 class NoSpace(DocteurError):
     """The batch does not fit in the image's free space; nothing was committed."""
+
+    code = "no_space"
 
 
 def entry_header(kind: str | int, size: int) -> bytes:
@@ -145,40 +213,20 @@ class PackWriter:
 
     def add_stream(self, kind: str, size: int, chunks: Iterable[bytes]) -> bytes:
         """Store an object of `size` bytes given in pieces, hashed as it is written."""
-        start = self.pos
-        written = self._written
-        # The bytes of the block `start` lies in, to restore them when rewinding.
-        tail = bytes(self._buf[start - start % BLOCK - written :])
-        h = sha1(object_header(kind, size), size)
-        comp = zlib.compressobj(self.level)
-        head = entry_header(kind, size)
-        crc = zlib.crc32(head)
-        got = 0
+        stream = self.stream(kind, size)
         try:
-            self._write(head)
             for chunk in chunks:
-                got += len(chunk)
-                if got > size:
-                    break
-                h.update(chunk)
-                data = comp.compress(chunk)
-                crc = zlib.crc32(data, crc)
-                self._write(data)
-            if got != size:
-                raise ValueError(f"the {kind} changed while it was read: {got} bytes, expected {size}")
-            data = comp.flush()
-            crc = zlib.crc32(data, crc)
-            self._write(data)
+                stream.write(chunk)
+            return stream.finish()
         except BaseException:
             # A source that fails (or lies about its size) leaves the writer as it was.
-            self._rewind(start, written, tail)
+            stream.abort()
             raise
-        oid = h.digest()
-        if oid in self.entries or self.known(oid):
-            self._rewind(start, written, tail)
-        else:
-            self.entries[oid] = (crc, start)
-        return oid
+
+    def stream(self, kind: str, size: int) -> ObjectStream:
+        """An object of `size` bytes pushed in pieces (`write`, then `finish`);
+        `abort` leaves the writer as it was. Nothing else may be added meanwhile."""
+        return ObjectStream(self, kind, size)
 
     def _rewind(self, pos: int, written: int, tail: bytes) -> None:
         """Back to PACK offset `pos` (`written` and `tail` as they were there); the
@@ -188,6 +236,45 @@ class PackWriter:
         else:
             self._buf = bytearray(tail)
             self._written = pos - pos % BLOCK
+
+    def read_entry(self, oid: bytes) -> tuple[str, int, Iterator[bytes]] | None:
+        """(kind, size, inflated pieces) of an object this PACK holds whole, None
+        when it does not: a batch reads what it wrote before it commits."""
+        found = self.entries.get(oid)
+        if found is None or oid in self._depth:
+            return None
+        entry = parse_entry(self._read(found[1], 32), found[1])
+        return TYPE_NUMBERS[entry.type], entry.size, self._inflate(entry.data_offset, entry.size)
+
+    def _read(self, at: int, n: int) -> bytes:
+        """`n` PACK bytes from `at` (fewer at the end): the device's, then the buffer's."""
+        out = b""
+        if at < self._written:
+            take = min(n, self._written - at)
+            out = self.device.pread(take, self.offset + at)
+            at, n = at + take, n - take
+        if n > 0 and at >= self._written:
+            start = at - self._written
+            out += bytes(self._buf[start : start + n])
+        return out
+
+    def _inflate(self, at: int, size: int) -> Iterator[bytes]:
+        d = zlib.decompressobj()
+        got = 0
+        while got < size:
+            raw = self._read(at, _READ_BACK)
+            if not raw:
+                raise IntegrityError(f"PACK entry at {at} of the open batch ends early")
+            at += len(raw)
+            piece = d.decompress(raw, _INFLATE)
+            while piece:
+                got += len(piece)
+                yield piece
+                piece = d.decompress(d.unconsumed_tail, _INFLATE) if d.unconsumed_tail else b""
+            if d.eof:
+                break
+        if got != size:
+            raise IntegrityError(f"PACK entry of the open batch inflates to {got} bytes, not {size}")
 
     def finish(self) -> Extent:
         """Write the count, the trailer and the IDX; return the extent. No flush."""

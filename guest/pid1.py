@@ -6,7 +6,8 @@ TCG). There is no kmod, busybox or udev in the guest: mounts, module loads and
 power-off are direct system calls through ctypes.
 
 Kernel parameters read from /proc/cmdline: docteur.blocks=NAME,... (the
-virtio-blk serials to wait for), docteur.verify=full|pack|none, and for
+virtio-blk serials to wait for), docteur.verify=full|pack|none,
+docteur.rw=NAME,... (the disks attached writable: served with --rw), and for
 diagnosis docteur.debug=1 (stage times on the console), docteur.dry=1 (stop
 before serving).
 
@@ -22,7 +23,7 @@ import os
 import sys
 import time
 
-from .defaults import DEFAULT_VERIFY, PORT_NAME
+from .defaults import DEFAULT_VERIFY, PORT_NAME, RW_PARAM
 
 MODULE_ORDER = "/lib/modules/docteur.order"  # written by the guest build
 DEVICE_TIMEOUT = 10.0  # seconds to wait for the disks and the port to appear
@@ -134,9 +135,17 @@ def server_argv(params: dict[str, str]) -> list[str]:
     names = [n for n in params.get("blocks", "").split(",") if n]
     disks, port = wait_devices(names)
     log(f"port {port}, disks {' '.join(f'{n}={p}' for n, p in disks.items()) or '(none)'}")
+    return argv_for(disks, port, params)
+
+
+def argv_for(disks: dict[str, str], port: str, params: dict[str, str]) -> list[str]:
+    """The guest server's command line for the disks and port found and the kernel parameters."""
     argv: list[str] = []
     for name, path in disks.items():
         argv += ["--block", f"{name}={path}"]
+    writable = [n for n in params.get(RW_PARAM.removeprefix("docteur."), "").split(",") if n]
+    if writable:  # /dev/vdX opened O_RDWR, O_DIRECT (device.FileDevice)
+        argv.append(f"--rw={','.join(writable)}")
     return [*argv, "--verify", params.get("verify", DEFAULT_VERIFY), "--device", port]
 
 

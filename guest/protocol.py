@@ -15,9 +15,24 @@ from collections.abc import Iterator
 # The values the wire carries live in `values` (the disk view builds them too);
 # importing them from here keeps working.
 from .defaults import DEFAULT_DISK
-from .values import KINDS, MAX_PATH, Entry, GetEnd, NamedTuple, Stat
+from .values import (
+    KINDS,
+    MAX_PATH,
+    Begun,
+    CommitArgs,
+    Committed,
+    Entry,
+    GetEnd,
+    LogEntry,
+    NamedTuple,
+    Put,
+    PutArgs,
+    RenameArgs,
+    Stat,
+)
 
-VERSION = 1
+VERSION = 1  # the version every session starts in (the first HELLO's)
+VERSIONS = (1, 2)  # the versions this codec speaks; GREET(v) gets min(v, the last)
 MAGIC = b"docteur\0"
 
 HEADER = struct.Struct(">BBII")
@@ -25,10 +40,11 @@ HEADER_SIZE = HEADER.size
 MAX_REQUEST = 1 << 16  # the biggest payload a server accepts from a client
 MAX_FRAME = 1 << 24  # the biggest payload a client accepts from a server
 CHUNK = 1 << 18  # DATA payload size the server aims for
+MAX_CHUNK = 1 << 18  # the biggest CHUNK payload a v2 server accepts (HELLO's max_chunk)
 MAX_DISK = 255
 
 # Frame types.
-REQUEST, CANCEL, GREET = 0x01, 0x02, 0x03
+REQUEST, CANCEL, GREET, CHUNK_FRAME = 0x01, 0x02, 0x03, 0x04
 HELLO, DATA, END, ERROR = 0x10, 0x11, 0x12, 0x13
 
 # Operations (the code of a REQUEST frame).
@@ -43,9 +59,23 @@ OPS = {
     8: "list",
     9: "ping",
     10: "shutdown",
+    # Version 2: writes (20-23 are reserved for later additions).
+    11: "begin",
+    12: "put",
+    13: "remove",
+    14: "rename",
+    15: "commit",
+    16: "abort",
+    17: "log",
     18: "snapshot",  # a snapshot start (resume.py): the state is about to be saved
     19: "restored",  # ... this guest runs from a saved state
 }
+# The operations of every version, a path and no arguments: version 1's and the
+# appliance's snapshot pair (additions that old peers answer unknown_op).
+V1_OPS = frozenset(OPS[code] for code in (*range(1, 11), 18, 19))
+# The writes that take commit arguments outside a batch (their own batch).
+SINGLE_WRITES = ("put", "remove", "rename")
+MODES = (0o100644, 0o100755, 0o120000)  # what a put may bind: file, executable, symlink
 OP_CODES = {name: code for code, name in OPS.items()}
 
 # Error codes (the code of an ERROR frame).
@@ -64,6 +94,16 @@ ERRORS = {
     12: "cancelled",
     13: "internal",
     14: "protocol",
+    # Version 2: the errors of writes, named as mirage-kv names them.
+    15: "value_expected",
+    16: "dictionary_expected",
+    17: "already_present",
+    18: "no_space",
+    19: "rename_source_prefix",
+    20: "read_only",
+    21: "busy",
+    22: "conflict",
+    23: "no_batch",
 }
 ERROR_CODES = {name: code for code, name in ERRORS.items()}
 
@@ -76,6 +116,11 @@ _GET_END = struct.Struct(">QQQ")
 _TIME = struct.Struct(">qh")
 _ENTRY = struct.Struct(">BIH")
 _HELLO = struct.Struct(">8sHI")
+_PUT = struct.Struct(">QI")  # size, mode
+_BEGUN = struct.Struct(">20sI")  # head, generation
+_COMMITTED = struct.Struct(">B20sIQ")  # committed, commit id, generation, free bytes
+_LOG = struct.Struct(">20sqhHI")  # commit, time, tz minutes, author length, message length
+_ZERO_ID = bytes(20)
 TO_END = (1 << 64) - 1  # a ranged get's length meaning "to the end of the file"
 
 
@@ -111,6 +156,9 @@ class Request(NamedTuple):
     path: bytes
     offset: int = 0
     length: int | None = None  # None: to the end
+    # Version 2: PutArgs (put), RenameArgs (rename), CommitArgs (commit, and a
+    # remove outside a batch), int (log's max), else None.
+    args: object = None
 
 
 class BadRequest(NamedTuple):
@@ -122,7 +170,17 @@ class BadRequest(NamedTuple):
 
 
 class Greet(NamedTuple):
-    """The host asks for a (new) greeting: a new session on a stream."""
+    """The host asks for a (new) greeting: a new session, of `version`."""
+
+    version: int = VERSION
+
+
+class Chunk(NamedTuple):
+    """A piece of put `id`'s content; `last` when it completes the declared size."""
+
+    id: int
+    data: bytes
+    last: bool
 
 
 class Cancel(NamedTuple):
@@ -150,8 +208,9 @@ class Error(NamedTuple):
 class FrameReader:
     """Cuts a byte stream into (type, code, id, payload) frames."""
 
-    def __init__(self, max_payload: int):
+    def __init__(self, max_payload: int, limits: dict[int, int] | None = None):
         self.max_payload = max_payload
+        self.limits = limits or {}  # frame type -> its own payload limit
         self._buf = bytearray()
         self._pos = 0
 
@@ -180,9 +239,10 @@ class FrameReader:
         buf = self._buf
         while len(buf) - self._pos >= HEADER_SIZE:
             ftype, code, rid, length = HEADER.unpack_from(buf, self._pos)
-            if length > self.max_payload:
+            limit = self.limits.get(ftype, self.max_payload)
+            if length > limit:
                 raise ProtocolError(
-                    f"frame declares {length} bytes, the limit is {self.max_payload}",
+                    f"frame declares {length} bytes, the limit is {limit}",
                     "too_large",
                     rid,
                 )
@@ -199,6 +259,8 @@ def frame(ftype: int, code: int, rid: int, payload: bytes = b"") -> bytes:
 
 
 GREET_FRAME = HEADER.pack(GREET, 0, 0, 0)
+# A GREET's header up to the low byte of its length (0, or 2 with a version).
+_GREET_PREFIX = GREET_FRAME[:9]
 # What a greeting starts with (its length varies): type, code, id 0.
 _HELLO_PREFIX = HEADER.pack(HELLO, 0, 0, 0)[:6]
 
@@ -206,6 +268,20 @@ _HELLO_PREFIX = HEADER.pack(HELLO, 0, 0, 0)[:6]
 def data_header(rid: int, length: int) -> bytes:
     """The header of a DATA frame; the caller sends the chunk after it (writev)."""
     return HEADER.pack(DATA, 0, rid, length)
+
+
+def greet_frame(version: int = VERSION) -> bytes:
+    """GREET asking for a session of `version` (version 1: the empty GREET)."""
+    return GREET_FRAME if version == 1 else frame(GREET, 0, 0, _U16.pack(version))
+
+
+def chunk_header(rid: int, length: int) -> bytes:
+    """The header of a CHUNK frame of put `rid`; its `length` bytes follow (writev)."""
+    return HEADER.pack(CHUNK_FRAME, 0, rid, length)
+
+
+def chunk_frame(rid: int, data: bytes) -> bytes:
+    return chunk_header(rid, len(data)) + data
 
 
 # -- field encodings -----------------------------------------------------------
@@ -259,8 +335,133 @@ def decode_entries(data: bytes) -> list[Entry]:
     return entries
 
 
+def encode_log(entries: list[LogEntry]) -> bytes:
+    out = []
+    for e in entries:
+        author, message = e.author.encode("utf-8", "replace"), e.message.encode("utf-8", "replace")
+        out += [_LOG.pack(e.commit, e.time, e.tz, len(author), len(message)), author, message]
+    return b"".join(out)
+
+
+def decode_log(data: bytes) -> list[LogEntry]:
+    """The log entries of a DATA frame of a `log` reply (each frame holds whole entries)."""
+    entries, pos = [], 0
+    try:
+        while pos < len(data):
+            commit, when, tz, alen, mlen = _LOG.unpack_from(data, pos)
+            pos += _LOG.size
+            author, message = data[pos : pos + alen], data[pos + alen : pos + alen + mlen]
+            if len(author) != alen or len(message) != mlen:
+                raise ProtocolError("truncated log entry")
+            entries.append(LogEntry(commit, when, tz, author.decode(), message.decode()))
+            pos += alen + mlen
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"malformed log entry: {exc}") from None
+    return entries
+
+
+def encode_commit_args(args: CommitArgs) -> bytes:
+    message, author = args.message.encode(), args.author.encode()
+    if len(author) > 0xFFFF:
+        raise ValueError("author too long")
+    out = _U32.pack(len(message)) + message + _U16.pack(len(author)) + author
+    if args.expected is None:
+        return out + b"\0"
+    if len(args.expected) != 20:
+        raise ValueError("an expected head is a 20-byte commit id")
+    return out + b"\1" + args.expected
+
+
+def _decode_commit_args(payload: bytes, pos: int) -> tuple[CommitArgs, int]:
+    (mlen,) = _U32.unpack_from(payload, pos)
+    pos += 4
+    message = payload[pos : pos + mlen]
+    if len(message) != mlen:
+        raise ValueError("truncated commit message")
+    pos += mlen
+    (alen,) = _U16.unpack_from(payload, pos)
+    pos += 2
+    author = payload[pos : pos + alen]
+    if len(author) != alen:
+        raise ValueError("truncated author")
+    pos += alen
+    (flag,) = _U8.unpack_from(payload, pos)
+    pos += 1
+    expected = None
+    if flag == 1:
+        expected = payload[pos : pos + 20]
+        if len(expected) != 20:
+            raise ValueError("truncated expected head")
+        pos += 20
+    elif flag:
+        raise ValueError(f"expected-head flag {flag} (0 or 1)")
+    return CommitArgs(message.decode(), author.decode(), expected), pos
+
+
+def _encode_args(op: str, args: object) -> bytes:
+    """A v2 request's arguments (after its path)."""
+    if op == "put":
+        if not isinstance(args, PutArgs):
+            raise ValueError("a put takes PutArgs (size, mode, commit)")
+        out = _PUT.pack(args.size, args.mode)
+        return out + (encode_commit_args(args.commit) if args.commit is not None else b"")
+    if op == "rename":
+        if not isinstance(args, RenameArgs):
+            raise ValueError("a rename takes RenameArgs (dest, commit)")
+        if len(args.dest) > MAX_PATH:
+            raise ValueError("destination path too long")
+        out = _U16.pack(len(args.dest)) + args.dest
+        return out + (encode_commit_args(args.commit) if args.commit is not None else b"")
+    if op == "remove":
+        return encode_commit_args(args) if isinstance(args, CommitArgs) else b""
+    if op == "commit":
+        return encode_commit_args(args if isinstance(args, CommitArgs) else CommitArgs())
+    if op == "log":
+        return _U32.pack(args) if isinstance(args, int) else b""
+    return b""
+
+
+def _decode_args(op: str, payload: bytes, pos: int) -> object:
+    """A v2 request's arguments from `pos` to the end of its payload."""
+    end = len(payload)
+    args: object = None
+    if op == "put":
+        size, mode = _PUT.unpack_from(payload, pos)
+        if mode not in MODES:
+            raise ValueError(f"mode {mode:o} (a put binds 100644, 100755 or 120000)")
+        pos += _PUT.size
+        commit = None
+        if pos < end:
+            commit, pos = _decode_commit_args(payload, pos)
+        args = PutArgs(size, mode, commit)
+    elif op == "rename":
+        (dlen,) = _U16.unpack_from(payload, pos)
+        dest = payload[pos + 2 : pos + 2 + dlen]
+        if len(dest) != dlen or dlen > MAX_PATH:
+            raise ValueError("truncated destination path")
+        pos += 2 + dlen
+        commit = None
+        if pos < end:
+            commit, pos = _decode_commit_args(payload, pos)
+        args = RenameArgs(dest, commit)
+    elif op == "commit" or (op == "remove" and pos < end):
+        args, pos = _decode_commit_args(payload, pos)
+    elif op == "log" and pos < end:
+        (args,) = _U32.unpack_from(payload, pos)
+        pos += 4
+    if pos != end:
+        raise ValueError(f"{end - pos} unexpected bytes after the arguments")
+    return args
+
+
 def encode_request(
-    rid: int, op: str, disk: str = "", path: bytes = b"", offset: int = 0, length: int | None = None
+    rid: int,
+    op: str,
+    disk: str = "",
+    path: bytes = b"",
+    offset: int = 0,
+    length: int | None = None,
+    args: object = None,
 ) -> bytes:
     d = disk.encode()
     if len(d) > MAX_DISK or len(path) > MAX_PATH:
@@ -268,14 +469,22 @@ def encode_request(
     payload = _U8.pack(len(d)) + d + _U16.pack(len(path)) + path
     if op == "get" and (offset or length is not None):
         payload += _RANGE.pack(offset, TO_END if length is None else length)
+    elif op not in V1_OPS:
+        payload += _encode_args(op, args)
+    if len(payload) > MAX_REQUEST:
+        raise ValueError(f"a {op} request of {len(payload)} bytes (the limit is {MAX_REQUEST})")
     return frame(REQUEST, OP_CODES[op], rid, payload)
 
 
-def _decode_request(rid: int, code: int, payload: bytes) -> Request | BadRequest:
+# The v2 operations that name no path.
+_PATHLESS = ("begin", "commit", "abort", "log")
+
+
+def _decode_request(rid: int, code: int, payload: bytes, version: int = VERSION) -> Request | BadRequest:
     op = OPS.get(code)
     if rid == 0:
         return BadRequest(0, "bad_request", "request id 0 is reserved for the connection")
-    if op is None:
+    if op is None or (version < 2 and op not in V1_OPS):
         return BadRequest(rid, "unknown_op", f"unknown operation {code}")
     try:
         (dlen,) = _U8.unpack_from(payload, 0)
@@ -286,16 +495,20 @@ def _decode_request(rid: int, code: int, payload: bytes) -> Request | BadRequest
         if len(path) != plen or plen > MAX_PATH:
             raise ValueError("truncated path")
         pos += plen
-        offset, length = 0, None
+        offset, length, args = 0, None, None
         rest = len(payload) - pos
-        if op == "get" and rest == _RANGE.size:
+        if op not in V1_OPS:
+            if path and op in _PATHLESS:
+                raise ValueError(f"{op} names no path")
+            args = _decode_args(op, payload, pos)
+        elif op == "get" and rest == _RANGE.size:
             offset, raw_length = _RANGE.unpack_from(payload, pos)
             length = None if raw_length == TO_END else raw_length
         elif rest:
             raise ValueError(f"{rest} unexpected bytes after the path")
     except (struct.error, UnicodeDecodeError, ValueError) as exc:
         return BadRequest(rid, "bad_request", f"malformed {op} request: {exc}")
-    return Request(rid, op, disk or DEFAULT_DISK, path, offset, length)
+    return Request(rid, op, disk or DEFAULT_DISK, path, offset, length, args)
 
 
 def encode_result(op: str, result: object) -> bytes:
@@ -322,7 +535,33 @@ def encode_result(op: str, result: object) -> bytes:
     if op == "last_modified":
         assert isinstance(result, tuple)
         return _TIME.pack(*result)
+    if op == "begin":
+        assert isinstance(result, Begun)
+        return _BEGUN.pack(result.head, result.generation)
+    if op == "put":
+        assert isinstance(result, Put)
+        return result.blob + _encode_committed(result.commit)
+    if op in ("remove", "rename", "commit"):
+        assert result is None or isinstance(result, Committed)
+        return _encode_committed(result)
+    if op == "log":
+        assert isinstance(result, int)
+        return _U64.pack(result)
     return b""
+
+
+def _encode_committed(result: Committed | None) -> bytes:
+    if result is None:
+        return b""
+    commit = result.commit if result.committed else _ZERO_ID
+    return _COMMITTED.pack(int(result.committed), commit, result.generation, result.free)
+
+
+def _decode_committed(payload: bytes) -> Committed | None:
+    if not payload:
+        return None
+    committed, commit, generation, free = _COMMITTED.unpack(payload)
+    return Committed(bool(committed), commit, generation, free)
 
 
 def decode_result(op: str, payload: bytes) -> object:
@@ -344,6 +583,20 @@ def decode_result(op: str, payload: bytes) -> object:
             return payload.hex()
         if op == "last_modified":
             return _TIME.unpack(payload)
+        if op == "begin":
+            return Begun(*_BEGUN.unpack(payload))
+        if op == "put":
+            if len(payload) < 20:
+                raise ValueError("a put's result starts with a 20-byte blob id")
+            return Put(payload[:20], _decode_committed(payload[20:]))
+        if op in ("remove", "rename"):
+            return _decode_committed(payload)
+        if op == "commit":
+            if len(payload) != _COMMITTED.size:
+                raise ValueError(f"a commit result is {_COMMITTED.size} bytes")
+            return _decode_committed(payload)
+        if op == "log":
+            return _U64.unpack(payload)[0]
         return None
     except (struct.error, IndexError, ValueError) as exc:
         raise ProtocolError(f"malformed {op} result: {exc}") from None
@@ -351,43 +604,128 @@ def decode_result(op: str, payload: bytes) -> object:
 
 # -- the two ends --------------------------------------------------------------
 class ServerCodec:
-    """The server's side: decodes requests, encodes replies."""
+    """The server's side: decodes requests (and a put's CHUNKs), encodes replies.
+
+    A put is an input barrier: after decoding one, `receive` returns nothing
+    more (the rest stays buffered, unparsed) until `resume()`: the connection
+    resumes once every earlier request is answered and the put's content has
+    somewhere to go, then the CHUNKs come out as `Chunk` events.
+    """
 
     def __init__(self, max_request: int = MAX_REQUEST):
-        self._reader = FrameReader(max_request)
+        self._reader = FrameReader(max_request, {CHUNK_FRAME: MAX_CHUNK, GREET: 2})
         self._resync = False
+        self.version = VERSION  # the session's, set by GREET
+        self.paused = False  # a put was decoded: no parsing until resume()
+        self._upload: list[int] | None = None  # [put id, bytes still to come]
+        self._refused = 0  # the id of a malformed put: its CHUNKs are dropped
 
     def resync(self) -> None:
         """Ignore input until the next GREET frame (after a broken frame on a
         stream that cannot be closed, like a serial port)."""
         self._resync = True
+        self.paused = False
+        self._upload = None
 
-    def receive(self, data: bytes) -> list[Request | BadRequest | Cancel | Greet]:
+    def resume(self) -> list[Request | BadRequest | Cancel | Greet | Chunk]:
+        """Parse again after a put (the events of what is buffered)."""
+        self.paused = False
+        return self.receive(b"")
+
+    @property
+    def receiving(self) -> int | None:
+        """The id of the put whose CHUNKs are expected, if any."""
+        return self._upload[0] if self._upload else None
+
+    def _find_greet(self) -> bool:
+        reader = self._reader
+        while reader.skip_to(_GREET_PREFIX):
+            at = reader._pos + len(_GREET_PREFIX)
+            if at >= len(reader._buf):
+                return False  # its length byte is not here yet
+            if reader._buf[at] in (0, 2):
+                return True
+            reader._pos += 1
+        return False
+
+    def receive(self, data: bytes) -> list[Request | BadRequest | Cancel | Greet | Chunk]:
         """Events from `data`; raises ProtocolError when the stream is unusable."""
         self._reader.feed(data)
+        events: list[Request | BadRequest | Cancel | Greet | Chunk] = []
         if self._resync:
-            if not self._reader.skip_to(GREET_FRAME):
-                return []
+            if not self._find_greet():
+                return events
             self._resync = False
-        events: list[Request | BadRequest | Cancel | Greet] = []
+        if self.paused:
+            return events
         for ftype, code, rid, payload in self._reader.frames():
-            if ftype == REQUEST:
-                events.append(_decode_request(rid, code, payload))
-            elif ftype == CANCEL:
-                events.append(Cancel(rid))
-            elif ftype == GREET:
-                events.append(Greet())
-            else:
-                raise ProtocolError(f"unexpected frame type {ftype:#x} from a client", "protocol")
+            event = self._event(ftype, code, rid, payload)
+            if event is not None:
+                events.append(event)
+            if self.paused:
+                break
         return events
+
+    def _event(
+        self, ftype: int, code: int, rid: int, payload: bytes
+    ) -> Request | BadRequest | Cancel | Greet | Chunk | None:
+        upload = self._upload
+        if ftype == CHUNK_FRAME and self.version >= 2:
+            if upload is not None and rid == upload[0]:
+                if len(payload) > upload[1]:
+                    raise ProtocolError(
+                        f"put {rid}: a CHUNK of {len(payload)} bytes, only {upload[1]} "
+                        "left of its declared size",
+                        "bad_request",
+                        rid,
+                    )
+                upload[1] -= len(payload)
+                if not upload[1]:
+                    self._upload = None
+                return Chunk(rid, payload, not upload[1])
+            if rid and rid == self._refused:
+                return None  # the content of a put refused as malformed
+            # Not the id of a request waiting for it: the connection's error (id 0).
+            raise ProtocolError(
+                f"a CHUNK for request {rid}, which is not a put receiving its content", "bad_request"
+            )
+        if upload is not None and ftype not in (CANCEL, GREET):
+            raise ProtocolError(
+                f"frame type {ftype:#x} before the end of put {upload[0]} "
+                f"({upload[1]} bytes of it still expected)",
+                "bad_request",
+                upload[0],
+            )
+        if ftype == REQUEST:
+            req = _decode_request(rid, code, payload, self.version)
+            if isinstance(req, Request) and req.op == "put":
+                size = req.args.size  # type: ignore[union-attr]
+                self._upload = [rid, size] if size else None
+                self.paused = True
+            elif code == OP_CODES["put"] and self.version >= 2:
+                self._refused = rid
+            return req
+        if ftype == CANCEL:
+            if upload is not None and upload[0] == rid:
+                self._upload = None  # the client sends no more of it
+            return Cancel(rid)
+        if ftype == GREET:
+            asked = _U16.unpack(payload)[0] if len(payload) == 2 else VERSION
+            if len(payload) not in (0, 2) or asked < 1:
+                raise ProtocolError(f"malformed GREET (payload {payload.hex() or 'empty'})")
+            self.version = min(asked, VERSIONS[-1])
+            self._upload = None
+            self._refused = 0
+            return Greet(self.version)
+        raise ProtocolError(f"unexpected frame type {ftype:#x} from a client", "protocol")
 
     @property
     def buffered(self) -> int:
         return self._reader.buffered
 
     @staticmethod
-    def hello(fields: dict[str, str], max_frame: int = CHUNK) -> bytes:
-        return frame(HELLO, 0, 0, _HELLO.pack(MAGIC, VERSION, max_frame) + encode_map(fields))
+    def hello(fields: dict[str, str], max_frame: int = CHUNK, version: int = VERSION) -> bytes:
+        return frame(HELLO, 0, 0, _HELLO.pack(MAGIC, version, max_frame) + encode_map(fields))
 
     @staticmethod
     def end(rid: int, op: str, result: object) -> bytes:
@@ -400,27 +738,56 @@ class ServerCodec:
 
 
 class ClientCodec:
-    """The client's side: encodes requests, decodes replies (matched by id)."""
+    """The client's side: encodes requests, decodes replies (matched by id).
+
+    A session starts in version 1. `upgrade(2)` gives the GREET that asks for
+    version 2 (send it when the first HELLO's `versions` lists 2, or blindly on
+    the microVM's serial stream); the codec then skips everything up to the
+    HELLO of that version, which becomes `hello` (a Hello event again)."""
 
     def __init__(self, max_frame: int = MAX_FRAME, resync: bool = False):
         self.max_frame = max_frame
         self.resync = resync  # skip bytes before the greeting (a stream joined midway)
         self.hello: Hello | None = None
+        self._awaiting: int | None = None  # upgrade(v) sent: skip to the HELLO of v
         self._pending: dict[int, str] = {}
         self._cancelled: set[int] = set()
         self._next_id = 1
         self._reader = FrameReader(max_frame)
 
+    @property
+    def version(self) -> int:
+        """The session's version (1 until an upgrade's HELLO arrives)."""
+        return self.hello.version if self.hello is not None and self._awaiting is None else VERSION
+
     def request(
-        self, op: str, disk: str = "", path: bytes = b"", offset: int = 0, length: int | None = None
+        self,
+        op: str,
+        disk: str = "",
+        path: bytes = b"",
+        offset: int = 0,
+        length: int | None = None,
+        args: object = None,
     ) -> tuple[int, bytes]:
+        """A REQUEST frame and its id. `args`: PutArgs for put, RenameArgs for
+        rename, CommitArgs for commit (and optionally remove), an int (max
+        entries) for log. A put's content follows in `chunk` frames."""
         if op not in OP_CODES:
             raise ValueError(f"unknown operation {op!r}")
+        if op not in V1_OPS and self.version < 2:
+            raise ValueError(f"the server speaks protocol {self.version}: no {op} (writes need 2)")
         rid = self._next_id
         self._next_id = rid % 0xFFFFFFFF + 1
-        data = encode_request(rid, op, disk, path, offset, length)
+        data = encode_request(rid, op, disk, path, offset, length, args)
         self._pending[rid] = op
         return rid, data
+
+    @staticmethod
+    def chunk(rid: int, data: bytes) -> bytes:
+        """A CHUNK frame: the next `data` (at most MAX_CHUNK bytes) of put `rid`."""
+        if len(data) > MAX_CHUNK:
+            raise ValueError(f"a CHUNK carries at most {MAX_CHUNK} bytes")
+        return chunk_frame(rid, data)
 
     def cancel(self, rid: int) -> bytes:
         """A CANCEL frame; what still arrives for `rid` is dropped."""
@@ -439,7 +806,17 @@ class ClientCodec:
 
     @staticmethod
     def greet() -> bytes:
+        """GREET (version 1): greet me again; a later HELLO is not an event."""
         return GREET_FRAME
+
+    def upgrade(self, version: int = VERSIONS[-1]) -> bytes:
+        """GREET asking for a session of `version`. The server drops the old
+        session's requests unanswered (they are forgotten here: upgrade before
+        sending any); the HELLO of `version` comes back as a Hello event."""
+        self._awaiting = version
+        self._pending.clear()
+        self._cancelled.clear()
+        return greet_frame(version)
 
     def receive(self, data: bytes) -> list[Hello | Data | End | Error]:
         self._reader.feed(data)
@@ -448,10 +825,18 @@ class ClientCodec:
         events: list[Hello | Data | End | Error] = []
         for ftype, code, rid, payload in self._reader.frames():
             if ftype == HELLO and rid == 0:
-                if self.hello is None:  # later ones answer our GREET: same server
-                    self.hello = _decode_hello(payload)
-                    events.append(self.hello)
+                hello = _decode_hello(payload)
+                if self._awaiting is not None:
+                    if hello.version != self._awaiting:
+                        continue  # the session before the upgrade
+                    self._awaiting = None
+                elif self.hello is not None:
+                    continue  # answers a version-1 GREET: same server, same session
+                self.hello = hello
+                events.append(hello)
                 continue
+            if self._awaiting is not None:
+                continue  # the old session's replies: its requests were forgotten
             if self.hello is None:
                 raise ProtocolError(f"expected a greeting, got frame type {ftype:#x}")
             if rid in self._cancelled:
@@ -480,6 +865,8 @@ def _decode_hello(payload: bytes) -> Hello:
     magic, version, max_frame = _HELLO.unpack_from(payload)
     if magic != MAGIC:
         raise ProtocolError("not a docteur server (bad greeting magic)")
-    if version != VERSION:
-        raise ProtocolError(f"server speaks protocol version {version}, this client {VERSION}")
+    if version not in VERSIONS:
+        raise ProtocolError(
+            f"server speaks protocol version {version}, this client {VERSIONS[0]} to {VERSIONS[-1]}"
+        )
     return Hello(version, max_frame, decode_map(payload, _HELLO.size))

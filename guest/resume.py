@@ -26,6 +26,7 @@ from .values import Result
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing is dear to import in the VM
+    from .connection import Session
     from .image import Image
     from .protocol import Request
     from .service import Service
@@ -56,12 +57,12 @@ def marks(image: Image) -> bytes:
     return b"".join(os.pread(fd, length, offset) for offset, length in regions(image))
 
 
-def snapshot(service: Service, req: Request) -> Answer:
+def snapshot(service: Service, req: Request, session: Session | None = None) -> Answer:
     service.marks = {name: marks(disk.image) for name, disk in service.disks.items()}
     return Result(None)
 
 
-def restored(service: Service, req: Request) -> Answer:
+def restored(service: Service, req: Request, session: Session | None = None) -> Answer:
     if not service.marks:
         raise IntegrityError("no snapshot was taken of this guest")
     for name, disk in service.disks.items():

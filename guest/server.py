@@ -7,8 +7,11 @@ back-pressure keeps memory bounded by connections × (mark + one chunk)).
 A client that breaks the framing loses its own connection, nobody else's;
 a shortage of fds or memory pauses accepting, never the connected clients.
 
-    python -m docteur.guest --block NAME=PATH ... --verify MODE
+    python -m docteur.guest --block NAME=PATH ... --verify MODE [--rw[=NAME,...]]
                             (--stdio | --listen UNIX_PATH | --device PATH)
+
+--rw serves the disks (all, or those named) writable: protocol version 2's
+writes (PROTOCOL.md), the server the image's one writer while it runs.
 """
 
 from __future__ import annotations
@@ -267,7 +270,7 @@ def max_backlog(default: int) -> int:
 
 
 USAGE = (
-    "usage: python -m docteur.guest --block NAME=PATH ... [--verify full|pack|none]\n"
+    "usage: python -m docteur.guest --block NAME=PATH ... [--verify full|pack|none] [--rw[=NAME,...]]\n"
     "                               (--stdio | --listen UNIX_PATH | --device PATH)"
 )
 
@@ -281,6 +284,7 @@ class Args:
         self.stdio = False
         self.listen: str | None = None
         self.device: str | None = None
+        self.rw: list[str] | None = None  # the disks served writable ([] = all)
         it = iter(argv)
         for arg in it:
             opt, eq, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
@@ -288,6 +292,12 @@ class Args:
                 raise ValueError(USAGE)
             if opt == "--stdio" and not eq:
                 self.stdio = True
+                continue
+            if opt == "--rw":
+                names = [n for n in value.split(",") if n]
+                if eq and not names:
+                    raise ValueError(f"--rw= wants disk names (NAME,...)\n{USAGE}")
+                self.rw = (self.rw or []) + names
                 continue
             if opt not in ("--block", "--verify", "--listen", "--device"):
                 raise ValueError(f"unknown argument {arg!r}\n{USAGE}")
@@ -306,15 +316,26 @@ class Args:
         if sum((self.stdio, self.listen is not None, self.device is not None)) != 1:
             raise ValueError(f"give one of --stdio, --listen, --device\n{USAGE}")
 
+    def writable(self, blocks: list[tuple[str, str]]) -> set[str]:
+        """The names of the disks to serve writable."""
+        names = {name for name, _ in blocks}
+        if self.rw is None:
+            return set()
+        unknown = sorted(set(self.rw) - names)
+        if unknown:
+            raise ValueError(f"--rw names no disk given with --block: {', '.join(unknown)}")
+        return set(self.rw) or names
+
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = Args(sys.argv[1:] if argv is None else argv)
         blocks = [parse_block(b) for b in args.block]
+        writable = args.writable(blocks)
     except ValueError as exc:
         log(str(exc))
         return 2
-    service = boot(blocks, args.verify)
+    service = boot(blocks, args.verify, writable)
     server = Server(service)
     previous = getsignal(SIGTERM)
 
@@ -348,8 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             server.listener.close()
             if args.listen and os.path.exists(args.listen):
                 os.unlink(args.listen)
-        for disk in service.disks.values():
-            disk.image.close()
+        service.close()
         if previous is not None:
             signal(SIGTERM, previous)
     return 0

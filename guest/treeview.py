@@ -125,6 +125,14 @@ class Disk:
         self._dirs: OrderedDict[bytes, bytes] = OrderedDict()  # "a/b" -> tree id
         self._modified: OrderedDict[bytes, Commit] = OrderedDict()  # "a/b" -> commit that changed it
 
+    def head_moved(self) -> None:
+        """The image's head moved (this server committed): answer from the new one.
+        The trees stay cached (by id); what was found by path is forgotten."""
+        self.commit = self.image.commit_object()
+        self.mtime = self.commit.committer.timestamp
+        self._dirs.clear()
+        self._modified.clear()
+
     # -- trees ----------------------------------------------------------------
     def tree(self, oid: bytes) -> Tree:
         hit = self._trees.get(oid)
@@ -234,12 +242,7 @@ class Disk:
         that changed the path (see `_changed_by`); the image's commit for every path
         of an image without writes."""
         committer = self._changed_by(path, self._need(path)).committer
-        tz = committer.tz_offset
-        try:
-            minutes = int(tz[1:3]) * 60 + int(tz[3:5])
-        except ValueError:
-            minutes = 0
-        return committer.timestamp, -minutes if tz.startswith("-") else minutes
+        return committer.timestamp, committer.tz_minutes
 
     def _changed_by(self, path: bytes, now: tuple[int, bytes]) -> Commit:
         """The newest commit of the head's first-parent history whose parent holds

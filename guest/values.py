@@ -60,6 +60,63 @@ class GetEnd(NamedTuple):
     length: int  # how many bytes were sent
 
 
+# -- version 2: the arguments and results of writes --------------------------------
+class CommitArgs(NamedTuple):
+    """What a commit says: "" = the default message / author; `expected` = the
+    head the client expects (20 bytes), None = whatever it is."""
+
+    message: str = ""
+    author: str = ""
+    expected: bytes | None = None
+
+
+class PutArgs(NamedTuple):
+    size: int  # the bytes the CHUNKs will carry
+    mode: int = 0o100644
+    commit: CommitArgs | None = None  # outside a batch only
+
+
+class RenameArgs(NamedTuple):
+    dest: bytes
+    commit: CommitArgs | None = None  # outside a batch only
+
+
+class Begun(NamedTuple):
+    """begin's result: the head the batch starts from."""
+
+    head: bytes  # 20-byte commit id
+    generation: int
+
+
+class Committed(NamedTuple):
+    """A commit's result (and a single write's): `committed` False = the tree
+    did not change, nothing was written (`commit` is then 20 zero bytes)."""
+
+    committed: bool
+    commit: bytes
+    generation: int
+    free: int
+
+    @property
+    def commit_id(self) -> str | None:
+        return self.commit.hex() if self.committed else None
+
+
+class Put(NamedTuple):
+    """put's result: the blob's id, and the commit when the put was its own batch."""
+
+    blob: bytes
+    commit: Committed | None = None
+
+
+class LogEntry(NamedTuple):
+    commit: bytes  # 20-byte id
+    time: int  # committer time, seconds
+    tz: int  # its offset in minutes
+    author: str
+    message: str
+
+
 # -- answers: what the service gives back for one request -------------------------
 class Result(NamedTuple):
     """A complete answer: `value` is the op's END result (None for ping)."""
@@ -91,4 +148,28 @@ class Listing(NamedTuple):
     entries: Iterator[Entry | Failure]
 
 
-Answer = Result | Failure | Body | Listing
+class History(NamedTuple):
+    """A log's answer: the commits, newest first, pulled lazily (may end with one Failure)."""
+
+    entries: Iterator[LogEntry | Failure]
+
+
+class Upload:
+    """A put's answer: where its CHUNKs go, as they arrive (never all in memory).
+
+    The connection calls `write` with each piece, then `finish` once the
+    declared size has arrived (its Answer is the reply), or `abort` when the
+    client cancels or goes away. `write` answers a Failure to stop the put
+    (the remaining CHUNKs are then read and dropped)."""
+
+    def write(self, data: bytes) -> Failure | None:
+        raise NotImplementedError
+
+    def finish(self) -> Result | Failure:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+
+Answer = Result | Failure | Body | Listing | History | Upload

@@ -72,3 +72,127 @@ async def test_mux_speaks_first_and_answers_bad_frames_like_the_guest() -> None:
         g_writer.close()
         up_writer.close()
         shutil.rmtree(where, ignore_errors=True)
+
+
+HEAD = bytes(range(20))
+FIELDS = {"status": "ok", "versions": "1 2", "disk.docteur": HEAD.hex(), "generation.docteur": "0",
+          "free.docteur": "1000"}  # fmt: skip
+
+
+async def test_mux_keeps_a_batch_to_its_client_over_the_one_upstream_session() -> None:
+    """Protocol 2 behind the multiplexer (PROTOCOL.md, "A multiplexer ..."): to the guest
+    every client is one connection, so the mux keeps a batch to the client that began it,
+    sends a put's content in one piece, aborts the batch when its client leaves, and
+    greets new clients with the head it saw committed."""
+    hellos = {1: p.ServerCodec.hello(FIELDS), 2: p.ServerCodec.hello({**FIELDS, "protocol": "2"}, version=2)}
+    guest_side, host_side = socket.socketpair()
+    up_reader, up_writer = await asyncio.open_connection(sock=host_side)
+    mux = Mux(up_reader, up_writer, hellos[1], hellos)
+    pump = asyncio.create_task(mux.pump_upstream())
+    where = tempfile.mkdtemp(prefix="dtm", dir="/tmp")
+    path = os.path.join(where, "s")
+    server = await asyncio.start_unix_server(mux.handle, path=path)
+    g_reader, g_writer = await asyncio.open_connection(sock=guest_side)
+    guest = p.ServerCodec()
+    guest.version = 2
+
+    async def upstream() -> p.Request | p.Chunk | p.Cancel:
+        """The next frame the guest gets (decoded as the guest decodes it)."""
+        while True:
+            events = guest.resume() if guest.paused else []
+            if events:
+                return events[0]
+            ftype, code, rid, payload = await asyncio.wait_for(_read_frame(g_reader), 2)
+            events = guest.receive(p.HEADER.pack(ftype, code, rid, len(payload)) + payload)
+            if events:
+                return events[0]  # type: ignore[return-value]
+
+    async def client(version: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_unix_connection(path)
+        assert (await asyncio.wait_for(_read_frame(reader), 2))[0] == p.HELLO
+        if version == 2:
+            writer.write(p.greet_frame(2))
+            hello = p.ClientCodec().receive(p.frame(*await asyncio.wait_for(_read_frame(reader), 2)))[0]
+            assert isinstance(hello, p.Hello) and hello.version == 2
+        return reader, writer
+
+    async def answer(reader: asyncio.StreamReader) -> tuple[int, str, int, bytes]:
+        ftype, code, rid, payload = await asyncio.wait_for(_read_frame(reader), 2)
+        kind = p.ERRORS[code] if ftype == p.ERROR else p.OPS[code]
+        return ftype, kind, rid, payload
+
+    try:
+        a_reader, a = await client(2)
+        b_reader, b = await client(2)
+        a.write(p.encode_request(1, "begin"))
+        begin = await upstream()
+        assert isinstance(begin, p.Request) and begin.op == "begin"
+        g_writer.write(p.ServerCodec.end(begin.id, "begin", p.Begun(HEAD, 0)))
+        assert (await answer(a_reader))[:3] == (p.END, "begin", 1)
+
+        # Another client's begin, write and commit never reach the guest.
+        commit_args = p.CommitArgs("m")
+        b.write(p.encode_request(1, "begin"))
+        b.write(p.encode_request(2, "put", path=b"/x", args=p.PutArgs(3, 0o100644, commit_args)))
+        b.write(p.chunk_frame(2, b"xyz") + p.encode_request(3, "commit", args=commit_args))
+        refused = [(await answer(b_reader))[1:3] for _ in range(3)]
+        assert refused == [("busy", 1), ("busy", 2), ("no_batch", 3)]
+
+        # The owner's second begin is busy too (as the guest answers it), here.
+        a.write(p.encode_request(9, "begin"))
+        assert (await answer(a_reader))[1:3] == ("busy", 9)
+        # A put the guest refuses before its content: the client's CANCEL still goes up
+        # (the guest waits for the content or a CANCEL), and the port is free again.
+        a.write(p.encode_request(8, "put", path=b"/early", args=p.PutArgs(5)))
+        early = await upstream()
+        assert isinstance(early, p.Request) and early.op == "put"
+        g_writer.write(p.ServerCodec.error(early.id, "invalid_path", "refused"))
+        assert (await answer(a_reader))[1:3] == ("invalid_path", 8)
+        a.write(p.frame(p.CANCEL, 0, 8))
+        assert await upstream() == p.Cancel(early.id)
+
+        # A put's content goes up in one piece: B's ping waits behind it.
+        a.write(p.encode_request(2, "put", path=b"/big", args=p.PutArgs(10)) + p.chunk_frame(2, b"01234"))
+        put = await upstream()
+        assert isinstance(put, p.Request) and put.op == "put"
+        assert await upstream() == p.Chunk(put.id, b"01234", False)
+        b.write(p.encode_request(4, "ping"))
+        await asyncio.sleep(0.2)
+        a.write(p.chunk_frame(2, b"56789"))
+        assert await upstream() == p.Chunk(put.id, b"56789", True)
+        ping = await upstream()
+        assert isinstance(ping, p.Request) and ping.op == "ping"
+        g_writer.write(p.ServerCodec.end(ping.id, "ping", None))
+        assert (await answer(b_reader))[:3] == (p.END, "ping", 4)
+
+        # A leaves: its put is cancelled, its batch aborted; the answers go nowhere.
+        a.close()
+        assert await upstream() == p.Cancel(put.id)
+        abort = await upstream()
+        assert isinstance(abort, p.Request) and (abort.op, abort.disk) == ("abort", "docteur")
+        g_writer.write(p.ServerCodec.error(put.id, "cancelled", "cancelled"))
+        g_writer.write(p.ServerCodec.end(abort.id, "abort", None))
+
+        # The disk is B's to write now; its commit updates the greeting of later clients.
+        b.write(p.encode_request(5, "remove", path=b"/old", args=commit_args))
+        remove = await upstream()
+        assert isinstance(remove, p.Request) and remove.op == "remove"
+        new = bytes(20 * [7])
+        g_writer.write(p.ServerCodec.end(remove.id, "remove", p.Committed(True, new, 1, 900)))
+        assert (await answer(b_reader))[:3] == (p.END, "remove", 5)
+        c_reader, c = await client(1)  # a version-1 client: no writes, the new head
+        c.write(p.encode_request(1, "begin"))
+        assert (await answer(c_reader))[1:3] == ("unknown_op", 1)
+        c.write(p.GREET_FRAME)
+        hello = p.ClientCodec().receive(p.frame(*await asyncio.wait_for(_read_frame(c_reader), 2)))[0]
+        assert isinstance(hello, p.Hello) and hello.disks == {"docteur": new.hex()}
+        assert hello.fields["generation.docteur"] == "1" and hello.fields["free.docteur"] == "900"
+        assert not mux.closed.is_set()  # the pump lived through the answers of the mux's own requests
+        for w in (b, c):
+            w.close()
+    finally:
+        server.close()
+        pump.cancel()
+        g_writer.close()
+        up_writer.close()
+        shutil.rmtree(where, ignore_errors=True)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from docteur.cli.commands import block_specs
 from docteur.cli.errors import UsageError
 from docteur.guest.boot import boot
-from docteur.guest.protocol import OP_CODES, Error, ServerCodec
+from docteur.guest.protocol import V1_OPS, Error, ServerCodec
 from docteur.vm.client import Client, ConnectionLost, NotFoundError, Timeout
 from docteur.vm.targets import unix
 from docteur.vm.targets.config import TargetConfig
@@ -112,7 +112,7 @@ async def test_unix_target_session(gen) -> None:
         block_specs(None, ["nonsense"])
 
 
-OPS = sorted(OP_CODES)
+OPS = sorted(V1_OPS)  # the reads; writes: tests/test_service_writes.py
 # The host's own control requests: state changes rather than answers about a path.
 CONTROL = ("shutdown", "snapshot", "restored")
 PATHS = st.one_of(

@@ -20,7 +20,9 @@ class GuestProcess:
     """Started at construction; ready when the server says it listens (the socket file
     exists from bind(), a moment before listen())."""
 
-    def __init__(self, image: Path, verify: str = "pack", *, fd_limit: int | None = None):
+    def __init__(
+        self, image: Path, verify: str = "pack", *, fd_limit: int | None = None, rw: bool = False
+    ):
         self.dir = tempfile.mkdtemp(prefix="dtg", dir="/tmp")  # socket paths must stay short
         self.sock = os.path.join(self.dir, "s")
         self.log = Path(self.dir) / "log"
@@ -32,7 +34,7 @@ class GuestProcess:
         with self.log.open("wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "docteur.guest", "--block", f"docteur={image}",
-                 "--verify", verify, "--listen", self.sock],
+                 "--verify", verify, "--listen", self.sock, *(["--rw"] if rw else [])],
                 stdout=subprocess.DEVNULL, stderr=err, preexec_fn=limit,
             )  # fmt: skip
         deadline = time.monotonic() + 120

@@ -42,11 +42,13 @@ def _wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float =
 
 
 @contextlib.contextmanager
-def run_git_daemon(base: Path) -> Iterator[str]:
-    """`git daemon` serving every repository under `base`; yields git://127.0.0.1:PORT"""
+def run_git_daemon(base: Path, writable: bool = False) -> Iterator[str]:
+    """`git daemon` serving every repository under `base` (taking pushes when `writable`);
+    yields git://127.0.0.1:PORT"""
     port = free_port()
+    push = ["--enable=receive-pack"] if writable else []
     proc = subprocess.Popen(
-        ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={base}",
+        ["git", "daemon", "--reuseaddr", "--export-all", *push, f"--base-path={base}",
          "--listen=127.0.0.1", f"--port={port}", str(base)],
         env=git_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -63,6 +65,7 @@ class _GitHTTPHandler(BaseHTTPRequestHandler):
 
     root: str = ""
     credentials: tuple[str, str] | None = None
+    writable: bool = False
 
     def log_message(self, *_args: object) -> None:
         pass
@@ -91,6 +94,8 @@ class _GitHTTPHandler(BaseHTTPRequestHandler):
             CONTENT_TYPE=self.headers.get("Content-Type", ""), CONTENT_LENGTH=str(len(body)),
             REMOTE_ADDR="127.0.0.1", GIT_PROTOCOL=self.headers.get("Git-Protocol", ""),
         )
+        if self.writable:  # http-backend refuses pushes from anonymous users unless told
+            env.update(GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="http.receivepack", GIT_CONFIG_VALUE_0="true")
         if self.headers.get("Content-Encoding") == "gzip":
             env["HTTP_CONTENT_ENCODING"] = "gzip"
         proc = subprocess.run(["git", "http-backend"], input=body, env=env,
@@ -132,11 +137,11 @@ class _QuietHTTPServer(ThreadingHTTPServer):
 
 @contextlib.contextmanager
 def run_http_git(base: Path, credentials: tuple[str, str] | None = None,
-                 tls: ssl.SSLContext | None = None) -> Iterator[str]:
-    """Smart HTTP on loopback for the repositories under `base`; yields http://127.0.0.1:PORT
-    (https:// with `tls`, a server-side context)."""
-    handler = type("Handler", (_GitHTTPHandler,), {"root": str(base),
-                                                   "credentials": credentials})
+                 tls: ssl.SSLContext | None = None, writable: bool = False) -> Iterator[str]:
+    """Smart HTTP on loopback for the repositories under `base` (taking pushes when
+    `writable`); yields http://127.0.0.1:PORT (https:// with `tls`, a server-side context)."""
+    handler = type("Handler", (_GitHTTPHandler,), {"root": str(base), "credentials": credentials,
+                                                   "writable": writable})
     server = _QuietHTTPServer(("127.0.0.1", 0), handler)
     server.tls = tls
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -32,7 +32,7 @@ from docteur.guest.defaults import DEFAULT_VERIFY
 from docteur.guest.errors import ImageError
 from docteur.guest.image import open_image_fd
 from docteur.vm.guestbuild import cache
-from docteur.vm.runtime import qemu, snapshot
+from docteur.vm.runtime import locks, qemu, snapshot
 from docteur.vm.runtime.defaults import BOOT_TIMEOUT, DEFAULT_MEMORY, MIN_MEMORY, SNAPSHOT_MODES
 from docteur.vm.runtime.process import die_with_parent, terminate
 from docteur.vm.runtime.rundir import make_rundir
@@ -110,6 +110,10 @@ def _check_image(name: str, path: Path) -> Path:
 class Appliance:
     """One microVM serving `blocks` ({name: image}); see the module docstring.
 
+    `writable`: every disk attached read-write (cache=none) and served writable by the
+    guest (protocol 2 writes); nobody else may use the images meanwhile (locks.py).
+    `blockdevs`: a disk's own QEMU -blockdev instead of its file (qemu.Launch.blockdevs).
+
     After `async with`: `client` (the runtime's protocol client), `greeting`
     (the guest's HELLO), `boot_seconds`, `events` (QMP), `shutdown_reason`,
     `returncode`, and `log_tail()` while the run directory still exists.
@@ -130,6 +134,8 @@ class Appliance:
         make_client: ClientFactory | bool | None = True,
         require_ok: bool = True,
         snapshot: str = "off",
+        writable: bool = False,
+        blockdevs: dict[str, dict[str, Any]] | None = None,
     ):
         self._given = {k: v for k, v in locals().items() if k != "self"}  # for a second start
         if not blocks:
@@ -143,11 +149,14 @@ class Appliance:
         self.verify, self.memory, self.timeout = verify, memory, timeout
         self.accel = qemu.choose_accel(accel)
         self.extra_args = extra_args or []
+        self.writable = writable  # attach read-write (cache=none), the guest serves writes
+        self.blockdevs = blockdevs or {}  # a disk's own -blockdev (qemu.Launch.blockdevs)
         self.greet = greet
         # True: the runtime's asyncio client (docteur.vm.client); None/False: raw
         # streams only (vm.reader/vm.writer), e.g. for the --socket multiplexer.
         self.make_client = _default_client if make_client is True else make_client or None
         self.hello = b""  # the guest's HELLO frame, header included
+        self.hellos: dict[int, bytes] = {}  # the HELLO of each protocol version greeted
         self.greeting: protocol.Hello | None = None  # ... decoded
         self.require_ok = require_ok  # a HELLO whose status is not ok raises BootError
         if snapshot not in SNAPSHOT_MODES:
@@ -224,6 +233,11 @@ class Appliance:
 
     async def start(self) -> None:
         exe = qemu.find_qemu()
+        for path in self.blocks.values():  # one docteur line, not QEMU's lock error
+            try:
+                locks.check_free(path, self.writable)
+            except locks.ImageInUse as exc:
+                raise ApplianceError(str(exc)) from None
         # Short, private run directory for the console log and QEMU's stderr.
         # (locked by us while it exists; stale ones of dead owners are removed first)
         self.rundir, self._rundir_lock = make_rundir()
@@ -234,6 +248,7 @@ class Appliance:
             kernel=self.kernel, initrd=self.initrd, blocks=self.blocks,
             console_log=self.console_log, qmp_fd=qmp_qemu.fileno(), port_fd=port_qemu.fileno(),
             verify=self.verify, memory=self.memory, accel=self.accel, extra_args=self.extra_args,
+            writable=self.writable, blockdevs=self.blockdevs,
         )  # fmt: skip
         argv = launch.argv(exe)
         fds = (qmp_qemu.fileno(), port_qemu.fileno())
@@ -286,21 +301,42 @@ class Appliance:
         same way with or without a client, and `hello` can be replayed by the
         multiplexer behind `docteur run --socket`."""
         assert self.reader is not None and self.writer is not None
-        self.writer.write(protocol.GREET_FRAME)
-        await self.writer.drain()
-        header = await self.reader.readexactly(protocol.HEADER_SIZE)
-        ftype, _, _, length = protocol.HEADER.unpack(header)
-        if ftype != protocol.HELLO or length > protocol.MAX_FRAME:
-            raise ApplianceError(f"the guest answered GREET with frame type {ftype:#x}")
-        self.hello = header + await self.reader.readexactly(length)
-        events = protocol.ClientCodec().receive(self.hello)
-        self.greeting = events[0] if events else None
+        self.hello = await self._hello(protocol.GREET_FRAME)
+        self.greeting = self._decode(self.hello)
+        offered = self.greeting.fields.get("versions", "").split() if self.greeting else []
+        if str(protocol.VERSIONS[-1]) in offered:
+            # Upgrade the port's one session now, before anything is asked: the
+            # multiplexer forwards the clients of either version over it.
+            latest = await self._hello(protocol.greet_frame(protocol.VERSIONS[-1]), protocol.VERSIONS[-1])
+            self.greeting = self._decode(latest)
         if self.require_ok and not (self.greeting and self.greeting.ok):
             why = self.greeting.fields.get("error", "no reason given") if self.greeting else "?"
             why = _host_paths(why, self.blocks)
             tail = self.log_tail()
             log.info("guest log (tail)", tail=tail)  # -v: the error line alone leaves it out
             raise GuestRefused(f"the guest refuses to serve: {why}", tail)
+
+    async def _hello(self, greet: bytes, version: int | None = None) -> bytes:
+        """Send `greet`, return the HELLO frame it brings (of `version`, when given:
+        frames of the session before are skipped); kept in `hellos`."""
+        assert self.reader is not None and self.writer is not None
+        self.writer.write(greet)
+        await self.writer.drain()
+        while True:
+            header = await self.reader.readexactly(protocol.HEADER_SIZE)
+            ftype, _, _, length = protocol.HEADER.unpack(header)
+            if length > protocol.MAX_FRAME or (version is None and ftype != protocol.HELLO):
+                raise ApplianceError(f"the guest answered GREET with frame type {ftype:#x}")
+            frame = header + await self.reader.readexactly(length)
+            hello = self._decode(frame) if ftype == protocol.HELLO else None
+            if hello is not None and (version is None or hello.version == version):
+                self.hellos[hello.version] = frame
+                return frame
+
+    @staticmethod
+    def _decode(frame: bytes) -> protocol.Hello | None:
+        events = protocol.ClientCodec().receive(frame)
+        return events[0] if events else None  # type: ignore[return-value]
 
     async def _until_exit(self, aw: Any, timeout: float, what: str) -> Any:
         """Await aw unless QEMU exits or the timeout passes first: a boot failure."""
@@ -335,6 +371,11 @@ class Appliance:
             await task
         if died in done or self.proc.returncode is not None:
             await asyncio.sleep(0.05)  # let the last console bytes land
+            with contextlib.suppress(OSError, TypeError):
+                said = (self.rundir / "qemu.err").read_text(errors="replace")  # type: ignore[operator]
+                in_use = locks.lock_refusal(said, self.blocks, self.writable)
+                if in_use:  # another process took the image between our check and QEMU's
+                    raise ApplianceError(in_use)
             msg = f"{what} failed: {self.exit_description()}"
         elif paused in done:
             msg = f"{what} failed: QEMU stopped the guest ({self._paused_reason})"

@@ -9,14 +9,16 @@ QEMU as file descriptors: no socket paths to race for or clean up.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from docteur.cli.errors import HostError
-from docteur.guest.defaults import DEFAULT_VERIFY, PORT_NAME, VERIFY_MODES
+from docteur.guest.defaults import DEFAULT_VERIFY, PORT_NAME, RW_PARAM, VERIFY_MODES
 from docteur.vm.runtime.defaults import ACCELS, DEFAULT_MEMORY
 
 QEMU = "qemu-system-x86_64"
@@ -102,11 +104,43 @@ class Launch:
     memory: int = DEFAULT_MEMORY
     accel: str = "tcg"  # already chosen: kvm or tcg
     extra_args: list[str] = field(default_factory=list)  # kernel command line
+    writable: bool = False  # every disk attached read-write, the guest told to write
+    # A disk's QEMU -blockdev (its JSON form) instead of the plain image file, for a
+    # driver chain: blkdebug (fault injection) or blklogwrites (a log of every write
+    # and flush) in the tests. Its node-name and read-only are set here.
+    blockdevs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def cmdline(self) -> str:
         args = [*BOOT_ARGS, f"tsc_early_khz={host_khz()}"]
         args += [f"docteur.verify={self.verify}", f"docteur.blocks={','.join(self.blocks)}"]
+        if self.writable:
+            args.append(f"{RW_PARAM}={','.join(self.blocks)}")
         return " ".join([*args, *self.extra_args])
+
+    def disk_args(self, i: int, name: str, path: Path) -> list[str]:
+        """-drive/-blockdev and the virtio-blk device of one disk."""
+        check_block_name(name)
+        node = f"d{i}"
+        custom = self.blockdevs.get(name)
+        if custom is not None:
+            backend = ["-blockdev", json.dumps({**custom, "node-name": node, "read-only": not self.writable})]
+        elif self.writable:
+            # cache=none: O_DIRECT on the host, so the guest's writes skip the host's
+            # page cache and a guest flush (fdatasync of /dev/vdX) is an fdatasync of the
+            # image. Never `unsafe` (it drops flushes), nor writethrough/directsync (no
+            # write cache to flush: every write synchronous, same order, far slower).
+            # aio stays QEMU's default (threads: any file system; the serial port, not
+            # the disk, bounds a put); discard stays ignored: the store never discards,
+            # a freed extent is written over later.
+            backend = ["-drive", f"id={node},file={_opt(path)},if=none,format=raw,readonly=off,cache=none"]
+        else:
+            backend = ["-drive", f"id={node},file={_opt(path)},if=none,readonly=on,format=raw"]
+        device = f"virtio-blk-device,drive={node},serial={name}"
+        if self.writable:
+            # A failed write reaches the guest as EIO (it then refuses writes and keeps
+            # serving reads); QEMU's default stops the whole VM on ENOSPC instead.
+            device += ",werror=report,rerror=report"
+        return [*backend, "-device", device]
 
     def argv(self, qemu: str) -> list[str]:
         if self.verify not in VERIFY_MODES:
@@ -120,11 +154,7 @@ class Launch:
             "-chardev", f"socket,id=qmp,fd={self.qmp_fd}", "-mon", "chardev=qmp,mode=control",
         ]  # fmt: skip
         for i, (name, path) in enumerate(self.blocks.items()):
-            check_block_name(name)
-            argv += [
-                "-drive", f"id=d{i},file={_opt(path)},if=none,readonly=on,format=raw",
-                "-device", f"virtio-blk-device,drive=d{i},serial={name}",
-            ]  # fmt: skip
+            argv += self.disk_args(i, name, path)
         if self.port_fd is not None:
             argv += [
                 "-device", "virtio-serial-device",

@@ -88,9 +88,10 @@ def stable_argv(argv: list[str], fds: tuple[int, ...], rundir: Path) -> list[str
 
 
 def read_only(argv: list[str]) -> bool:
-    """Every -drive of the command line is read-only (and there is one at least)."""
+    """Every -drive of the command line is read-only (and there is one at least); a
+    disk given as its own -blockdev (the fault-injection hook) is never snapshotted."""
     drives = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "-drive"]
-    return bool(drives) and all("readonly=on" in d.split(",") for d in drives)
+    return bool(drives) and "-blockdev" not in argv and all("readonly=on" in d.split(",") for d in drives)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from docteur.vm.runtime.defaults import BOOT_TIMEOUT, DEFAULT_MEMORY, DEFAULT_SN
 class TargetConfig:
     blocks: dict[str, str]  # disk name -> image path, in the order given
     verify: str = DEFAULT_VERIFY  # boot verification: full, pack or none
+    writable: bool = False  # --rw: the server writes the images (protocol v2 writes)
     timeout: float = BOOT_TIMEOUT  # seconds until the server greets, verification included
     disk: str = DEFAULT_DISK  # the disk `filename` is read from
     filename: str | None = None  # print this file and exit ...

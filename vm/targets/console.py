@@ -2,6 +2,7 @@ r"""`docteur query` commands, and the interactive console that runs them.
 
     get PATH [OFFSET [LENGTH]]   ls [-z] [PATH]   stat PATH   exists PATH
     size PATH   digest PATH   mtime PATH   info   ping   help   quit
+    put PATH FILE   rm PATH   mv SOURCE DEST   log   begin   commit   abort   (console_writes)
 
 `ls` quotes a path as git does by default (core.quotePath): one that holds a control
 character, `"`, `\` or a byte >= 0x80 is printed in double quotes with C escapes, so a
@@ -20,6 +21,7 @@ from typing import BinaryIO
 
 from docteur.cli.errors import Terminated, UsageError
 from docteur.vm.client import Client, ClientError, ConnectionLost
+from docteur.vm.targets.console_writes import WRITE_COMMANDS, WriteState, execute_write
 
 HELP = """\
 get PATH [OFFSET [LENGTH]]  print a file (a symlink prints its target)
@@ -32,10 +34,21 @@ info                        the commit and the image
 disk [NAME]                 show or choose the disk (default docteur)
 ping                        round trip time
 history                     the commands typed so far (up/down arrows recall them)
-help | quit"""
+help | quit
+
+writes (a server run with --rw; without begin, each is one commit and prints its id):
+put PATH FILE [-x | --mode 100644|100755|120000]   FILE's bytes at PATH (-x: executable)
+rm PATH                     remove a file or a directory (recursive)
+mv SOURCE DEST              move (inside DEST when it is a directory)
+   ... [-m MSG] [--author 'NAME <EMAIL>'] [--expect HEAD]   outside a batch: the commit's
+begin                       open a batch: put/rm/mv join it, get/ls/stat... see it
+commit [-m MSG] [--author 'NAME <EMAIL>'] [--expect HEAD]   the batch as one commit
+abort                       drop the batch (leaving the console aborts an open one too)
+log                         the commits, newest first: N COMMIT DATE SUBJECT"""
 
 COMMANDS = ("get", "cat", "ls", "list", "stat", "exists", "size", "digest", "mtime",
-            "last_modified", "info", "ping", "help", "history", "disk", "quit", "exit")  # fmt: skip
+            "last_modified", "info", "ping", "help", "history", "disk", "quit", "exit",
+            *WRITE_COMMANDS)  # fmt: skip
 
 
 # git's quote_c_style: these get a letter, other bytes below 0x20, 0x7f and >= 0x80 octal.
@@ -83,9 +96,13 @@ def _fmt_time(seconds: int, tz_minutes: int) -> str:
     return f"{stamp} {sign}{m // 60:02d}{m % 60:02d} ({seconds})"
 
 
-async def execute(client: Client, argv: list[str], out: BinaryIO) -> None:
-    """Run one command, writing its output to `out`; raises ClientError/UsageError."""
+async def execute(client: Client, argv: list[str], out: BinaryIO, writes: WriteState | None = None) -> None:
+    """Run one command, writing its output to `out`; raises ClientError/UsageError.
+    `writes`: the console's open batch (default: a single command, stdin free for `put`)."""
     cmd = argv[0]
+    if cmd in WRITE_COMMANDS:
+        await execute_write(client, writes or WriteState(console=False, stdin_free=True), argv, out)
+        return
 
     def line(text: str) -> None:
         out.write(text.encode("utf-8", "surrogateescape") + b"\n")
@@ -135,6 +152,8 @@ async def execute(client: Client, argv: list[str], out: BinaryIO) -> None:
     elif cmd == "help":
         line(HELP)
     elif cmd == "disk":
+        if len(argv) > 1 and writes is not None and writes.batch is not None:
+            raise UsageError(f"a batch is open on disk {writes.batch.disk}: commit or abort it first")
         if len(argv) > 1:
             known = client.hello.disks if client.hello else {}
             if known and argv[1] not in known:
@@ -207,19 +226,23 @@ def console(runner: asyncio.Runner, client: Client, strict: bool = False) -> int
     scripted = strict and not interactive  # its status says whether every command succeeded
     failed = False
     if hello is not None and not scripted:
-        disks = ", ".join(f"{n} ({c[:12] or 'unopened'})" for n, c in hello.disks.items())
+        writable = {n for n in hello.disks if hello.fields.get(f"writable.{n}") == "yes"}
+        disks = ", ".join(f"{n} ({c[:12] or 'unopened'}{', writable' * (n in writable)})"
+                          for n, c in hello.disks.items())  # fmt: skip
         print(f"docteur protocol v{hello.version}, disks: {disks}; type help")
         if not hello.ok:
             print(f"the server failed to boot: {hello.fields.get('error', '?')}")
     out = _Tracked(sys.stdout.buffer)
+    writes = WriteState(console=True, stdin_free=False)  # stdin holds the commands
     try:
         while True:
             try:
-                text = input(f"docteur:{client.disk}> " if interactive else "")
+                batch = " [batch]" if writes.batch is not None else ""
+                text = input(f"docteur:{client.disk}{batch}> " if interactive else "")
             except EOFError:
                 if interactive:
                     print()
-                return int(scripted and failed)
+                return int(scripted and (failed | _leave(runner, writes)))
             except Terminated:
                 raise  # SIGTERM/SIGHUP end the console; only Ctrl-C is a fresh prompt
             except KeyboardInterrupt:
@@ -234,7 +257,7 @@ def console(runner: asyncio.Runner, client: Client, strict: bool = False) -> int
             if not argv:
                 continue
             if argv[0] in ("quit", "exit"):
-                return int(scripted and failed)
+                return int(scripted and (failed | _leave(runner, writes)))
             if argv[0] == "history":
                 for number, line in enumerate(_history(), 1):
                     print(f"{number:5d}  {line}")
@@ -244,7 +267,7 @@ def console(runner: asyncio.Runner, client: Client, strict: bool = False) -> int
             problem = None
             lost = False
             try:
-                runner.run(execute(client, argv, out))
+                runner.run(execute(client, argv, out, writes))
             except ConnectionLost as exc:  # the server is gone: nothing more will work
                 problem, lost = f"error: {exc}", True
             except (ClientError, UsageError) as exc:
@@ -260,6 +283,21 @@ def console(runner: asyncio.Runner, client: Client, strict: bool = False) -> int
                 failed = True
                 print(problem, flush=True)
             if lost:
+                writes.batch = None  # the server aborted it with the connection
                 return 1
     finally:
+        _leave(runner, writes)  # Ctrl-D, quit, SIGTERM: an open batch is never left behind
         _save_history()
+
+
+def _leave(runner: asyncio.Runner, writes: WriteState) -> bool:
+    """Abort the console's open batch, saying so; True when there was one (a script that
+    forgot `commit` has not written what it meant to)."""
+    if writes.batch is None:
+        return False
+    try:
+        said = runner.run(writes.leave())
+    except ClientError as exc:  # the connection is gone: the server aborted it
+        said = f"the open batch is aborted (nothing written): {exc}"
+    print(f"error: {said}" if said else "", flush=True)
+    return True

@@ -18,13 +18,14 @@ from docteur.cli.log import notice
 from docteur.vm.runtime.appliance import Appliance, ApplianceError
 from docteur.vm.targets.config import TargetConfig
 from docteur.vm.targets.mux import Mux
-from docteur.vm.targets.serving import claim_socket_path, serve_until_stopped
+from docteur.vm.targets.serving import claim_socket_path, say_not_writable, serve_until_stopped
 
 
 def appliance(config: TargetConfig, **kw: Any) -> Appliance:
     return Appliance(
         blocks={name: Path(path) for name, path in config.blocks.items()},
         verify=config.verify,
+        writable=config.writable,
         memory=config.memory,
         accel=config.accel,
         timeout=config.timeout,
@@ -51,7 +52,8 @@ async def serve(config: TargetConfig, path: str, ready: str | None = None) -> in
     async with appliance(config, make_client=None) as vm:
         assert vm.reader is not None and vm.writer is not None
         claim_socket_path(path)  # again: the boot took a while
-        mux = Mux(vm.reader, vm.writer, vm.hello)
+        say_not_writable(config, vm.greeting)
+        mux = Mux(vm.reader, vm.writer, vm.hello, vm.hellos)
         pump = asyncio.create_task(mux.pump_upstream())
         server = await asyncio.start_unix_server(mux.handle, path=path)
         try:
@@ -69,4 +71,5 @@ async def serve(config: TargetConfig, path: str, ready: str | None = None) -> in
             server.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+            await mux.stop()  # each client's put cancelled and batch aborted before the power-off
             pump.cancel()

@@ -20,6 +20,8 @@ from types import ModuleType
 from typing import Any
 
 from docteur.cli.errors import HostError
+from docteur.cli.log import notice
+from docteur.guest.protocol import Hello
 from docteur.vm.targets.config import TargetConfig
 
 
@@ -100,6 +102,17 @@ def claim_socket_path(path: str) -> None:
         probe.close()
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # a stale socket: its server is gone
+
+
+def say_not_writable(config: TargetConfig, hello: Hello | None) -> None:
+    """With --rw, one notice per disk the server will not write after all (an image made
+    without room for writes, ...): its writes will answer read_only."""
+    if not config.writable or hello is None:
+        return
+    for name in config.blocks:
+        why = hello.fields.get(f"writable.{name}", "yes")
+        if why != "yes":
+            notice(f"docteur: disk {name} is served read-only: {why}", "read-only disk", disk=name, why=why)
 
 
 class OutputError(HostError):

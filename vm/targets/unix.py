@@ -15,6 +15,7 @@ import signal
 import sys
 from collections import deque
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from docteur.cli.errors import HostError
 from docteur.cli.log import get_logger, notice
@@ -22,9 +23,10 @@ from docteur.guest.errors import ImageError
 from docteur.guest.image import open_image_fd
 from docteur.guest.protocol import Hello
 from docteur.vm.client import Client, ClientError
+from docteur.vm.runtime.locks import ImageInUse, check_free
 from docteur.vm.runtime.process import die_with_parent, terminate
 from docteur.vm.targets.config import TargetConfig
-from docteur.vm.targets.serving import claim_socket_path, serve_until_stopped
+from docteur.vm.targets.serving import claim_socket_path, say_not_writable, serve_until_stopped
 
 log = get_logger("docteur.vm.unix")
 
@@ -34,12 +36,14 @@ class TargetError(HostError):
 
 
 def blocks_of(config: TargetConfig) -> dict[str, str]:
-    """The images of `config`, each a file we can open."""
+    """The images of `config`, each a file we can open and nobody else writes (nor
+    reads, for --rw)."""
     blocks = config.blocks
     for name, path in blocks.items():
         try:  # the core's own check: refuses a FIFO or a device at once, never waits on it
             os.close(open_image_fd(path))
-        except ImageError as exc:
+            check_free(Path(path), config.writable)
+        except (ImageError, ImageInUse) as exc:
             raise TargetError(f"disk {name}: {exc}") from None
     return blocks
 
@@ -49,7 +53,7 @@ def guest_argv(config: TargetConfig, *where: str) -> list[str]:
     argv = [sys.executable, "-m", "docteur.guest"]
     for name, path in config.blocks.items():
         argv += ["--block", f"{name}={path}"]
-    return [*argv, "--verify", config.verify, *where]
+    return [*argv, "--verify", config.verify, *(["--rw"] if config.writable else []), *where]
 
 
 class _Tail:
@@ -128,6 +132,7 @@ async def serve(config: TargetConfig, path: str, ready: str | None = None) -> in
         if not hello.ok:
             raise TargetError(hello.fields.get("error", "boot failed"))
         disks = ", ".join(hello.disks)
+        say_not_writable(config, hello)
         # Ctrl-C/SIGTERM before this raise (the server is stopped on the way out);
         # from now on they stop serving cleanly.
         if await serve_until_stopped(ready or f"docteur: serving {disks} on {path}", proc.wait()):
