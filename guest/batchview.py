@@ -12,16 +12,15 @@ import time
 from collections.abc import Iterator
 
 from .batch import Batch
-from .errors import IntegrityError, NotFound
-from .kverrors import DictionaryExpected, show
-from .objects import BLOB, MODE_TREE, kind_of_mode, object_header, sha1
-from .paths import split_path
+from .errors import IntegrityError
+from .kverrors import DictionaryExpected
+from .objects import BLOB, kind_of_mode, object_header, sha1
 from .protocol import CHUNK
-from .treeview import Disk, NotADirectory, NotAFile
+from .treeview import Disk, PathView, clamp, key_prefix
 from .values import Entry, GetEnd, Stat
 
 
-class BatchView:
+class BatchView(PathView):
     def __init__(self, disk: Disk, batch: Batch):
         self.disk = disk
         self.batch = batch
@@ -33,19 +32,6 @@ class BatchView:
             return self.batch.editor.lookup(path)
         except DictionaryExpected:  # a file on the way: nothing there
             return None
-
-    def _need(self, path: bytes) -> tuple[int, bytes]:
-        found = self.resolve(path)
-        if found is None:
-            raise NotFound(f"{show(path)}: no such file or directory in disk {self.name!r}")
-        return found
-
-    def _need_blob(self, path: bytes) -> tuple[int, bytes]:
-        mode, oid = self._need(path)
-        kind = kind_of_mode(mode)
-        if kind not in ("file", "symlink"):
-            raise NotAFile(f"{show(path)} is a {kind}, not a file")
-        return mode, oid
 
     def _written(self, oid: bytes) -> tuple[int, Iterator[bytes]] | None:
         """(size, pieces) of a blob this batch wrote, None when the image has it."""
@@ -65,15 +51,8 @@ class BatchView:
         return written[0]
 
     # -- operations ---------------------------------------------------------------
-    def exists(self, path: bytes) -> str:
-        found = self.resolve(path)
-        return "absent" if found is None else kind_of_mode(found[0])
-
     def size(self, path: bytes) -> int:
         return self._size(self._need_blob(path)[1])
-
-    def digest(self, path: bytes) -> bytes:
-        return self._need(path)[1]
 
     def stat(self, path: bytes) -> Stat:
         mode, oid = self._need(path)
@@ -97,12 +76,10 @@ class BatchView:
             blob = self.disk.image.open_blob(oid)
             if whole:
                 return None, blob.chunks(0, None, CHUNK)
-            start = min(offset, blob.size)
-            count = blob.size - start if length is None else min(length, blob.size - start)
+            start, count = clamp(blob.size, offset, length)
             return GetEnd(blob.size, start, count), blob.chunks(start, count, CHUNK)
         size = self._checked(oid)
-        start = min(offset, size)
-        count = size - start if length is None else min(length, size - start)
+        start, count = clamp(size, offset, length)
         return (None if whole else GetEnd(size, start, count)), self._range(oid, start, count)
 
     def _checked(self, oid: bytes) -> int:
@@ -137,10 +114,7 @@ class BatchView:
             pieces.close()  # type: ignore[attr-defined]
 
     def list(self, path: bytes) -> Iterator[Entry]:
-        mode, _ = self._need(path)
-        if mode != MODE_TREE:
-            raise NotADirectory(f"{show(path)} is a {kind_of_mode(mode)}, not a directory")
-        segs = split_path(path)
-        prefix = b"/" + b"/".join(segs) + b"/" if segs else b"/"
+        self._need_tree(path)
+        prefix = key_prefix(path)
         for emode, name, _ in self.batch.editor.list(path):
             yield Entry(prefix + name, kind_of_mode(emode), emode)

@@ -111,7 +111,56 @@ class Tree:
             yield self.entry(i)
 
 
-class Disk:
+def clamp(size: int, offset: int, length: int | None) -> tuple[int, int]:
+    """(start, count) of a ranged get clamped to a file of `size` bytes (an offset
+    past the end sends nothing)."""
+    start = min(offset, size)
+    return start, size - start if length is None else min(length, size - start)
+
+
+def key_prefix(path: bytes) -> bytes:
+    """What a listing of directory `path` puts before each child's name (`/dir/`)."""
+    segs = split_path(path)
+    return b"/" + b"/".join(segs) + b"/" if segs else b"/"
+
+
+class PathView:
+    """What every view of a disk (the served commit, a session's open batch) answers
+    from `resolve` alone."""
+
+    name: str
+
+    def resolve(self, path: bytes) -> tuple[int, bytes] | None:
+        raise NotImplementedError
+
+    def _need(self, path: bytes) -> tuple[int, bytes]:
+        found = self.resolve(path)
+        if found is None:
+            raise NotFound(f"{show(path)}: no such file or directory in disk {self.name!r}")
+        return found
+
+    def _need_blob(self, path: bytes) -> tuple[int, bytes]:
+        mode, oid = self._need(path)
+        kind = kind_of_mode(mode)
+        if kind not in ("file", "symlink"):
+            raise NotAFile(f"{show(path)} is a {kind}, not a file")
+        return mode, oid
+
+    def _need_tree(self, path: bytes) -> bytes:
+        mode, oid = self._need(path)
+        if mode != MODE_TREE:
+            raise NotADirectory(f"{show(path)} is a {kind_of_mode(mode)}, not a directory")
+        return oid
+
+    def exists(self, path: bytes) -> str:
+        found = self.resolve(path)
+        return "absent" if found is None else kind_of_mode(found[0])
+
+    def digest(self, path: bytes) -> bytes:
+        return self._need(path)[1]
+
+
+class Disk(PathView):
     """One image served under a name."""
 
     def __init__(self, name: str, image: Image, tree_cache_bytes: int = 8 << 20):
@@ -201,24 +250,7 @@ class Disk:
             mode, tree_oid = found
         return mode, tree_oid
 
-    def _need(self, path: bytes) -> tuple[int, bytes]:
-        found = self.resolve(path)
-        if found is None:
-            raise NotFound(f"{show(path)}: no such file or directory in disk {self.name!r}")
-        return found
-
-    def _need_blob(self, path: bytes) -> tuple[int, bytes]:
-        mode, oid = self._need(path)
-        kind = kind_of_mode(mode)
-        if kind not in ("file", "symlink"):
-            raise NotAFile(f"{show(path)} is a {kind}, not a file")
-        return mode, oid
-
     # -- operations -------------------------------------------------------------
-    def exists(self, path: bytes) -> str:
-        found = self.resolve(path)
-        return "absent" if found is None else kind_of_mode(found[0])
-
     def size(self, path: bytes) -> int:
         return self._blob_size(self._need_blob(path)[1])
 
@@ -233,9 +265,6 @@ class Disk:
         kind = kind_of_mode(mode)
         size = self._blob_size(oid) if kind in ("file", "symlink") else 0
         return Stat(kind, mode, size, oid, self._changed_by(path, (mode, oid)).committer.timestamp)
-
-    def digest(self, path: bytes) -> bytes:
-        return self._need(path)[1]
 
     def last_modified(self, path: bytes) -> tuple[int, int]:
         """(seconds, tz offset in minutes): the committer time of the newest commit
@@ -292,17 +321,13 @@ class Disk:
         blob = self.image.open_blob(oid)
         if offset == 0 and length is None:
             return None, blob.chunks(0, None, chunk)
-        start = min(offset, blob.size)
-        count = blob.size - start if length is None else min(length, blob.size - start)
+        start, count = clamp(blob.size, offset, length)
         return GetEnd(blob.size, start, count), blob.chunks(start, count, chunk)
 
     def list(self, path: bytes) -> Iterator[Entry]:
         """Direct children of a directory, with full keys (`/dir/name`)."""
-        mode, oid = self._need(path)
-        if mode != MODE_TREE:
-            raise NotADirectory(f"{show(path)} is a {kind_of_mode(mode)}, not a directory")
-        segs = split_path(path)
-        prefix = b"/" + b"/".join(segs) + b"/" if segs else b"/"
+        oid = self._need_tree(path)
+        prefix = key_prefix(path)
         try:
             for emode, name, _ in self.tree(oid):
                 yield Entry(prefix + name, kind_of_mode(emode), emode)
