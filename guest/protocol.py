@@ -372,19 +372,19 @@ def encode_commit_args(args: CommitArgs) -> bytes:
     return out + b"\1" + args.expected
 
 
+def _prefixed(payload: bytes, pos: int, prefix: struct.Struct, what: str) -> tuple[bytes, int]:
+    """The length-prefixed field at `pos` of a request: (its bytes, the position after it)."""
+    (n,) = prefix.unpack_from(payload, pos)
+    pos += prefix.size
+    field = payload[pos : pos + n]
+    if len(field) != n:
+        raise ValueError(f"truncated {what}")
+    return field, pos + n
+
+
 def _decode_commit_args(payload: bytes, pos: int) -> tuple[CommitArgs, int]:
-    (mlen,) = _U32.unpack_from(payload, pos)
-    pos += 4
-    message = payload[pos : pos + mlen]
-    if len(message) != mlen:
-        raise ValueError("truncated commit message")
-    pos += mlen
-    (alen,) = _U16.unpack_from(payload, pos)
-    pos += 2
-    author = payload[pos : pos + alen]
-    if len(author) != alen:
-        raise ValueError("truncated author")
-    pos += alen
+    message, pos = _prefixed(payload, pos, _U32, "commit message")
+    author, pos = _prefixed(payload, pos, _U16, "author")
     (flag,) = _U8.unpack_from(payload, pos)
     pos += 1
     expected = None
@@ -435,11 +435,9 @@ def _decode_args(op: str, payload: bytes, pos: int) -> object:
             commit, pos = _decode_commit_args(payload, pos)
         args = PutArgs(size, mode, commit)
     elif op == "rename":
-        (dlen,) = _U16.unpack_from(payload, pos)
-        dest = payload[pos + 2 : pos + 2 + dlen]
-        if len(dest) != dlen or dlen > MAX_PATH:
+        dest, pos = _prefixed(payload, pos, _U16, "destination path")
+        if len(dest) > MAX_PATH:
             raise ValueError("truncated destination path")
-        pos += 2 + dlen
         commit = None
         if pos < end:
             commit, pos = _decode_commit_args(payload, pos)
@@ -489,12 +487,9 @@ def _decode_request(rid: int, code: int, payload: bytes, version: int = VERSION)
     try:
         (dlen,) = _U8.unpack_from(payload, 0)
         disk = payload[1 : 1 + dlen].decode()
-        (plen,) = _U16.unpack_from(payload, 1 + dlen)
-        pos = 3 + dlen
-        path = payload[pos : pos + plen]
-        if len(path) != plen or plen > MAX_PATH:
+        path, pos = _prefixed(payload, 1 + dlen, _U16, "path")
+        if len(path) > MAX_PATH:
             raise ValueError("truncated path")
-        pos += plen
         offset, length, args = 0, None, None
         rest = len(payload) - pos
         if op not in V1_OPS:
