@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
 from docteur.guest.protocol import (
@@ -479,14 +479,21 @@ class Client:
         return b"".join(parts), end
 
     async def list(self, path: str | bytes = "/", disk: str | None = None) -> list[Entry]:
-        entries: list[Entry] = []
-        async for event in self.request("list", path, disk=disk):
+        return await self._records("list", path, decode_entries, disk)
+
+    async def _records(
+        self, op: str, path: str | bytes, decode: Callable[[bytes], list[Any]],
+        disk: str | None, args: object = None,
+    ) -> list[Any]:
+        """The records a reply's DATA frames carry whole (a listing, a log), decoded."""
+        records: list[Any] = []
+        async for event in self.request(op, path, disk=disk, args=args):
             if isinstance(event, Data):
                 try:
-                    entries += decode_entries(event.data)
+                    records += decode(event.data)
                 except ProtocolError as exc:
                     raise ConnectionLost(f"protocol error from the server: {exc}") from None
-        return entries
+        return records
 
     async def exists(self, path: str | bytes, disk: str | None = None) -> str:
         return str(await self.call("exists", path, disk))
@@ -562,14 +569,7 @@ class Client:
     async def log(self, limit: int | None = None, disk: str | None = None) -> list[LogEntry]:
         """The disk's commits, newest first (at most `limit`)."""
         self._check_version("log")
-        entries: list[LogEntry] = []
-        async for event in self.request("log", b"", disk=disk, args=limit or None):
-            if isinstance(event, Data):
-                try:
-                    entries += decode_log(event.data)
-                except ProtocolError as exc:
-                    raise ConnectionLost(f"protocol error from the server: {exc}") from None
-        return entries
+        return await self._records("log", b"", decode_log, disk, limit or None)
 
     def _check_version(self, op: str) -> None:
         if self.version < 2:
