@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import os
 import pty
-import select
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support.cli import DOCTEUR
 from tests.support.git import cat_blobs, ls_tree
+from tests.support.terminal import read_until
 from tests.support.vm import needs_vm
 
 PROMPT = b"docteur:docteur> "
@@ -51,20 +50,6 @@ def test_microvm_console_in_a_pipe_powers_off_cleanly(gen) -> None:
     assert "qemu exited" in err and "reason=guest-shutdown" in err and "status=0" in err, err
 
 
-def _read_until(fd: int, needle: bytes, seen: bytearray, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while needle not in seen:
-        left = deadline - time.monotonic()
-        assert left > 0, f"no {needle!r} in {bytes(seen)!r}"
-        if select.select([fd], [], [], left)[0]:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:  # the other side closed (EIO)
-                data = b""
-            assert data, f"EOF before {needle!r} in {bytes(seen)!r}"
-            seen += data
-
-
 def test_unix_console_on_a_terminal(gen, tmp_path: Path) -> None:
     """On a terminal: banner, prompt, results, history, and Ctrl-D leaves with status 0."""
     image = gen[1]
@@ -75,10 +60,10 @@ def test_unix_console_on_a_terminal(gen, tmp_path: Path) -> None:
     os.close(sub)
     seen = bytearray()
     try:
-        _read_until(main, PROMPT, seen)
+        read_until(main, PROMPT, seen)
         assert b"type help" in seen
         os.write(main, b"size /bin/run.sh\n")
-        _read_until(main, b"18\r\n" + PROMPT, seen)
+        read_until(main, b"18\r\n" + PROMPT, seen)
         os.write(main, b"\x04")  # Ctrl-D
         assert proc.wait(60) == 0, bytes(seen)
     finally:
