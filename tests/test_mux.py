@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
 import tempfile
+from collections.abc import AsyncIterator
 
 from docteur.guest import protocol as p
 from docteur.vm.targets.mux import Mux
@@ -19,18 +21,35 @@ async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, int, int, byte
     return ftype, code, rid, await reader.readexactly(length)
 
 
-async def test_mux_speaks_first_and_answers_bad_frames_like_the_guest() -> None:
-    """PROTOCOL.md: the server greets first on every connection; a too large frame is
-    ERROR too_large then close; a late CANCEL (the reply already came) is harmless."""
+Relay = tuple[Mux, str, asyncio.StreamReader, asyncio.StreamWriter]
+
+
+@contextlib.asynccontextmanager
+async def _relay(*hellos: object) -> AsyncIterator[Relay]:
+    """A Mux (built with `hellos`) serving a unix socket, a fake guest upstream:
+    (the mux, the socket's path, the guest's reader and writer); all closed after."""
     guest_side, host_side = socket.socketpair()
     up_reader, up_writer = await asyncio.open_connection(sock=host_side)
-    mux = Mux(up_reader, up_writer, HELLO)
+    mux = Mux(up_reader, up_writer, *hellos)  # type: ignore[arg-type]
     pump = asyncio.create_task(mux.pump_upstream())
     where = tempfile.mkdtemp(prefix="dtm", dir="/tmp")
     path = os.path.join(where, "s")
     server = await asyncio.start_unix_server(mux.handle, path=path)
     g_reader, g_writer = await asyncio.open_connection(sock=guest_side)
     try:
+        yield mux, path, g_reader, g_writer
+    finally:
+        server.close()
+        pump.cancel()
+        g_writer.close()
+        up_writer.close()
+        shutil.rmtree(where, ignore_errors=True)
+
+
+async def test_mux_speaks_first_and_answers_bad_frames_like_the_guest() -> None:
+    """PROTOCOL.md: the server greets first on every connection; a too large frame is
+    ERROR too_large then close; a late CANCEL (the reply already came) is harmless."""
+    async with _relay(HELLO) as (_, path, g_reader, g_writer):
         reader, writer = await asyncio.open_unix_connection(path)
         assert await asyncio.wait_for(_read_frame(reader), 2) == (p.HELLO, 0, 0, HELLO[10:])
         # A request goes up under a new id and its END comes back under the client's id.
@@ -66,12 +85,6 @@ async def test_mux_speaks_first_and_answers_bad_frames_like_the_guest() -> None:
         ftype, code, rid, _ = await asyncio.wait_for(_read_frame(reader), 2)
         assert (ftype, p.ERRORS[code], rid) == (p.ERROR, "protocol", 0)
         writer.close()
-    finally:
-        server.close()
-        pump.cancel()
-        g_writer.close()
-        up_writer.close()
-        shutil.rmtree(where, ignore_errors=True)
 
 
 HEAD = bytes(range(20))
@@ -85,43 +98,35 @@ async def test_mux_keeps_a_batch_to_its_client_over_the_one_upstream_session() -
     sends a put's content in one piece, aborts the batch when its client leaves, and
     greets new clients with the head it saw committed."""
     hellos = {1: p.ServerCodec.hello(FIELDS), 2: p.ServerCodec.hello({**FIELDS, "protocol": "2"}, version=2)}
-    guest_side, host_side = socket.socketpair()
-    up_reader, up_writer = await asyncio.open_connection(sock=host_side)
-    mux = Mux(up_reader, up_writer, hellos[1], hellos)
-    pump = asyncio.create_task(mux.pump_upstream())
-    where = tempfile.mkdtemp(prefix="dtm", dir="/tmp")
-    path = os.path.join(where, "s")
-    server = await asyncio.start_unix_server(mux.handle, path=path)
-    g_reader, g_writer = await asyncio.open_connection(sock=guest_side)
-    guest = p.ServerCodec()
-    guest.version = 2
+    async with _relay(hellos[1], hellos) as (mux, path, g_reader, g_writer):
+        guest = p.ServerCodec()
+        guest.version = 2
 
-    async def upstream() -> p.Request | p.Chunk | p.Cancel:
-        """The next frame the guest gets (decoded as the guest decodes it)."""
-        while True:
-            events = guest.resume() if guest.paused else []
-            if events:
-                return events[0]
-            ftype, code, rid, payload = await asyncio.wait_for(_read_frame(g_reader), 2)
-            events = guest.receive(p.HEADER.pack(ftype, code, rid, len(payload)) + payload)
-            if events:
-                return events[0]  # type: ignore[return-value]
+        async def upstream() -> p.Request | p.Chunk | p.Cancel:
+            """The next frame the guest gets (decoded as the guest decodes it)."""
+            while True:
+                events = guest.resume() if guest.paused else []
+                if events:
+                    return events[0]
+                ftype, code, rid, payload = await asyncio.wait_for(_read_frame(g_reader), 2)
+                events = guest.receive(p.HEADER.pack(ftype, code, rid, len(payload)) + payload)
+                if events:
+                    return events[0]  # type: ignore[return-value]
 
-    async def client(version: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        reader, writer = await asyncio.open_unix_connection(path)
-        assert (await asyncio.wait_for(_read_frame(reader), 2))[0] == p.HELLO
-        if version == 2:
-            writer.write(p.greet_frame(2))
-            hello = p.ClientCodec().receive(p.frame(*await asyncio.wait_for(_read_frame(reader), 2)))[0]
-            assert isinstance(hello, p.Hello) and hello.version == 2
-        return reader, writer
+        async def client(version: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            reader, writer = await asyncio.open_unix_connection(path)
+            assert (await asyncio.wait_for(_read_frame(reader), 2))[0] == p.HELLO
+            if version == 2:
+                writer.write(p.greet_frame(2))
+                hello = p.ClientCodec().receive(p.frame(*await asyncio.wait_for(_read_frame(reader), 2)))[0]
+                assert isinstance(hello, p.Hello) and hello.version == 2
+            return reader, writer
 
-    async def answer(reader: asyncio.StreamReader) -> tuple[int, str, int, bytes]:
-        ftype, code, rid, payload = await asyncio.wait_for(_read_frame(reader), 2)
-        kind = p.ERRORS[code] if ftype == p.ERROR else p.OPS[code]
-        return ftype, kind, rid, payload
+        async def answer(reader: asyncio.StreamReader) -> tuple[int, str, int, bytes]:
+            ftype, code, rid, payload = await asyncio.wait_for(_read_frame(reader), 2)
+            kind = p.ERRORS[code] if ftype == p.ERROR else p.OPS[code]
+            return ftype, kind, rid, payload
 
-    try:
         a_reader, a = await client(2)
         b_reader, b = await client(2)
         a.write(p.encode_request(1, "begin"))
@@ -190,9 +195,3 @@ async def test_mux_keeps_a_batch_to_its_client_over_the_one_upstream_session() -
         assert not mux.closed.is_set()  # the pump lived through the answers of the mux's own requests
         for w in (b, c):
             w.close()
-    finally:
-        server.close()
-        pump.cancel()
-        g_writer.close()
-        up_writer.close()
-        shutil.rmtree(where, ignore_errors=True)
