@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.cli import start_cli
 from tests.support.git import git, needs_git
-from tests.support.store import open_store
+from tests.support.store import head_root
 from tests.support.sync import clone, commit_and_push, hook, ref, remote_files, seed_remote
 from tests.support.writes import committed, docteur, head_files
 
@@ -45,10 +45,7 @@ def refused(image: Path, bare: Path, *args: str) -> str:
 
 
 def synced(image: Path) -> bytes:
-    dev, store = open_store(image)
-    with dev, store:
-        assert store.head is not None
-        return store.head.synced
+    return head_root(image).synced
 
 
 def test_diverged_push_is_refused_pull_conflicts_and_merge_joins(setup: tuple[Path, Path, Path]) -> None:

@@ -12,7 +12,7 @@ from tests.support.git import git, needs_git
 from tests.support.relay import stalling_relay
 from tests.support.repos import make_repo
 from tests.support.servers import free_port, run_http_git
-from tests.support.store import open_store
+from tests.support.store import head_root, open_store
 from tests.support.sync import clone, commit_and_push, ref, seed_remote
 from tests.support.writes import committed, docteur, head_files, made
 
@@ -44,10 +44,7 @@ def fails(image: Path, *args: str | Path) -> str:
 
 
 def recorded(image: Path) -> str:
-    dev, store = open_store(image)
-    with dev, store:
-        assert store.head is not None
-        return store.head.remote
+    return head_root(image).remote
 
 
 def test_bad_input_is_one_line(remote: tuple[Path, Path], tmp_path: Path) -> None:

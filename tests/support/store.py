@@ -12,6 +12,7 @@ from docteur.guest.device import FileDevice
 from docteur.guest.generations import Store
 from docteur.guest.objects import MODE_FILE, MODE_TREE, TREE, Tree, TreeEntry, iter_tree
 from docteur.guest.packwrite import PackWriter
+from docteur.guest.roots import Root
 from tests.support.images import image_of
 
 AUTHOR = "Gen Test <gen@example.com>"
@@ -45,6 +46,14 @@ def commit_files(
 def open_store(image: Path, check: str = "cheap") -> tuple[FileDevice, Store]:
     dev = FileDevice(str(image))
     return dev, Store.open(dev, check)
+
+
+def head_root(image: Path) -> Root:
+    """The root record of `image`'s head generation (its sync record: `synced`, `remote`)."""
+    dev, store = open_store(image)
+    with dev, store:
+        assert store.head is not None
+        return store.head
 
 
 def write_tree(writer: PackWriter, files: dict[str, bytes]) -> bytes:
