@@ -24,7 +24,7 @@ import zlib
 from array import array
 from bisect import bisect_left
 from collections import namedtuple
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from .delta import apply_delta
 from .errors import DocteurError, ImageError, IntegrityError, NotFound
@@ -39,6 +39,9 @@ _CHUNK = 1 << 20
 # Undeltified objects with no delta children above this size are hashed as
 # they inflate instead of being held whole.
 _STREAM = 4 << 20
+# Trees' bodies kept from the hashing pass for the tree check (a bigger tree set is
+# partly read again).
+_TREES = 8 << 20
 
 
 class _Part(namedtuple("_Part", "base length index idx_offset reader label")):
@@ -77,14 +80,15 @@ def verify_full(image: Image, progress: Progress | None = None) -> None:
         parts = _parts(image)
         total = sum(part.length for part in parts)
         done = 0
+        trees = _Trees(_TREES)
         for part in parts:
             try:
-                _Walker(image.fd, part, progress, done, total).run()
+                _Walker(image.fd, part, progress, done, total, trees).run()
             except DocteurError as exc:
                 raise part.named(exc) from None
             done += part.length
         commit = image.commit_object()  # raises when the head's object is not a commit
-        _check_tree(image, commit.tree)
+        _check_tree(image, commit.tree, trees)
         _check_history(image)
     except DocteurError as exc:
         raise image.named(exc) from None
@@ -160,14 +164,33 @@ def _check_padding(image: Image) -> None:
         raise ImageError(f"non-zero byte {at} in the zero padding after the IDX")
 
 
+class _Trees(dict[bytes, bytes]):
+    """Trees' bodies met while hashing, by id, up to `budget` bytes in all: the tree
+    check reads these instead of inflating them a second time."""
+
+    def __init__(self, budget: int):
+        super().__init__()
+        self.budget = budget
+
+    def keep(self, oid: bytes, body: bytes) -> None:
+        if len(body) <= self.budget:
+            self[oid] = body
+            self.budget -= len(body)
+
+
 class _Walker:
     """One pass over the PACK through an mmap, with per-object state in flat arrays.
 
-    Objects are numbered by their rank in PACK order; the arrays cost ~20
-    bytes an object, so a guest with 128 MiB can check PACKs of ~1M objects.
+    Objects are numbered by their rank in PACK order. The first pass parses each
+    entry header once and keeps what the second needs (offset, header length,
+    type, size): ~22 bytes an object, so a guest with 128 MiB can check PACKs of
+    ~1M objects. `trees` receives the trees' bodies (up to a byte budget shared by
+    the walkers of one check) for the tree check that follows, which would
+    otherwise read and inflate each again.
     """
 
-    def __init__(self, fd: int, part: _Part, progress: Progress | None, before: int = 0, total: int = 0):
+    def __init__(self, fd: int, part: _Part, progress: Progress | None, before: int = 0, total: int = 0,
+                 trees: _Trees | None = None):  # fmt: skip
         self.fd = fd
         self.part = part
         self.index: Index = part.index
@@ -177,6 +200,7 @@ class _Walker:
         self.total = total or part.length
         self.done = 0
         self.checked = 0
+        self.trees = trees if trees is not None else _Trees(0)
 
     def run(self) -> None:
         import mmap  # a shared library: `pack` boots need not load it
@@ -194,31 +218,43 @@ class _Walker:
                 self.mv.release()
 
     def _run(self) -> None:
-        index, mv = self.index, self.mv
+        index, mv, at = self.index, self.mv, self.at
         count = index.count
-        order = sorted(range(count), key=index.offset)  # IDX positions in PACK order
+        by_idx = index.offsets()
+        crcs = index.crc32s()
+        order = sorted(range(count), key=by_idx.__getitem__)  # IDX positions in PACK order
         self.order = array("I", order)
-        self.offs = offs = array("Q", (index.offset(i) for i in order))
+        self.offs = offs = array("Q", [by_idx[i] for i in order])
+        del by_idx
         if count and offs[0] != 12:
             raise IntegrityError(f"the IDX's first object is at PACK offset {offs[0]}, not 12")
+        # What the second pass needs of each header, so that it parses none again.
+        self.heads = heads = bytearray(count)  # header length (at most 31 bytes)
+        self.types = types = bytearray(count)
+        self.sizes = sizes = array("Q", bytes(8 * count))
         children: dict[int, list[int]] = {}
         roots: list[int] = []
+        crc32 = zlib.crc32
+        last = self.pack_len - 20
         for rank in range(count):
             off = offs[rank]
-            end = offs[rank + 1] if rank + 1 < count else self.pack_len - 20
+            end = offs[rank + 1] if rank + 1 < count else last
             if end <= off:
                 raise IntegrityError(f"the IDX lists two objects at PACK offset {off}")
-            entry = parse_entry(mv, off, self.at + off)
+            entry = parse_entry(mv, off, at + off)
             if entry.data_offset >= end:
                 raise IntegrityError(f"PACK entry at {off}: header runs into the next object")
             i = order[rank]
-            crc = zlib.crc32(mv[self.at + off : self.at + end])
-            if crc != index.crc32(i):
+            crc = crc32(mv[at + off : at + end])
+            if crc != crcs[i]:
                 raise IntegrityError(
                     f"PACK entry at {off} (object {index.oid(i).hex()}): CRC32 {crc:08x} "
-                    f"differs from the IDX's {index.crc32(i):08x}"
+                    f"differs from the IDX's {crcs[i]:08x}"
                 )
-            if not entry.is_delta:
+            heads[rank] = entry.data_offset - off
+            types[rank] = entry.type
+            sizes[rank] = entry.size
+            if entry.base_offset is None and entry.base_id is None:
                 roots.append(rank)
                 continue
             if entry.base_offset is not None:
@@ -259,38 +295,44 @@ class _Walker:
         rank = bisect_left(self.offs, off)
         return rank if rank < len(self.offs) and self.offs[rank] == off else None
 
-    def _span(self, rank: int) -> tuple[memoryview, int, int]:
-        """(zlib data, declared size, entry length) of the object of `rank`."""
+    def _span(self, rank: int) -> tuple[int, int]:
+        """(start, end) in the mapping of the zlib data of the object of `rank`."""
         off = self.offs[rank]
         end = self.offs[rank + 1] if rank + 1 < len(self.offs) else self.pack_len - 20
-        entry = parse_entry(self.mv, off, self.at + off)
-        return self.mv[self.at + entry.data_offset : self.at + end], entry.size, end - off
+        return self.at + off + self.heads[rank], self.at + end
 
-    def _inflated(self, rank: int, piece: int) -> Iterator[bytes]:
-        """The object's inflated data in pieces (from `piece` bytes of input each),
-        checked to end where its entry ends and to have its declared size."""
-        src, size, length = self._span(rank)
+    def _check_end(self, rank: int, d: zlib._Decompress, produced: int) -> None:
+        """The zlib data ends where the entry ends, with the size its header declares."""
+        if not d.eof or d.unused_data or produced != self.sizes[rank]:
+            raise IntegrityError(f"PACK entry at {self.offs[rank]}: zlib data does not match its header")
+
+    def _inflate(self, rank: int) -> bytes:
+        start, end = self._span(rank)
+        d = zlib.decompressobj()
+        try:
+            data = d.decompress(self.mv[start:end])  # one call: the output sized by zlib's module
+        except zlib.error as exc:
+            raise bad_zlib(self.offs[rank], exc) from None
+        self._check_end(rank, d, len(data))
+        self._advance(end - start + self.heads[rank])
+        return data
+
+    def _stream_hash(self, rank: int, kind: str) -> bytes:
+        """The id of a big object, hashed as it inflates, _CHUNK of input at a time."""
+        start, end = self._span(rank)
+        size = self.sizes[rank]
+        h = sha1(object_header(kind, size), size)
         d = zlib.decompressobj()
         produced = 0
         try:
-            for at in range(0, len(src), piece):
-                data = d.decompress(src[at : at + piece])
+            for at in range(start, end, _CHUNK):
+                data = d.decompress(self.mv[at : min(at + _CHUNK, end)])
                 produced += len(data)
-                yield data
+                h.update(data)
         except zlib.error as exc:
             raise bad_zlib(self.offs[rank], exc) from None
-        if not d.eof or d.unused_data or produced != size:
-            raise IntegrityError(f"PACK entry at {self.offs[rank]}: zlib data does not match its header")
-        self._advance(length)
-
-    def _inflate(self, rank: int) -> bytes:
-        return b"".join(self._inflated(rank, 1 << 62))  # one decompress call
-
-    def _stream_hash(self, rank: int, kind: str) -> bytes:
-        size = self._span(rank)[1]
-        h = sha1(object_header(kind, size), size)
-        for data in self._inflated(rank, _CHUNK):
-            h.update(data)
+        self._check_end(rank, d, produced)
+        self._advance(end - start + self.heads[rank])
         return h.digest()
 
     def _advance(self, n: int) -> None:
@@ -298,7 +340,7 @@ class _Walker:
         if self.progress:
             self.progress(self.before + self.done, self.total)
 
-    def _record(self, rank: int, oid: bytes) -> None:
+    def _check_id(self, rank: int, oid: bytes) -> None:
         expected = self.index.oid(self.order[rank])
         if oid != expected:
             raise IntegrityError(
@@ -307,15 +349,20 @@ class _Walker:
             )
         self.checked += 1
 
+    def _record(self, rank: int, kind: str, body: bytes) -> None:
+        """Hash `body` as an object of `kind`, against the IDX's id for `rank`."""
+        oid = object_id(kind, body)
+        self._check_id(rank, oid)
+        if kind is TREE:
+            self.trees.keep(oid, body)
+
     def _tree_from(self, root: int) -> None:
-        off = self.offs[root]
-        entry = parse_entry(self.mv, off, self.at + off)
-        kind = TYPE_NUMBERS[entry.type]
-        if root not in self.children and entry.size > _STREAM:
-            self._record(root, self._stream_hash(root, kind))
+        kind = TYPE_NUMBERS[self.types[root]]
+        if root not in self.children and self.sizes[root] > _STREAM:
+            self._check_id(root, self._stream_hash(root, kind))
             return
         data = self._inflate(root)
-        self._record(root, object_id(kind, data))
+        self._record(root, kind, data)
         # Depth-first, one child at a time: memory is the chain's depth, not the fan-out.
         stack = [(data, iter(self.children.pop(root, ())))]
         while stack:
@@ -325,12 +372,13 @@ class _Walker:
                 stack.pop()
                 continue
             body = apply_delta(base, self._inflate(child))
-            self._record(child, object_id(kind, body))
+            self._record(child, kind, body)
             stack.append((body, iter(self.children.pop(child, ()))))
 
 
-def _check_tree(image: Image, root: bytes) -> None:
-    """Every tree and blob under `root` is in the image (trees parsed, ids looked up)."""
+def _check_tree(image: Image, root: bytes, known: dict[bytes, bytes]) -> None:
+    """Every tree and blob under `root` is in the image (trees parsed, ids looked up);
+    `known`: trees already hashed, by id (the others are read from the image)."""
     seen: set[bytes] = set()
     pending = [(root, "/")]
     where = "the PACK" if not image.store.extents else "the image"
@@ -339,8 +387,9 @@ def _check_tree(image: Image, root: bytes) -> None:
         if oid in seen:
             continue
         seen.add(oid)
+        body = known.get(oid)
         try:
-            kind, body = image.read_object(oid, check=False)
+            kind, body = (TREE, body) if body is not None else image.read_object(oid, check=False)
         except NotFound:
             raise IntegrityError(f"tree {oid.hex()} ({path}) is missing from {where}") from None
         if kind != TREE:
