@@ -28,8 +28,8 @@ from ..defaults import DEFAULT_AUTHOR, DEFAULT_TIMEOUT
 from ..errors import BuildError
 from ..fetch import Sideband, resolve_ref
 from ..scratch import scratch_dir
+from ..stores import writable_store
 from ..transport import client_for, describe_failure
-from ..writes import writable_store
 from .history import Objects, arrived, is_ancestor, new_objects, newest_first, reach, shallow
 from .merge import Change, changes, merge_tree
 from .received import Received

@@ -26,8 +26,8 @@ from docteur.guest.objects import TYPE_CODES
 from ..defaults import DEFAULT_TIMEOUT
 from ..errors import BuildError
 from ..fetch import Sideband
+from ..stores import writable_store
 from ..transport import client_for, describe_failure, is_stall
-from ..writes import writable_store
 from .history import Objects, is_ancestor, new_objects, reach
 from .remote import Remote, is_recorded, resolve
 from .state import SyncState, record_sync, sync_state
