@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 from docteur.cli.log import get_logger
 from docteur.cli.progress import Progress
-from docteur.guest.batch import check_author
 from docteur.guest.generations import Store, _signature, adopt
 from docteur.guest.objects import COMMIT, TREE, Commit
 
@@ -28,8 +27,8 @@ from ..defaults import DEFAULT_AUTHOR, DEFAULT_TIMEOUT
 from ..errors import BuildError
 from ..fetch import Sideband, resolve_ref
 from ..scratch import scratch_dir
+from ..stores import writable_store
 from ..transport import client_for, describe_failure
-from ..writes import writable_store
 from .history import Objects, arrived, is_ancestor, new_objects, newest_first, reach, shallow
 from .merge import Change, changes, merge_tree
 from .received import Received
@@ -78,6 +77,8 @@ class _Haves:
 def pull(image: str, url: str | None, branch: str | None, merge: bool = False,
          author: str = DEFAULT_AUTHOR, timeout: float = DEFAULT_TIMEOUT) -> Pulled:  # fmt: skip
     if merge:
+        from docteur.guest.batch import check_author  # a batch's modules: ~8 ms, for --merge only
+
         check_author(author)
     with writable_store(image) as store:
         state = sync_state(store)

@@ -20,16 +20,15 @@ from dulwich.pack import UnpackedObject
 
 from docteur.cli.log import get_logger
 from docteur.cli.progress import Progress
-from docteur.guest.generations import Store
-from docteur.guest.objects import TYPE_CODES
 
 from ..defaults import DEFAULT_TIMEOUT
 from ..errors import BuildError
 from ..fetch import Sideband
+from ..stores import writable_store
 from ..transport import client_for, describe_failure, is_stall
-from ..writes import writable_store
 from .history import Objects, is_ancestor, new_objects, reach
 from .remote import Remote, is_recorded, resolve
+from .sending import records
 from .state import SyncState, record_sync, sync_state
 
 log = get_logger("docteur.push")
@@ -108,7 +107,7 @@ def push(image: str, url: str | None, branch: str | None, timeout: float = DEFAU
             oids = new_objects(objects, commits)
             sent[0] = len(oids)
             log.info("sending", objects=len(oids), commits=len(commits), remote=remote.display)
-            return len(oids), _records(store, oids, bar)
+            return len(oids), records(store, oids, bar)
 
         with Progress("sending", unit="objects") as bar:
             messages = _Messages(bar)
@@ -131,14 +130,6 @@ def push(image: str, url: str | None, branch: str | None, timeout: float = DEFAU
         if state.synced != head and (not state.record or is_recorded(remote, state.record)):
             record_sync(store, head, remote)
         return Pushed(remote.display, seen["tip"], head, sent[0])
-
-
-def _records(store: Store, oids: list[bytes], bar: Progress) -> Iterator[UnpackedObject]:
-    """The objects to send, read one at a time from the image."""
-    for n, oid in enumerate(oids, 1):
-        kind, body = store.read_object(oid)
-        yield UnpackedObject(TYPE_CODES[kind], decomp_chunks=[body])
-        bar.update(n, len(oids))
 
 
 def _stalled(e: BaseException | None) -> bool:
