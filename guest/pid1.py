@@ -175,7 +175,8 @@ def run() -> int:
     debug = params.get("debug") == "1"
     if debug:
         log(f"modules loaded; python started at {_T0:.3f}")
-    argv = server_argv(params)
+    # The server's imports (~0.25 s under TCG) before the wait: the virtio devices
+    # finish probing meanwhile, so the wait below mostly finds them there.
     try:
         from docteur.guest import server
     except ImportError as exc:
@@ -183,6 +184,7 @@ def run() -> int:
         return 70
     if debug:
         log("server imported")
+    argv = server_argv(params)
     if params.get("dry") == "1":
         return 0
     return int(server.main(argv) or 0)
