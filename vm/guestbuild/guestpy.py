@@ -21,16 +21,14 @@ PYVER = "3.11"
 STDLIB = f"usr/lib/python{PYVER}"
 LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
 LOADER = "lib64/ld-linux-x86-64.so.2"
-# Imported lazily deep inside the stdlib, so no import statement or module-level
-# import reveals them: argparse -> gettext -> locale at parse time.
-ALWAYS = ("locale",)
 # The interpreter finds its prefix by the landmark os.py/os.pyc ("Could not find
 # platform independent libraries" otherwise), although os itself is frozen.
 LANDMARKS = ("os.py",)
-# Never wanted in the guest even if some guest/ file names them (host-only paths).
+# Never wanted in the guest even if some guest/ file names them (host-only paths:
+# socket, with the enum/selectors it drags in, only for the server's --listen).
 # _hashlib (and its 4.7 MB libcrypto) is kept: OpenSSL's SHA-1 is ~2.3x faster than
 # the builtin one under TCG; the guest loads it only for big hashes.
-EXCLUDE = ("asyncio", "_asyncio", "_ssl")
+EXCLUDE = ("asyncio", "_asyncio", "_ssl", "socket", "_socket")
 
 # What the guest's interpreter has imported, as NAME\tFILE lines: the end of both scripts.
 _REPORT = r"""for name, mod in sorted(sys.modules.items()):
@@ -40,12 +38,14 @@ _REPORT = r"""for name, mod in sorted(sys.modules.items()):
         sys.stdout.write(f"{name}\t{origin}\n")
 """
 
+# Both scripts use only what the interpreter has loaded at start-up or the
+# guest imports anyway (__import__, _signal), so that sys.modules is the guest's need.
 _TRACE = r"""
-import sys, importlib
+import sys
 for name in sys.argv[1:]:
     quiet = name.startswith("?")  # a guess (`from pkg import name`): may not be a module
     try:
-        importlib.import_module(name.lstrip("?"))
+        __import__(name.lstrip("?"))
     except BaseException as exc:  # SystemExit too: a module may run code on import
         if not quiet:
             sys.stderr.write(f"trace: cannot import {name}: {type(exc).__name__}: {exc}\n")
@@ -55,14 +55,15 @@ _TRACE += _REPORT
 # Serve a short session on stdin/stdout against a disk that is not an image, so
 # that what the serving and error paths import lazily is seen too.
 _EXERCISE = r"""
-import os, signal, sys
+import os, sys
+from _signal import SIGALRM, alarm, signal
 from docteur.guest import protocol as p, server
 
 def timeout(*_):
     raise TimeoutError("the guest server did not finish its dry run")
 
-signal.signal(signal.SIGALRM, timeout)
-signal.alarm(20)
+signal(SIGALRM, timeout)
+alarm(20)
 session = p.GREET_FRAME + b"".join(
     p.encode_request(i, op, "docteur", b"/README.md")
     for i, op in enumerate(("ping", "info", "stat", "get", "list", "shutdown"), start=1))
@@ -77,7 +78,7 @@ try:
 except BaseException:
     pass
 finally:
-    signal.alarm(0)
+    alarm(0)
     for fd, old in enumerate(saved):
         os.dup2(old, fd)
 """
@@ -138,7 +139,7 @@ def run_guest_python(root: Path, args: list[str], stdin: str | None = None,
 def trace(root: Path, guest_modules: list[str], stdlib_names: set[str]) -> dict[str, Path]:
     """Module name -> file (under root) for what importing the guest needs, and
     what a dry-run session of its server imports on the way."""
-    names = [*sorted(guest_modules), *sorted(stdlib_names), *ALWAYS]
+    names = [*sorted(guest_modules), *sorted(stdlib_names)]
     out = run_guest_python(root, ["-c", _TRACE, *names])
     try:
         out += run_guest_python(root, ["-c", _EXERCISE], timeout=60)
