@@ -93,6 +93,14 @@ for line in sys.stdin:
 """
 
 
+def _catches_import_error(handler: ast.ExceptHandler) -> bool:
+    kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return any(
+        k is None or (isinstance(k, ast.Name) and k.id in ("ImportError", "ModuleNotFoundError"))
+        for k in kinds
+    )
+
+
 def imported_names(sources: list[Path]) -> set[str]:
     """Every module an import statement in these files may load, dotted names included."""
     names: set[str] = set()
@@ -105,13 +113,21 @@ def imported_names(sources: list[Path]) -> set[str]:
             and node.test.id == "TYPE_CHECKING"
             for stmt in node.body for n in ast.walk(stmt)
         }  # fmt: skip
+        # Imports in `try: ... except ImportError:` have a fallback (e.g. _sha256 on 3.11,
+        # _sha2 on 3.12+): tried, not required.
+        optional = {
+            id(n) for node in ast.walk(tree)
+            if isinstance(node, ast.Try) and any(_catches_import_error(h) for h in node.handlers)
+            for stmt in node.body for n in ast.walk(stmt)
+        }  # fmt: skip
         for node in ast.walk(tree):
             if id(node) in typing_only:
                 continue
+            mark = "?" if id(node) in optional else ""
             if isinstance(node, ast.Import):
-                names.update(alias.name for alias in node.names)
+                names.update(mark + alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names.add(node.module)
+                names.add(mark + node.module)
                 # `from pkg import sub` may name a submodule: try it, failures are ignored.
                 names.update(f"?{node.module}.{a.name}" for a in node.names if a.name != "*")
     top = {n: n.lstrip("?").split(".")[0] for n in names}
