@@ -1,0 +1,158 @@
+"""`docteur push --socket` and `docteur pull --socket`: the image is a running appliance.
+
+The host does the network side with builder/sync/'s push and pull, unchanged; this
+`SocketImage` answers what they ask of an image through the appliance's protocol
+(vm/sync.py): the head and the remote's record (`sync_info`), objects by id (`objects`,
+the commits and trees a history walk reads are kept), and takes the result as one
+request (`import` of a pack, `set_synced`), each with the head it was computed from as
+compare-and-swap. It lives here, where builder/ and vm/ may both be imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import zlib
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import TypeVar
+
+from docteur.builder.errors import BuildError
+from docteur.builder.sync.received import Received
+from docteur.builder.sync.state import SyncState
+from docteur.guest.errors import NotFound
+from docteur.guest.objects import COMMIT, TREE, sha1
+from docteur.guest.packwrite import entry_header
+from docteur.vm import sync as vsync
+from docteur.vm.client import Client, new_runner
+
+T = TypeVar("T")
+
+
+async def _collect(items: AsyncIterator[T]) -> list[T]:
+    return [item async for item in items]
+
+
+class SocketImage:
+    """An appliance's disk as builder/sync/image.py's SyncImage."""
+
+    def __init__(self, runner: object, client: Client, disk: str, path: str):
+        self.runner = runner
+        self.client = client
+        self.disk = disk
+        self.name = f"{path} (disk {disk})"
+        info = self._run(vsync.sync_info(client, disk))
+        self._head = bytes.fromhex(info["head"])
+        self._generation = int(info["generation"])
+        self._record = info.get("remote", "")
+        self._synced = bytes.fromhex(info["synced"]) if info.get("synced") else None
+        # Commits and trees read (a walk reads them again and again), and absent ids.
+        self._kept: dict[bytes, tuple[str, bytes] | None] = {}
+        self._work: str | None = None
+
+    def _run(self, coro):  # type: ignore[no-untyped-def]
+        return self.runner.run(coro)  # type: ignore[attr-defined]
+
+    @property
+    def head_commit(self) -> bytes:
+        return self._head
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def sync_state(self) -> SyncState:
+        return SyncState(self._record, self._synced)
+
+    def _load(self, oids: list[bytes]) -> list[tuple[bytes, str | None, bytes]]:
+        records = self._run(_collect(vsync.read_objects(self.client, oids, self.disk)))
+        for oid, kind, body in records:
+            if kind is None or kind in (COMMIT, TREE):
+                self._kept[oid] = None if kind is None else (kind, body)
+        return records
+
+    def __contains__(self, oid: bytes) -> bool:
+        if oid not in self._kept:
+            _, kind, _ = self._load([oid])[0]
+            return kind is not None
+        return self._kept[oid] is not None
+
+    def read_object(self, oid: bytes) -> tuple[str, bytes]:
+        if oid in self._kept:
+            got = self._kept[oid]
+        else:
+            _, kind, body = self._load([oid])[0]
+            got = None if kind is None else (kind, body)
+        if got is None:
+            raise NotFound(f"object {oid.hex()} is not in {self.name}")
+        return got
+
+    def read_many(self, oids: list[bytes]) -> Iterator[tuple[str, bytes]]:
+        for at in range(0, len(oids), vsync.OBJECTS_BATCH):
+            for oid, kind, body in self._load(oids[at : at + vsync.OBJECTS_BATCH]):
+                if kind is None:
+                    raise BuildError(f"object {oid.hex()} is not in {self.name}")
+                yield kind, body
+
+    def set_synced(self, commit: bytes, record: str) -> int:
+        done = self._run(vsync.set_synced(self.client, self._head, commit, record, self.disk))
+        self._generation = done.generation
+        self._record, self._synced = record, commit
+        return done.generation
+
+    def adopt(self, received: Received | None, extra: Iterable[tuple[str, bytes]], head: bytes,
+              synced: tuple[bytes, str] | None) -> int:  # fmt: skip
+        """One import: the server's pack as it came (the guest completes it where thin),
+        or, with `extra` objects (a merge), a pack of every object whole."""
+        extra = list(extra)
+        with self.scratch() as work:
+            if received is not None and not extra:
+                pack = received.path
+            else:
+                objects = [*(received.objects() if received is not None else ()), *extra]
+                pack = _write_pack(os.path.join(work, "import.pack"), objects)
+            done = self._run(vsync.import_pack(self.client, pack, self._head, head, synced, self.disk))
+        self._head, self._generation = head, done.generation
+        if synced is not None:
+            self._synced, self._record = synced
+        return done.generation
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[str]:
+        if self._work is not None:  # the pull's, still open
+            yield self._work
+            return
+        with tempfile.TemporaryDirectory(prefix="docteur-sync-") as work:
+            self._work = work
+            try:
+                yield work
+            finally:
+                self._work = None
+
+
+def _write_pack(path: str, objects: list[tuple[str, bytes]]) -> str:
+    """A git pack of `objects`, each whole."""
+    h = sha1(b"", 1 << 30)
+    with open(path, "wb") as f:
+        head = b"PACK" + (2).to_bytes(4, "big") + len(objects).to_bytes(4, "big")
+        for data in (head, *(entry_header(k, len(b)) + zlib.compress(b, 1) for k, b in objects)):
+            h.update(data)
+            f.write(data)
+        f.write(h.digest())
+    return path
+
+
+@contextlib.contextmanager
+def socket_image(path: str, disk: str, timeout: float) -> Iterator[SocketImage]:
+    """The disk `disk` of the appliance serving `path`, as an image push and pull take."""
+    from docteur.vm.targets.serving import check_path_length
+
+    check_path_length(path)
+    with new_runner() as runner:
+        client = runner.run(Client.open_unix(path, timeout=timeout, disk=disk))
+        try:
+            yield SocketImage(runner, client, disk, path)
+        finally:
+            with contextlib.suppress(Exception):
+                runner.run(client.close())
+
