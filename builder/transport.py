@@ -21,7 +21,6 @@ import io
 import os
 import select
 import socket
-import ssl
 import subprocess
 import sys
 from collections.abc import Callable
@@ -42,6 +41,8 @@ from .gittools import git_path
 from .source import Source
 
 if TYPE_CHECKING:
+    import ssl
+
     import urllib3
 
 
@@ -250,13 +251,15 @@ def describe_failure(e: Exception, source: Source, timeout: float) -> BuildError
     """One line saying what went wrong, for any transport's exception."""
     where = source.display
     chain = _chain(e)
+    # ssl is loaded by https (urllib3) only: not loaded, not its error (~5 ms of imports).
+    tls = sys.modules.get("ssl")
     for x in chain:
         if is_disk_full(x):
             return BuildError(describe_os_error(x, f"fetching {where}: no room for the scratch copy"))
     for x in chain:
         if is_stall(x):
             return BuildError(f"timed out: nothing from {where} for {timeout:g} s (see --timeout)")
-        if isinstance(x, ssl.SSLCertVerificationError):
+        if tls is not None and isinstance(x, tls.SSLCertVerificationError):
             return _certificate_error(x, where)
     text = " ".join(str(x) for x in chain)
     for x in chain:

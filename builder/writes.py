@@ -20,13 +20,13 @@ from typing import BinaryIO
 
 from docteur.cli.log import get_logger
 from docteur.guest.batch import Batch, check_author
-from docteur.guest.device import FileDevice
 from docteur.guest.generations import Store
 from docteur.guest.objects import MODE_EXEC, MODE_FILE, MODE_LINK, Commit
 from docteur.guest.paths import split_path
 
 from .errors import BuildError
 from .scratch import scratch_dir
+from .stores import readable_store, writable_store
 from .walk import directory_entries, parse_date
 
 log = get_logger("docteur.writes")
@@ -34,10 +34,6 @@ DEFAULT_BRANCH = "main"
 # Files up to this size are read whole (no stream, and a known blob costs no deflate).
 _WHOLE = 1 << 20
 _CHUNK = 1 << 20
-# Every command opens an image hashing each PACK of the generation it adopts: a damaged
-# newest PACK is skipped (one warning) by every command alike, and no batch is ever
-# built on top of one (its commit would share the damage and be skipped in turn).
-CHECK = "pack"
 
 
 @dataclass(frozen=True)
@@ -54,19 +50,6 @@ def path_arg(text: str) -> bytes:
     """A path inside the image as given on the command line (the batch checks it);
     undecodable bytes come back as they were typed."""
     return os.fsencode(text)
-
-
-# -- the writer ---------------------------------------------------------------------
-@contextlib.contextmanager
-def writable_store(image: str) -> Iterator[Store]:
-    """The image open for writing, its lock held; a read-only one is refused."""
-    with FileDevice(image, writable=True) as dev, Store.open(dev, CHECK) as store:
-        for line in store.warnings():
-            log.warning(line.removeprefix("warning: "), image=image)
-        if not store.writable:
-            why = "".join(f" ({s.reason})" for s in store.skipped if s.generation is None)
-            raise BuildError(f"{image} has no room for writes{why}: run docteur grow {image} SIZE")
-        yield store
 
 
 def _commit(image: str, store: Store, batch: Batch, message: str, author: str, date: str | None) -> Result:
@@ -212,14 +195,6 @@ def _chunks(f: BinaryIO, size: int, name: str) -> Iterator[bytes]:
 
 
 # -- reading the history -------------------------------------------------------------------
-@contextlib.contextmanager
-def readable_store(image: str) -> Iterator[Store]:
-    with FileDevice(image) as dev, Store.open(dev, CHECK) as store:
-        for line in store.warnings():
-            log.warning(line.removeprefix("warning: "), image=image)
-        yield store
-
-
 def log_lines(image: str) -> Iterator[str]:
     """`N COMMIT DATE SUBJECT`, newest first: N counts the commits of the image's
     history, 0 the one `docteur make` wrote."""

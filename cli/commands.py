@@ -102,7 +102,7 @@ def run_console(target: ModuleType, config: TargetConfig) -> int:
         client = runner.run(session.__aenter__())
         try:
             say_not_writable(config, client.hello)
-            return console(runner, client, strict=True)
+            return console(runner, client)
         finally:  # Ctrl-C and SIGTERM too: a clean power-off, not a killed VM
             runner.run(session.__aexit__(None, None, None))
 

@@ -1,8 +1,9 @@
 """structlog set-up: logs go to stderr, human-readable or JSON lines.
 
-structlog (~50 ms of imports: it loads asyncio) is imported only by `get_logger`, i.e.
-by the modules that log, and configured then with what `configure` recorded: `docteur
---help`, usage errors and `docteur verify` never load it. Only cheap imports at the top
+structlog (~50 ms of imports: it loads asyncio) is imported only when a logger
+`get_logger` gave writes a line its level lets through, and configured then with what
+`configure` recorded: `docteur --help`, usage errors, `docteur verify` and a push or
+pull without -v never load it. Only cheap imports at the top
 (json, datetime, the redaction's re come when a line is written).
 """
 
@@ -129,10 +130,43 @@ def _apply() -> None:
     _APPLIED[0] = True
 
 
-def get_logger(name: str | None = None) -> Any:
-    """A structlog logger, configured as `configure` last said (loads structlog)."""
-    if not _APPLIED[0]:
-        _apply()
-    import structlog
+# The level of each logging method (a filtering bound logger's).
+_METHOD_LEVELS = {"debug": 10, "info": 20, "msg": 20, "warning": 30, "warn": 30, "error": 40,
+                  "exception": 40, "critical": 50, "fatal": 50}  # fmt: skip
 
-    return structlog.get_logger(name) if name else structlog.get_logger()
+
+class _Logger:
+    """What `get_logger` gives: a call below the level `configure` set returns at once;
+    anything else loads structlog then (not at the logging module's import: push and
+    pull log only with -v, and would pay structlog's imports on every run)."""
+
+    def __init__(self, name: str | None) -> None:
+        self._name = name
+        self._real: Any = None
+
+    def _logger(self) -> Any:
+        if self._real is None:
+            if not _APPLIED[0]:
+                _apply()
+            import structlog
+
+            self._real = structlog.get_logger(self._name) if self._name else structlog.get_logger()
+        return self._real
+
+    def __getattr__(self, method: str) -> Any:
+        level = _METHOD_LEVELS.get(method)
+        if level is None:
+            return getattr(self._logger(), method)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if level < _LEVELS[min(_CONFIG[0][1], 2)]:
+                return None
+            return getattr(self._logger(), method)(*args, **kwargs)
+
+        return call
+
+
+def get_logger(name: str | None = None) -> Any:
+    """A structlog logger, configured as `configure` last said (structlog loaded by its
+    first call that the level lets through)."""
+    return _Logger(name)

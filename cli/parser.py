@@ -7,6 +7,7 @@ must not load dulwich, asyncio or QEMU's QMP library.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -21,7 +22,7 @@ from .errors import EXIT_USAGE
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~5 ms of imports on every start
-    from typing import NoReturn
+    from typing import Any, NoReturn
 
 PROG = "docteur"
 QUERY_TIMEOUT = 30.0  # seconds to connect and for each answer
@@ -29,9 +30,38 @@ QUERY_TIMEOUT = 30.0  # seconds to connect and for each answer
 Command = Callable[[argparse.Namespace], int]
 
 
+def _columns() -> int:
+    """The terminal's width as shutil.get_terminal_size finds it ($COLUMNS, then
+    stdout's terminal, else 80)."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's, given its width: argparse makes one for each argument declared,
+    and left to find the width itself it imports shutil (~3 ms on every start)."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:  # fmt: skip
+        super().__init__(prog, indent_increment, max_help_position,
+                         _columns() - 2 if width is None else width)  # fmt: skip
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, whose usage errors are one JSON line too under --log-format json
     (subcommand parsers are of the same class)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         if log.is_json():

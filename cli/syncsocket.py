@@ -17,9 +17,13 @@ import zlib
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import TypeVar
 
+from dulwich.pack import UnpackedObject
+
 from docteur.builder.errors import BuildError
 from docteur.builder.sync.received import Received
+from docteur.builder.sync.sending import whole_records
 from docteur.builder.sync.state import SyncState
+from docteur.cli.progress import Progress
 from docteur.guest.errors import NotFound
 from docteur.guest.objects import COMMIT, TREE, sha1
 from docteur.guest.packwrite import entry_header
@@ -87,12 +91,16 @@ class SocketImage:
             raise NotFound(f"object {oid.hex()} is not in {self.name}")
         return got
 
-    def read_many(self, oids: list[bytes]) -> Iterator[tuple[str, bytes]]:
+    def records(self, oids: list[bytes], bar: Progress) -> Iterator[UnpackedObject]:
+        return whole_records(self._read_many(oids), len(oids), bar)
+
+    def _read_many(self, oids: list[bytes]) -> Iterator[tuple[bytes, str, bytes]]:
+        """The objects a push sends, a batch of ids a request."""
         for at in range(0, len(oids), vsync.OBJECTS_BATCH):
             for oid, kind, body in self._load(oids[at : at + vsync.OBJECTS_BATCH]):
                 if kind is None:
                     raise BuildError(f"object {oid.hex()} is not in {self.name}")
-                yield kind, body
+                yield oid, kind, body
 
     def set_synced(self, commit: bytes, record: str) -> int:
         done = self._run(vsync.set_synced(self.client, self._head, commit, record, self.disk))

@@ -39,7 +39,6 @@ from .objects import (
     sha1,
 )
 from .pack import PackReader
-from .packwrite import NoSpace, PackWriter
 from .roots import (
     MAX_EXTENTS,
     MAX_PAD,
@@ -50,6 +49,10 @@ from .roots import (
     Root,
     claimed_generation,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .packwrite import PackWriter
 
 # Objects up to this size are copied whole by compaction; bigger whole blobs are streamed.
 _STREAM = 4 << 20
@@ -64,7 +67,7 @@ CHECKS = ("cheap", "pack")
 BATCH_LEVEL = 1
 COMPACT_LEVEL = 6
 
-__all__ = ["NoSpace", "ReadOnly", "Skipped", "Store", "TooManyExtents"]
+__all__ = ["ReadOnly", "Skipped", "Store", "TooManyExtents"]
 
 
 class ReadOnly(DocteurError):
@@ -376,6 +379,10 @@ class Store:
         return self._writer(level)
 
     def _writer(self, level: int) -> PackWriter:
+        # The writer's modules only when writing: `docteur verify` and a read-only
+        # boot never load them (~2 ms).
+        from .packwrite import NoSpace, PackWriter
+
         assert self.area is not None
         self.device.refuse_if_failed()
         holes = self.holes()

@@ -8,6 +8,8 @@ with no I/O.
 from __future__ import annotations
 
 import struct
+import sys
+from array import array
 from collections.abc import Iterable, Iterator
 
 from .errors import ImageError
@@ -80,6 +82,25 @@ class Index:
         if off & 0x80000000:
             (off,) = struct.unpack_from(">Q", self._data, self._large_at + 8 * (off & 0x7FFFFFFF))
         return off
+
+    def _words(self, at: int) -> array[int]:
+        """The `count` big-endian 32-bit words at `at`, read in one go (a walk over
+        every object would otherwise unpack them one call each)."""
+        words = array("I", self._data[at : at + 4 * self.count])
+        if sys.byteorder == "little":
+            words.byteswap()
+        return words
+
+    def offsets(self) -> list[int]:
+        """Every object's PACK offset, in IDX order."""
+        offs = self._words(self._off_at).tolist()
+        if offs and max(offs) & 0x80000000:  # a PACK over 2 GiB: some in the 64-bit table
+            offs = [self.offset(i) if off & 0x80000000 else off for i, off in enumerate(offs)]
+        return offs
+
+    def crc32s(self) -> array[int]:
+        """Every object's CRC32, in IDX order."""
+        return self._words(self._crc_at)
 
     def position(self, oid: bytes) -> int | None:
         """Index of `oid` in the sorted table, or None."""

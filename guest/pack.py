@@ -227,6 +227,20 @@ class PackReader:
             )
 
     def inflate(self, entry: Entry) -> bytes:
+        if entry.size < _READ:
+            # Most objects are small: one read, one decompress call, no generator
+            # (their per-call cost is most of a small object's). Data that does not end
+            # within the read (it cannot, unless damaged) takes the general path below.
+            d = zlib.decompressobj()
+            try:
+                data = d.decompress(self.pread(entry.size + _HEADER_PEEK, entry.data_offset))
+            except zlib.error as exc:
+                raise bad_zlib(entry.offset, exc) from None
+            if d.eof:
+                if len(data) != entry.size:
+                    raise IntegrityError(f"PACK entry at {entry.offset}: inflates to {len(data)} bytes, "
+                                         f"header says {entry.size}")  # fmt: skip
+                return data
         return b"".join(self.inflate_chunks(entry, 1 << 30))
 
     def inflate_prefix(self, entry: Entry, n: int) -> bytes:

@@ -24,7 +24,7 @@ import zlib
 from array import array
 from bisect import bisect_left
 from collections import namedtuple
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from .delta import apply_delta
 from .errors import DocteurError, ImageError, IntegrityError, NotFound
@@ -34,11 +34,21 @@ from .layout import PACK_OFFSET
 from .objects import COMMIT, TREE, TYPE_NUMBERS, Commit, iter_tree, object_header, object_id, sha1
 from .pack import bad_zlib, parse_entry
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # threading only with a second CPU (see _Walker._checked)
+    import threading
+
 Progress = Callable[[int, int], None]
 _CHUNK = 1 << 20
 # Undeltified objects with no delta children above this size are hashed as
 # they inflate instead of being held whole.
 _STREAM = 4 << 20
+# From this PACK size on, a second CPU takes half the objects (below, a thread
+# costs more than it saves).
+_THREADED = 1 << 20
+# Trees' bodies kept from the hashing pass for the tree check (a bigger tree set is
+# partly read again).
+_TREES = 8 << 20
 
 
 class _Part(namedtuple("_Part", "base length index idx_offset reader label")):
@@ -77,14 +87,15 @@ def verify_full(image: Image, progress: Progress | None = None) -> None:
         parts = _parts(image)
         total = sum(part.length for part in parts)
         done = 0
+        trees = _Trees(_TREES)
         for part in parts:
             try:
-                _Walker(image.fd, part, progress, done, total).run()
+                _Walker(image.fd, part, progress, done, total, trees).run()
             except DocteurError as exc:
                 raise part.named(exc) from None
             done += part.length
         commit = image.commit_object()  # raises when the head's object is not a commit
-        _check_tree(image, commit.tree)
+        _check_tree(image, commit.tree, trees)
         _check_history(image)
     except DocteurError as exc:
         raise image.named(exc) from None
@@ -160,14 +171,51 @@ def _check_padding(image: Image) -> None:
         raise ImageError(f"non-zero byte {at} in the zero padding after the IDX")
 
 
+class _NoLock:
+    """A lock's interface, for a walk in one thread."""
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _cpus() -> int:
+    """The CPUs this process may run on (the guest has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class _Trees(dict[bytes, bytes]):
+    """Trees' bodies met while hashing, by id, up to `budget` bytes in all: the tree
+    check reads these instead of inflating them a second time."""
+
+    def __init__(self, budget: int):
+        super().__init__()
+        self.budget = budget
+
+    def keep(self, oid: bytes, body: bytes) -> None:
+        if len(body) <= self.budget:
+            self[oid] = body
+            self.budget -= len(body)
+
+
 class _Walker:
     """One pass over the PACK through an mmap, with per-object state in flat arrays.
 
-    Objects are numbered by their rank in PACK order; the arrays cost ~20
-    bytes an object, so a guest with 128 MiB can check PACKs of ~1M objects.
+    Objects are numbered by their rank in PACK order. The first pass parses each
+    entry header once and keeps what the second needs (offset, header length,
+    type, size): ~22 bytes an object, so a guest with 128 MiB can check PACKs of
+    ~1M objects. `trees` receives the trees' bodies (up to a byte budget shared by
+    the walkers of one check) for the tree check that follows, which would
+    otherwise read and inflate each again.
     """
 
-    def __init__(self, fd: int, part: _Part, progress: Progress | None, before: int = 0, total: int = 0):
+    def __init__(self, fd: int, part: _Part, progress: Progress | None, before: int = 0, total: int = 0,
+                 trees: _Trees | None = None):  # fmt: skip
         self.fd = fd
         self.part = part
         self.index: Index = part.index
@@ -176,7 +224,8 @@ class _Walker:
         self.before = before  # bytes of earlier PACKs, for the progress
         self.total = total or part.length
         self.done = 0
-        self.checked = 0
+        self.trees = trees if trees is not None else _Trees(0)
+        self.lock: _NoLock | threading.Lock = _NoLock()  # progress and trees, when threaded
 
     def run(self) -> None:
         import mmap  # a shared library: `pack` boots need not load it
@@ -194,31 +243,43 @@ class _Walker:
                 self.mv.release()
 
     def _run(self) -> None:
-        index, mv = self.index, self.mv
+        index, mv, at = self.index, self.mv, self.at
         count = index.count
-        order = sorted(range(count), key=index.offset)  # IDX positions in PACK order
+        by_idx = index.offsets()
+        crcs = index.crc32s()
+        order = sorted(range(count), key=by_idx.__getitem__)  # IDX positions in PACK order
         self.order = array("I", order)
-        self.offs = offs = array("Q", (index.offset(i) for i in order))
+        self.offs = offs = array("Q", [by_idx[i] for i in order])
+        del by_idx
         if count and offs[0] != 12:
             raise IntegrityError(f"the IDX's first object is at PACK offset {offs[0]}, not 12")
+        # What the second pass needs of each header, so that it parses none again.
+        self.heads = heads = bytearray(count)  # header length (at most 31 bytes)
+        self.types = types = bytearray(count)
+        self.sizes = sizes = array("Q", bytes(8 * count))
         children: dict[int, list[int]] = {}
         roots: list[int] = []
+        crc32 = zlib.crc32
+        last = self.pack_len - 20
         for rank in range(count):
             off = offs[rank]
-            end = offs[rank + 1] if rank + 1 < count else self.pack_len - 20
+            end = offs[rank + 1] if rank + 1 < count else last
             if end <= off:
                 raise IntegrityError(f"the IDX lists two objects at PACK offset {off}")
-            entry = parse_entry(mv, off, self.at + off)
+            entry = parse_entry(mv, off, at + off)
             if entry.data_offset >= end:
                 raise IntegrityError(f"PACK entry at {off}: header runs into the next object")
             i = order[rank]
-            crc = zlib.crc32(mv[self.at + off : self.at + end])
-            if crc != index.crc32(i):
+            crc = crc32(mv[at + off : at + end])
+            if crc != crcs[i]:
                 raise IntegrityError(
                     f"PACK entry at {off} (object {index.oid(i).hex()}): CRC32 {crc:08x} "
-                    f"differs from the IDX's {index.crc32(i):08x}"
+                    f"differs from the IDX's {crcs[i]:08x}"
                 )
-            if not entry.is_delta:
+            heads[rank] = entry.data_offset - off
+            types[rank] = entry.type
+            sizes[rank] = entry.size
+            if entry.base_offset is None and entry.base_id is None:
                 roots.append(rank)
                 continue
             if entry.base_offset is not None:
@@ -238,9 +299,7 @@ class _Walker:
                 assert base is not None
             children.setdefault(base, []).append(rank)
         self.children = children
-        for rank in roots:
-            self._tree_from(rank)
-        if self.checked != count:
+        if self._checked(roots) != count:
             raise IntegrityError("some deltas never reach a whole object (a delta cycle)")
         # Every (id, CRC, offset) of the IDX now matches the PACK; rebuilding the
         # IDX from them checks what remains: order, fanout, large offsets.
@@ -259,63 +318,116 @@ class _Walker:
         rank = bisect_left(self.offs, off)
         return rank if rank < len(self.offs) and self.offs[rank] == off else None
 
-    def _span(self, rank: int) -> tuple[memoryview, int, int]:
-        """(zlib data, declared size, entry length) of the object of `rank`."""
+    def _span(self, rank: int) -> tuple[int, int]:
+        """(start, end) in the mapping of the zlib data of the object of `rank`."""
         off = self.offs[rank]
         end = self.offs[rank + 1] if rank + 1 < len(self.offs) else self.pack_len - 20
-        entry = parse_entry(self.mv, off, self.at + off)
-        return self.mv[self.at + entry.data_offset : self.at + end], entry.size, end - off
+        return self.at + off + self.heads[rank], self.at + end
 
-    def _inflated(self, rank: int, piece: int) -> Iterator[bytes]:
-        """The object's inflated data in pieces (from `piece` bytes of input each),
-        checked to end where its entry ends and to have its declared size."""
-        src, size, length = self._span(rank)
+    def _check_end(self, rank: int, d: zlib._Decompress, produced: int) -> None:
+        """The zlib data ends where the entry ends, with the size its header declares."""
+        if not d.eof or d.unused_data or produced != self.sizes[rank]:
+            raise IntegrityError(f"PACK entry at {self.offs[rank]}: zlib data does not match its header")
+
+    def _inflate(self, rank: int) -> bytes:
+        start, end = self._span(rank)
+        d = zlib.decompressobj()
+        try:
+            data = d.decompress(self.mv[start:end])  # one call: the output sized by zlib's module
+        except zlib.error as exc:
+            raise bad_zlib(self.offs[rank], exc) from None
+        self._check_end(rank, d, len(data))
+        self._advance(end - start + self.heads[rank])
+        return data
+
+    def _stream_hash(self, rank: int, kind: str) -> bytes:
+        """The id of a big object, hashed as it inflates, _CHUNK of input at a time."""
+        start, end = self._span(rank)
+        size = self.sizes[rank]
+        h = sha1(object_header(kind, size), size)
         d = zlib.decompressobj()
         produced = 0
         try:
-            for at in range(0, len(src), piece):
-                data = d.decompress(src[at : at + piece])
+            for at in range(start, end, _CHUNK):
+                data = d.decompress(self.mv[at : min(at + _CHUNK, end)])
                 produced += len(data)
-                yield data
+                h.update(data)
         except zlib.error as exc:
             raise bad_zlib(self.offs[rank], exc) from None
-        if not d.eof or d.unused_data or produced != size:
-            raise IntegrityError(f"PACK entry at {self.offs[rank]}: zlib data does not match its header")
-        self._advance(length)
-
-    def _inflate(self, rank: int) -> bytes:
-        return b"".join(self._inflated(rank, 1 << 62))  # one decompress call
-
-    def _stream_hash(self, rank: int, kind: str) -> bytes:
-        size = self._span(rank)[1]
-        h = sha1(object_header(kind, size), size)
-        for data in self._inflated(rank, _CHUNK):
-            h.update(data)
+        self._check_end(rank, d, produced)
+        self._advance(end - start + self.heads[rank])
         return h.digest()
 
-    def _advance(self, n: int) -> None:
-        self.done += n
-        if self.progress:
-            self.progress(self.before + self.done, self.total)
+    def _checked(self, roots: list[int]) -> int:
+        """Check the objects of the delta trees of `roots`; how many there were.
 
-    def _record(self, rank: int, oid: bytes) -> None:
+        Each tree is independent of the others, and inflating and hashing (zlib and
+        OpenSSL) let go of the GIL: with a second CPU, a thread takes every other
+        tree. The error raised is the one of the first failing tree in PACK order,
+        as without the thread."""
+        if _cpus() < 2 or self.pack_len < _THREADED:
+            return sum(self._tree_from(rank) for rank in roots)
+        import threading
+
+        self.lock = threading.Lock()
+        counts = [0, 0]
+        failures: list[tuple[int, Exception]] = []
+        stop: list[bool] = []  # set when the main thread leaves early (Ctrl-C): the other stops too
+
+        def work(which: int) -> None:
+            for rank in roots[which::2]:
+                if stop:
+                    return
+                try:
+                    counts[which] += self._tree_from(rank)
+                except Exception as exc:
+                    failures.append((rank, exc))
+                    return
+
+        other = threading.Thread(target=work, args=(1,), name="verify", daemon=True)
+        other.start()
+        try:
+            work(0)
+        except BaseException:
+            stop.append(True)
+            raise
+        finally:
+            other.join()
+        if failures:
+            raise min(failures, key=lambda f: f[0])[1]
+        return counts[0] + counts[1]
+
+    def _advance(self, n: int) -> None:
+        with self.lock:
+            self.done += n
+            if self.progress:
+                self.progress(self.before + self.done, self.total)
+
+    def _check_id(self, rank: int, oid: bytes) -> None:
         expected = self.index.oid(self.order[rank])
         if oid != expected:
             raise IntegrityError(
                 f"object at PACK offset {self.offs[rank]} hashes to {oid.hex()}, "
                 f"the IDX says {expected.hex()}"
             )
-        self.checked += 1
 
-    def _tree_from(self, root: int) -> None:
-        off = self.offs[root]
-        entry = parse_entry(self.mv, off, self.at + off)
-        kind = TYPE_NUMBERS[entry.type]
-        if root not in self.children and entry.size > _STREAM:
-            self._record(root, self._stream_hash(root, kind))
-            return
+    def _record(self, rank: int, kind: str, body: bytes) -> None:
+        """Hash `body` as an object of `kind`, against the IDX's id for `rank`."""
+        oid = object_id(kind, body)
+        self._check_id(rank, oid)
+        if kind is TREE:
+            with self.lock:
+                self.trees.keep(oid, body)
+
+    def _tree_from(self, root: int) -> int:
+        """Check the object of rank `root` and its deltas, theirs...; how many."""
+        kind = TYPE_NUMBERS[self.types[root]]
+        if root not in self.children and self.sizes[root] > _STREAM:
+            self._check_id(root, self._stream_hash(root, kind))
+            return 1
         data = self._inflate(root)
-        self._record(root, object_id(kind, data))
+        self._record(root, kind, data)
+        checked = 1
         # Depth-first, one child at a time: memory is the chain's depth, not the fan-out.
         stack = [(data, iter(self.children.pop(root, ())))]
         while stack:
@@ -325,12 +437,15 @@ class _Walker:
                 stack.pop()
                 continue
             body = apply_delta(base, self._inflate(child))
-            self._record(child, object_id(kind, body))
+            self._record(child, kind, body)
+            checked += 1
             stack.append((body, iter(self.children.pop(child, ()))))
+        return checked
 
 
-def _check_tree(image: Image, root: bytes) -> None:
-    """Every tree and blob under `root` is in the image (trees parsed, ids looked up)."""
+def _check_tree(image: Image, root: bytes, known: dict[bytes, bytes]) -> None:
+    """Every tree and blob under `root` is in the image (trees parsed, ids looked up);
+    `known`: trees already hashed, by id (the others are read from the image)."""
     seen: set[bytes] = set()
     pending = [(root, "/")]
     where = "the PACK" if not image.store.extents else "the image"
@@ -339,8 +454,9 @@ def _check_tree(image: Image, root: bytes) -> None:
         if oid in seen:
             continue
         seen.add(oid)
+        body = known.get(oid)
         try:
-            kind, body = image.read_object(oid, check=False)
+            kind, body = (TREE, body) if body is not None else image.read_object(oid, check=False)
         except NotFound:
             raise IntegrityError(f"tree {oid.hex()} ({path}) is missing from {where}") from None
         if kind != TREE:

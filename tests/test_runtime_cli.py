@@ -67,7 +67,7 @@ def test_run_socket_then_query(gen) -> None:
         fails_in_one_line(run_cli(*q, "frobnicate"), "unknown command")
         console = run_cli(*q, input=b"help\nls /\nget /link-to-readme\nstat /nope\nquit\n")
         out = console.stdout.decode(errors="replace")
-        assert console.returncode == 0
+        assert console.returncode == 1  # `stat /nope` failed: a script is told
         assert "README.md" in out and "/big.bin" in out and "error:" in out and "ls [PATH]" in out
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -154,11 +154,11 @@ def test_console_output_is_clean(gen) -> None:
     with serving({"docteur": gen[1]}) as sock:
         proc = run_cli("query", "--socket", sock, input=b"get /README.md 2 9\nget /nope\n"
                        b"get /README.md 0 2\nstat /nope\ndisk zz\nls /\ninfo\n")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # commands failed
     lines = proc.stdout.decode(errors="replace").splitlines()
-    assert lines[1:5] == ["generated", "error: '/nope': no such file or directory in disk 'docteur'",
+    assert lines[0:4] == ["generated", "error: '/nope': no such file or directory in disk 'docteur'",
                           "# ", "error: '/nope': no such file or directory in disk 'docteur'"]  # fmt: skip
-    assert lines[5] == "error: no disk named 'zz' (disks: docteur)"
+    assert lines[4] == "error: no disk named 'zz' (disks: docteur)"
     with serving({"docteur": gen[1]}) as sock:
         for args in (["99999999999999999999999"], ["0", str(1 << 64)]):  # over a u64
             fails_in_one_line(run_cli("query", "--socket", sock, "get", "/README.md", *args), "2^64")

@@ -13,11 +13,15 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
+from dulwich.pack import UnpackedObject
+
+from docteur.cli.progress import Progress
 from docteur.guest.generations import Store, adopt
 
 from ..scratch import scratch_dir
-from ..writes import writable_store
+from ..stores import writable_store
 from .received import Received
+from .sending import records
 from .state import SyncState, sync_state
 
 
@@ -40,8 +44,8 @@ class SyncImage(ObjectSource, Protocol):
 
     def sync_state(self) -> SyncState: ...
 
-    def read_many(self, oids: list[bytes]) -> Iterator[tuple[str, bytes]]:
-        """(kind, body) of each of `oids`, in order (the objects a push sends)."""
+    def records(self, oids: list[bytes], bar: Progress) -> Iterator[UnpackedObject]:
+        """Each of `oids`, in order, as the PACK a push sends holds it (sending.py)."""
         ...
 
     def set_synced(self, commit: bytes, record: str) -> int:
@@ -80,8 +84,8 @@ class FileImage:
     def read_object(self, oid: bytes) -> tuple[str, bytes]:
         return self.store.read_object(oid)
 
-    def read_many(self, oids: list[bytes]) -> Iterator[tuple[str, bytes]]:
-        return (self.store.read_object(oid) for oid in oids)
+    def records(self, oids: list[bytes], bar: Progress) -> Iterator[UnpackedObject]:
+        return records(self.store, oids, bar)  # the PACK's own entries, reused
 
     def sync_state(self) -> SyncState:
         return sync_state(self.store)

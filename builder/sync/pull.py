@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 from docteur.cli.log import get_logger
 from docteur.cli.progress import Progress
-from docteur.guest.batch import check_author
 from docteur.guest.generations import _signature
 from docteur.guest.objects import COMMIT, TREE, Commit, object_id
 
@@ -84,6 +83,8 @@ def pull_into(target: SyncImage, url: str | None, branch: str | None, merge: boo
               author: str = DEFAULT_AUTHOR, timeout: float = DEFAULT_TIMEOUT) -> Pulled:  # fmt: skip
     """The pull into `target`, an image file or a running appliance (image.py)."""
     if merge:
+        from docteur.guest.batch import check_author  # a batch's modules: ~8 ms, for --merge only
+
         check_author(author)
     state = target.sync_state()
     remote = resolve(state.record, url, branch)

@@ -20,7 +20,6 @@ from dulwich.pack import UnpackedObject
 
 from docteur.cli.log import get_logger
 from docteur.cli.progress import Progress
-from docteur.guest.objects import TYPE_CODES
 
 from ..defaults import DEFAULT_TIMEOUT
 from ..errors import BuildError
@@ -113,7 +112,7 @@ def push_from(store: SyncImage, url: str | None, branch: str | None,
         oids = new_objects(objects, commits)
         sent[0] = len(oids)
         log.info("sending", objects=len(oids), commits=len(commits), remote=remote.display)
-        return len(oids), _records(store, oids, bar)
+        return len(oids), store.records(oids, bar)
 
     with Progress("sending", unit="objects") as bar:
         messages = _Messages(bar)
@@ -136,13 +135,6 @@ def push_from(store: SyncImage, url: str | None, branch: str | None,
     if state.synced != head and (not state.record or is_recorded(remote, state.record)):
         record_sync(store, head, remote)
     return Pushed(remote.display, seen["tip"], head, sent[0])
-
-
-def _records(store: SyncImage, oids: list[bytes], bar: Progress) -> Iterator[UnpackedObject]:
-    """The objects to send, read from the image as they go."""
-    for n, (kind, body) in enumerate(store.read_many(oids), 1):
-        yield UnpackedObject(TYPE_CODES[kind], decomp_chunks=[body])
-        bar.update(n, len(oids))
 
 
 def _stalled(e: BaseException | None) -> bool:

@@ -16,7 +16,8 @@ import shutil
 import time
 from pathlib import Path
 
-from docteur.builder.writes import CHECK, used_bytes
+from docteur.builder.stores import CHECK
+from docteur.builder.writes import used_bytes
 from docteur.guest.batch import Batch
 from docteur.guest.device import FileDevice
 from docteur.guest.generations import Store

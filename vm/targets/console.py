@@ -217,13 +217,14 @@ class _Tracked:
         self.raw.flush()
 
 
-def console(runner: asyncio.Runner, client: Client, strict: bool = False) -> int:
-    """Read commands until EOF/quit; each runs on `runner`'s loop. `strict` (`docteur run`'s
-    console): commands piped in print their results only, and exit 1 if one failed."""
+def console(runner: asyncio.Runner, client: Client) -> int:
+    """Read commands until EOF/quit; each runs on `runner`'s loop. Commands piped in print
+    their results only (no banner, no prompts), and the exit status is 1 if one failed,
+    so a script knows."""
     _setup_readline()
     hello = client.hello
     interactive = sys.stdin.isatty()  # commands piped in: no prompts in the output
-    scripted = strict and not interactive  # its status says whether every command succeeded
+    scripted = not interactive  # its status says whether every command succeeded
     failed = False
     if hello is not None and not scripted:
         writable = {n for n in hello.disks if hello.fields.get(f"writable.{n}") == "yes"}
