@@ -50,6 +50,8 @@ class SocketImage:
         self._generation = int(info["generation"])
         self._record = info.get("remote", "")
         self._synced = bytes.fromhex(info["synced"]) if info.get("synced") else None
+        writable = info.get("writable", "yes")
+        self.read_only = None if writable == "yes" else writable
         # Commits and trees read (a walk reads them again and again), and absent ids.
         self._kept: dict[bytes, tuple[str, bytes] | None] = {}
         self._work: str | None = None

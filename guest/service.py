@@ -224,8 +224,8 @@ def _abort(service: Service, req: Request, session: Session | None) -> Answer:
 
 
 def _sync(name: str) -> Callable[[Service, Request, Session | None], Answer]:
-    """An operation of push and pull (sync.py), loaded when first asked for (the
-    write side: a read-only server never loads it)."""
+    """An operation of push and pull (sync.py), loaded when first asked for (a server
+    that is never synced never loads it)."""
 
     def operation(service: Service, req: Request, session: Session | None) -> Answer:
         from . import sync

@@ -12,7 +12,7 @@ answers four requests:
   head is still the expected one (data, flush, root, flush before the END);
 - `set_synced`: record the remote's tip, a root-only generation (same compare-and-swap).
 The writes hold the disk as a batch does (`busy` for the others, `read_only` where it
-cannot be written). Standard library only.
+cannot be written); the reads (`sync_info`, `objects`) are answered on any disk. Standard library only.
 """
 
 from __future__ import annotations
@@ -60,7 +60,20 @@ def _free_writer(service: Service, disk: str) -> DiskWriter:
 
 
 def sync_info(service: Service, req: Request, session: Session | None) -> Answer:
-    store = _free_writer(service, req.disk).store
+    """A read, answered on any disk: `writable` says whether an import or set_synced
+    can be taken now (`yes`, or why not), so that a pull is refused before it fetches
+    and a push of a read-only disk goes ahead without recording anything."""
+    disk = service.disk(req.disk)
+    store = disk.image.store
+    writer = service.writers.get(req.disk)
+    if writer is None:
+        writable = "read-only attach"
+    elif writer.writable != "yes":
+        writable = writer.writable
+    elif writer.batch is not None:
+        writable = "busy: a batch is open"
+    else:
+        writable = "yes"
     root = store.head
     synced = root.synced if root is not None and root.synced != ZERO_ID and root.synced in store else None
     return Result({
@@ -68,7 +81,7 @@ def sync_info(service: Service, req: Request, session: Session | None) -> Answer
         "generation": str(store.generation),
         "remote": root.remote if root is not None else "",
         "synced": synced.hex() if synced else "",
-        "free": str(store.free_space()),
+        "writable": writable,
     })  # fmt: skip
 
 

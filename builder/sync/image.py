@@ -35,6 +35,9 @@ class ObjectSource(Protocol):
 
 class SyncImage(ObjectSource, Protocol):
     name: str  # for messages
+    # Why the image cannot take a new generation now (None: it can): a pull is refused
+    # before it fetches, a push goes ahead and records nothing.
+    read_only: str | None
 
     @property
     def head_commit(self) -> bytes: ...
@@ -69,6 +72,7 @@ class FileImage:
     def __init__(self, path: str, store: Store):
         self.name = path
         self.store = store
+        self.read_only = None  # writable_store refused it otherwise
 
     @property
     def head_commit(self) -> bytes:

@@ -86,6 +86,8 @@ def pull_into(target: SyncImage, url: str | None, branch: str | None, merge: boo
         from docteur.guest.batch import check_author  # a batch's modules: ~8 ms, for --merge only
 
         check_author(author)
+    if target.read_only is not None:
+        raise BuildError(f"{target.name} cannot be pulled into: {target.read_only}")
     state = target.sync_state()
     remote = resolve(state.record, url, branch)
     state = state.about(remote)

@@ -133,7 +133,10 @@ def push_from(store: SyncImage, url: str | None, branch: str | None,
         raise BuildError(f"{remote.source.display}: the server sent no references")
     # The server took it: only now does the image say so.
     if state.synced != head and (not state.record or is_recorded(remote, state.record)):
-        record_sync(store, head, remote)
+        if store.read_only is None:
+            record_sync(store, head, remote)
+        else:
+            log.warning("pushed, not recorded in the image", image=store.name, reason=store.read_only)
     return Pushed(remote.display, seen["tip"], head, sent[0])
 
 
