@@ -4,18 +4,29 @@ the oracle, and the image a clean power-off leaves verifies."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from pathlib import Path
 
 import pytest
 
-from tests.support.cli import run_cli, start_cli
+from docteur.vm.client import Client
+from tests.support.cli import CLIRun, run_cli, start_cli
 from tests.support.git import git, needs_git
 from tests.support.sync import clone, commit_and_push, ref, remote_files, seed_remote
 from tests.support.vm import needs_vm
 from tests.support.writes import docteur, head_files
 
 pytestmark = [pytest.mark.vm, needs_vm, needs_git]
+
+
+async def _with_a_batch_open(sock: Path, commands: list[tuple[str | Path, ...]]) -> list[CLIRun]:
+    client = await Client.open_unix(str(sock))
+    try:
+        async with client.batch():
+            return [await asyncio.to_thread(run_cli, *command) for command in commands]
+    finally:
+        await client.close()
 
 
 def test_push_and_pull_through_the_microvm(tmp_path: Path) -> None:
@@ -50,6 +61,12 @@ def test_push_and_pull_through_the_microvm(tmp_path: Path) -> None:
         assert got.returncode == 0 and got.out == text.decode()
         again = run_cli("push", "--socket", sock)
         assert again.returncode == 0 and "up to date" in again.err, again.err
+        # Another client's batch (the relay shares the guest's one session): a pull is
+        # refused in one line before it fetches, a push (a read) still answers.
+        held = asyncio.run(_with_a_batch_open(sock, [("pull", "--socket", sock), ("push", "--socket", sock)]))
+        assert held[0].returncode == 1 and held[0].err.count("\n") == 1, held[0].err
+        assert "cannot be pulled into: busy" in held[0].err
+        assert held[1].returncode == 0 and "up to date" in held[1].err, held[1].err
         server.send_signal(signal.SIGTERM)
         _out, err = server.communicate(timeout=120)
         assert server.returncode == 0, err

@@ -37,10 +37,9 @@ from docteur.guest.values import Committed, Put
 
 log = logging.getLogger(__name__)
 READ_SIZE = 1 << 16
-# A sync's requests too: the guest answers them busy while any batch of the port is open,
-# an import holds the port through its content as a put does, and moves the head.
-WRITES = frozenset(("begin", "put", "remove", "rename", "commit", "abort", "sync_info", "import",
-                    "set_synced"))  # fmt: skip
+# A sync's writes too: an import holds the port through its content as a put does, and
+# moves the head. (sync_info is a read: its `writable` says busy, as the guest sees it.)
+WRITES = frozenset(("begin", "put", "remove", "rename", "commit", "abort", "import", "set_synced"))
 _COMMITS = ("put", "remove", "rename", "commit", "import", "set_synced")
 _ENDS_BATCH = frozenset(("commit", "abort"))
 
