@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import struct
 import tempfile
 import zlib
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -31,6 +32,7 @@ from docteur.vm import sync as vsync
 from docteur.vm.client import Client, new_runner
 
 T = TypeVar("T")
+_PACK_HEADER = struct.Struct(">4sII")  # "PACK", version, object count
 
 
 async def _collect(items: AsyncIterator[T]) -> list[T]:
@@ -113,14 +115,14 @@ class SocketImage:
     def adopt(self, received: Received | None, extra: Iterable[tuple[str, bytes]], head: bytes,
               synced: tuple[bytes, str] | None) -> int:  # fmt: skip
         """One import: the server's pack as it came (the guest completes it where thin),
-        or, with `extra` objects (a merge), a pack of every object whole."""
+        with a merge's trees and commit (`extra`) appended to it."""
         extra = list(extra)
         with self.scratch() as work:
             if received is not None and not extra:
                 pack = received.path
             else:
-                objects = [*(received.objects() if received is not None else ()), *extra]
-                pack = _write_pack(os.path.join(work, "import.pack"), objects)
+                pack = os.path.join(work, "import.pack")
+                _joined_pack(pack, received.path if received is not None else None, extra)
             done = self._run(vsync.import_pack(self.client, pack, self._head, head, synced, self.disk))
         self._head, self._generation = head, done.generation
         if synced is not None:
@@ -140,16 +142,37 @@ class SocketImage:
                 self._work = None
 
 
-def _write_pack(path: str, objects: list[tuple[str, bytes]]) -> str:
-    """A git pack of `objects`, each whole."""
+def _joined_pack(path: str, received: str | None, extra: list[tuple[str, bytes]]) -> None:
+    """A git pack at `path`: the entries of the pack `received` byte for byte (at the same
+    offsets, so that its OFS_DELTAs still point right; its thin bases stay for the guest
+    to find), then `extra`'s objects whole; a new count and trailer."""
     h = sha1(b"", 1 << 30)
-    with open(path, "wb") as f:
-        head = b"PACK" + (2).to_bytes(4, "big") + len(objects).to_bytes(4, "big")
-        for data in (head, *(entry_header(k, len(b)) + zlib.compress(b, 1) for k, b in objects)):
+    with open(path, "wb") as out:
+
+        def put(data: bytes) -> None:
             h.update(data)
-            f.write(data)
-        f.write(h.digest())
-    return path
+            out.write(data)
+
+        version, count = 2, 0
+        if received is not None:
+            with open(received, "rb") as f:
+                head = f.read(_PACK_HEADER.size)
+                magic, version, count = _PACK_HEADER.unpack(head)
+                if magic != b"PACK":
+                    raise BuildError(f"{received}: not a git pack")
+                left = os.fstat(f.fileno()).st_size - _PACK_HEADER.size - 20  # its trailer dropped
+                put(_PACK_HEADER.pack(b"PACK", version, count + len(extra)))
+                while left > 0:
+                    piece = f.read(min(left, 1 << 20))
+                    if not piece:
+                        raise BuildError(f"{received}: the pack ends early")
+                    put(piece)
+                    left -= len(piece)
+        else:
+            put(_PACK_HEADER.pack(b"PACK", version, len(extra)))
+        for kind, body in extra:
+            put(entry_header(kind, len(body)) + zlib.compress(body, 1))
+        out.write(h.digest())
 
 
 @contextlib.contextmanager

@@ -140,3 +140,34 @@ def test_usage(tmp_path: Path) -> None:
     assert out.returncode != 0 and b"takes no IMAGE" in out.stderr
     out = docteur("pull", "--socket", str(tmp_path / "nobody"), check=False)
     assert out.returncode == 1 and out.stderr.count(b"\n") == 1 and b"cannot connect" in out.stderr
+
+
+def test_a_merge_import_is_the_fetched_pack_with_the_merge_appended(tmp_path: Path) -> None:
+    """The pack a merge imports: the fetched one's entries byte for byte (its OFS_DELTAs
+    still pointing right), the merge's objects after them; git's index-pack --strict takes it."""
+    from docteur.cli.syncsocket import _joined_pack
+    from docteur.guest.objects import object_id
+
+    work = tmp_path / "w"
+    git("init", "-q", work)
+    text = b"".join(b"line %d\n" % i for i in range(500))
+    for i in range(3):
+        (work / "f.txt").write_bytes(text + b"edit %d\n" % i)
+        git("add", "f.txt", cwd=work)
+        git("-c", "user.name=A", "-c", "user.email=a@b", "commit", "-q", "-m", f"c{i}", cwd=work)
+    fetched = tmp_path / "fetched.pack"
+    fetched.write_bytes(git("pack-objects", "--revs", "--stdout", "-q", "--delta-base-offset",
+                            cwd=work, input=b"HEAD\n"))  # fmt: skip
+    extra = [("blob", b"merged\n"), ("blob", b"another\n")]
+    for received in (str(fetched), None):
+        joined = tmp_path / "joined.pack"
+        _joined_pack(str(joined), received, extra)
+        repo = tmp_path / f"check{received is None}.git"
+        git("init", "-q", "--bare", repo)
+        git("index-pack", "--strict", "--stdin", cwd=repo, input=joined.read_bytes())
+        listed = git("verify-pack", "-v", *(repo / "objects" / "pack").glob("*.idx")).decode()
+        for kind, body in extra:
+            assert object_id(kind, body).hex() in listed
+        if received is not None:
+            assert "chain length = 1" in listed, listed  # the fetched deltas, still deltas
+            assert git("rev-parse", "HEAD", cwd=work).decode().strip() in listed
