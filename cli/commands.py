@@ -246,6 +246,8 @@ def _sync_target(args: argparse.Namespace) -> tuple[str | None, str | None]:
     if args.socket is None:
         if args.image is None:
             raise UsageError(f"{args.command}: give IMAGE (or --socket PATH)")
+        if args.disk is not None:
+            raise UsageError(f"{args.command}: --disk goes with --socket (an image file is one disk)")
         return args.image, args.remote
     if args.remote is not None:
         raise UsageError(f"{args.command} --socket takes no IMAGE: give [REMOTE] only")
@@ -264,7 +266,8 @@ def _sync_image(args: argparse.Namespace, image: str | None) -> Iterator[object]
     from .parser import QUERY_TIMEOUT
     from .syncsocket import socket_image
 
-    with socket_image(args.socket, args.disk, max(args.timeout, QUERY_TIMEOUT)) as target:
+    disk = args.disk or DEFAULT_DISK
+    with socket_image(args.socket, disk, max(args.timeout, QUERY_TIMEOUT)) as target:
         yield target
 
 

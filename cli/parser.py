@@ -296,8 +296,7 @@ def sync_parsers(sub: argparse._SubParsersAction, commands: dict[str, Command]) 
         p.add_argument("remote", nargs="?", metavar="REMOTE",
                        help="a URL or path, as make takes (default: the recorded one)")  # fmt: skip
         p.add_argument("--socket", metavar="PATH", help="the socket a `docteur run --rw` serves")
-        p.add_argument("--disk", default=DEFAULT_DISK,
-                       help=f"with --socket: the disk to sync ({DEFAULT_DISK})")  # fmt: skip
+        p.add_argument("--disk", help=f"with --socket: the disk to sync ({DEFAULT_DISK})")
         p.add_argument("-b", "--branch", metavar="BRANCH", help="NAME or refs/heads/NAME")
         p.add_argument("--timeout", type=seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                        help=f"give up on a silent remote after this long ({DEFAULT_TIMEOUT:g})")  # fmt: skip

@@ -138,6 +138,8 @@ def test_read_only_and_busy_appliance(remote: tuple[Path, str], tmp_path: Path) 
 def test_usage(tmp_path: Path) -> None:
     out = docteur("push", "--socket", str(tmp_path / "s"), "a", "b", check=False)
     assert out.returncode != 0 and b"takes no IMAGE" in out.stderr
+    out = docteur("pull", tmp_path / "x.img", "--disk", "other", check=False)
+    assert out.returncode != 0 and out.stderr.count(b"\n") == 1 and b"--disk goes with --socket" in out.stderr
     out = docteur("pull", "--socket", str(tmp_path / "nobody"), check=False)
     assert out.returncode == 1 and out.stderr.count(b"\n") == 1 and b"cannot connect" in out.stderr
 
