@@ -22,7 +22,7 @@ from dulwich.pack import UnpackedObject
 
 from docteur.builder.errors import BuildError
 from docteur.builder.sync.received import Received
-from docteur.builder.sync.sending import whole_records
+from docteur.builder.sync.sending import sent_records
 from docteur.builder.sync.state import SyncState
 from docteur.cli.progress import Progress
 from docteur.guest.errors import NotFound
@@ -33,10 +33,23 @@ from docteur.vm.client import Client, new_runner
 
 T = TypeVar("T")
 _PACK_HEADER = struct.Struct(">4sII")  # "PACK", version, object count
+SENT_AHEAD = 8 << 20  # bytes of a push's objects read from the appliance ahead of dulwich
 
 
 async def _collect(items: AsyncIterator[T]) -> list[T]:
     return [item async for item in items]
+
+
+async def _take(records: AsyncIterator[tuple[bytes, str | None, bytes, bool]],
+                limit: int) -> list[tuple[bytes, str | None, bytes, bool]]:  # fmt: skip
+    """The next records, up to `limit` bytes of bodies (at least one; none at the end)."""
+    out, size = [], 0
+    async for record in records:  # a break leaves the generator where it is, to go on
+        out.append(record)
+        size += len(record[2])
+        if size >= limit:
+            break
+    return out
 
 
 class SocketImage:
@@ -72,16 +85,16 @@ class SocketImage:
     def sync_state(self) -> SyncState:
         return SyncState(self._record, self._synced)
 
-    def _load(self, oids: list[bytes]) -> list[tuple[bytes, str | None, bytes]]:
-        records = self._run(_collect(vsync.read_objects(self.client, oids, self.disk)))
-        for oid, kind, body in records:
-            if kind is None or kind in (COMMIT, TREE):
+    def _load(self, oids: list[bytes], stored: bool = False) -> list[tuple[bytes, str | None, bytes, bool]]:
+        records = self._run(_collect(vsync.read_objects(self.client, oids, self.disk, stored)))
+        for oid, kind, body, entry in records:
+            if kind is None or (kind in (COMMIT, TREE) and not entry):
                 self._kept[oid] = None if kind is None else (kind, body)
         return records
 
     def __contains__(self, oid: bytes) -> bool:
         if oid not in self._kept:
-            _, kind, _ = self._load([oid])[0]
+            _, kind, _, _ = self._load([oid])[0]
             return kind is not None
         return self._kept[oid] is not None
 
@@ -89,22 +102,27 @@ class SocketImage:
         if oid in self._kept:
             got = self._kept[oid]
         else:
-            _, kind, body = self._load([oid])[0]
+            _, kind, body, _ = self._load([oid])[0]
             got = None if kind is None else (kind, body)
         if got is None:
             raise NotFound(f"object {oid.hex()} is not in {self.name}")
         return got
 
     def records(self, oids: list[bytes], bar: Progress) -> Iterator[UnpackedObject]:
-        return whole_records(self._read_many(oids), len(oids), bar)
+        return sent_records(self._read_many(oids), len(oids), bar)
 
-    def _read_many(self, oids: list[bytes]) -> Iterator[tuple[bytes, str, bytes]]:
-        """The objects a push sends, a batch of ids a request."""
-        for at in range(0, len(oids), vsync.OBJECTS_BATCH):
-            for oid, kind, body in self._load(oids[at : at + vsync.OBJECTS_BATCH]):
-                if kind is None:
-                    raise BuildError(f"object {oid.hex()} is not in {self.name}")
-                yield oid, kind, body
+    def _read_many(self, oids: list[bytes]) -> Iterator[tuple[bytes, str, bytes, bool]]:
+        """The objects a push sends, as PACK entries, a batch of ids a request; taken from
+        the reply SENT_AHEAD bytes at a time (never a whole batch of big files at once)."""
+        records = vsync.read_objects(self.client, oids, self.disk, stored=True)
+        try:
+            while got := self._run(_take(records, SENT_AHEAD)):
+                for oid, kind, body, stored in got:
+                    if kind is None:
+                        raise BuildError(f"object {oid.hex()} is not in {self.name}")
+                    yield oid, kind, body, stored
+        finally:
+            self._run(records.aclose())
 
     def set_synced(self, commit: bytes, record: str) -> int:
         done = self._run(vsync.set_synced(self.client, self._head, commit, record, self.disk))

@@ -26,6 +26,7 @@ from .values import (
     ImportArgs,
     LogEntry,
     NamedTuple,
+    ObjectsArgs,
     Put,
     PutArgs,
     RenameArgs,
@@ -430,10 +431,9 @@ def _encode_args(op: str, args: object) -> bytes:
     if op == "log":
         return _U32.pack(args) if isinstance(args, int) else b""
     if op == "objects":
-        ids = list(args) if isinstance(args, list | tuple) else []
-        if any(len(i) != 20 for i in ids):
-            raise ValueError("objects takes 20-byte ids")
-        return _U32.pack(len(ids)) + b"".join(ids)
+        if not isinstance(args, ObjectsArgs) or any(len(i) != 20 for i in args.ids):
+            raise ValueError("objects takes ObjectsArgs (20-byte ids, stored)")
+        return _U8.pack(int(args.stored)) + _U32.pack(len(args.ids)) + b"".join(args.ids)
     if op == "import":
         if not isinstance(args, ImportArgs):
             raise ValueError("an import takes ImportArgs (size, expected, head, synced)")
@@ -488,11 +488,13 @@ def _decode_args(op: str, payload: bytes, pos: int) -> object:
         (args,) = _U32.unpack_from(payload, pos)
         pos += 4
     elif op == "objects":
-        (count,) = _U32.unpack_from(payload, pos)
-        pos += 4
+        stored, count = _U8.unpack_from(payload, pos)[0], _U32.unpack_from(payload, pos + 1)[0]
+        pos += 5
+        if stored > 1:
+            raise ValueError(f"stored flag {stored} (0 or 1)")
         if end - pos != 20 * count:
             raise ValueError(f"{count} ids announced, {end - pos} bytes of them")
-        args = [payload[i : i + 20] for i in range(pos, end, 20)]
+        args = ObjectsArgs([payload[i : i + 20] for i in range(pos, end, 20)], bool(stored))
         pos = end
     elif op == "import":
         size, expected, head = _IMPORT.unpack_from(payload, pos)

@@ -4,7 +4,8 @@ The host does the network (dulwich, builder/sync/); the guest, the disk's one wr
 answers four requests:
 - `sync_info`: the head, the recorded remote and the last synced commit;
 - `objects`: objects by id, whole (the host walks the history itself, reading the few
-  commits and trees it needs, then the objects a push sends, in batches);
+  commits and trees it needs), or as their PACK entries (the objects a push sends, in
+  batches: not deflated a second time);
 - `import`: a git pack streamed in CHUNKs like a put's content, each object written
   whole into a new PACK as it arrives (deltas resolved against the pack's earlier
   objects or, for a thin pack, the image's), checked (trailer, every reference of the
@@ -28,11 +29,11 @@ from .failures import failure
 from .generations import adopt
 from .kverrors import BadArguments, Busy
 from .objects import COMMIT, MODE_GITLINK, TREE, TYPE_NUMBERS, Commit, iter_tree, sha1
-from .objwire import record_header
+from .objwire import record_header, stored_entry
 from .pack import bad_zlib, parse_entry
 from .packwrite import ObjectStream, PackWriter
 from .roots import REMOTE_MAX, ZERO_ID
-from .values import Body, Committed, Failure, ImportArgs, Result, SyncedArgs, Upload
+from .values import Body, Committed, Failure, ImportArgs, ObjectsArgs, Result, SyncedArgs, Upload
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -88,14 +89,22 @@ def sync_info(service: Service, req: Request, session: Session | None) -> Answer
 def objects(service: Service, req: Request, session: Session | None) -> Answer:
     from .service import _guarded
 
-    ids = req.args if isinstance(req.args, list) else []
-    return Body(_guarded(_records(service.disk(req.disk).image, ids)), None, "objects")
+    args = req.args
+    assert isinstance(args, ObjectsArgs)
+    return Body(_guarded(_records(service.disk(req.disk).image, args.ids, args.stored)), None, "objects")
 
 
-def _records(image: Image, ids: list[bytes]) -> Iterator[bytes]:
+def _records(image: Image, ids: list[bytes], stored: bool) -> Iterator[bytes]:
     for oid in ids:
         if oid not in image:
             yield record_header(oid, None, 0)
+            continue
+        found = image.store.find(oid) if stored else None
+        whole = stored_entry(*found, oid) if found is not None else None
+        if whole is not None:  # the entry as the PACK holds it, checked
+            num, _, entry = whole
+            yield record_header(oid, TYPE_NUMBERS[num], len(entry), stored=True)
+            yield entry
             continue
         kind, body = image.read_object(oid)
         yield record_header(oid, kind, len(body))

@@ -187,6 +187,13 @@ class ImportArgs(NamedTuple):
     synced: tuple[bytes, str] | None = None
 
 
+class ObjectsArgs(NamedTuple):
+    """objects: `ids`, each whole, or (`stored`) a whole one of the PACK as its entry."""
+
+    ids: list[bytes]
+    stored: bool = False
+
+
 class SyncedArgs(NamedTuple):
     """set_synced: record `commit` as `remote`'s tip if the head is still `expected`."""
 

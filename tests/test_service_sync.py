@@ -4,6 +4,7 @@ can be), the image's history exported to git first; git is the oracle of what ar
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from docteur.guest.objwire import Records
 from docteur.guest.protocol import Data, End, Error
-from docteur.guest.values import CommitArgs, Committed, ImportArgs, SyncedArgs
+from docteur.guest.values import CommitArgs, Committed, ImportArgs, ObjectsArgs, SyncedArgs
 from tests.support.git import git, git_try, needs_git
 from tests.support.store import head_root
 from tests.support.v2 import Session, close_served, serve, writable_image
@@ -103,7 +104,8 @@ def test_sync_info_says_the_head_and_whether_a_sync_may_write(image: Path) -> No
     assert ro["head"] == head.hex() and ro["writable"] == "read-only attach"  # type: ignore[index]
 
 
-def test_objects_are_sent_whole_in_order_absent_ones_marked(image: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stored", [False, True])
+def test_objects_are_sent_in_order_absent_ones_marked(image: Path, tmp_path: Path, stored: bool) -> None:
     work = clone_of(image, tmp_path)
     head, _ = head_files(image)
     tree = git("rev-parse", f"{head.hex()}^{{tree}}", cwd=work).decode().strip()
@@ -111,18 +113,25 @@ def test_objects_are_sent_whole_in_order_absent_ones_marked(image: Path, tmp_pat
     missing = bytes(range(20))
     ids = [head, missing, bytes.fromhex(tree), bytes.fromhex(blob)]
     session = Session(serve(image, rw=False))  # a read: served read-only too
-    rid = session.start("objects", args=ids)
+    rid = session.start("objects", args=ObjectsArgs(ids, stored))
     session.pair.raw.events += session.pair.pump()
     events = [e for e in session.pair.raw.events if getattr(e, "id", None) == rid]
     records = Records()
     got = [r for e in events if isinstance(e, Data) for r in records.feed(e.data)]
     assert isinstance(events[-1], End) and records.pending == 0
     assert events[-1].result == sum(len(e.data) for e in events if isinstance(e, Data))
-    assert [(oid, kind) for oid, kind, _ in got] == [(head, "commit"), (missing, None), (ids[2], "tree"),
-                                                     (ids[3], "blob")]  # fmt: skip
-    for oid, kind, body in got:
-        if kind is not None:
-            assert body == git("cat-file", kind, oid.hex(), cwd=work)
+    assert [(oid, kind) for oid, kind, _, _ in got] == [(head, "commit"), (missing, None), (ids[2], "tree"),
+                                                        (ids[3], "blob")]  # fmt: skip
+    for oid, kind, body, entry in got:
+        if kind is None:
+            continue
+        assert entry == stored  # the image's objects are whole in its PACKs
+        if entry:  # the PACK entry: a type-and-size header, then the zlib data of the object
+            header = 1
+            while body[header - 1] & 0x80:
+                header += 1
+            body = zlib.decompress(body[header:])
+        assert body == git("cat-file", kind, oid.hex(), cwd=work)
 
 
 # -- import ----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from docteur.guest.objwire import Records
 from docteur.guest.protocol import Data, End
-from docteur.guest.values import Committed, ImportArgs, SyncedArgs
+from docteur.guest.values import Committed, ImportArgs, ObjectsArgs, SyncedArgs
 
 from .client import Client, ConnectionLost
 
@@ -27,14 +27,15 @@ async def sync_info(client: Client, disk: str | None = None) -> dict[str, str]:
 
 
 async def read_objects(
-    client: Client, ids: list[bytes], disk: str | None = None
-) -> AsyncIterator[tuple[bytes, str | None, bytes]]:
-    """(id, kind, body) of each of `ids` in order, kind None when the disk lacks it."""
+    client: Client, ids: list[bytes], disk: str | None = None, stored: bool = False
+) -> AsyncIterator[tuple[bytes, str | None, bytes, bool]]:
+    """(id, kind, body, is the body a PACK entry) of each of `ids` in order, kind None
+    when the disk lacks it; `stored`: a whole object of the PACK comes as its entry."""
     for at in range(0, len(ids), OBJECTS_BATCH):
         asked = ids[at : at + OBJECTS_BATCH]
         records = Records()
         got = 0
-        async for event in client.request("objects", b"", disk=disk, args=asked):
+        async for event in client.request("objects", b"", disk=disk, args=ObjectsArgs(asked, stored)):
             if isinstance(event, Data):
                 try:
                     batch = records.feed(event.data)
