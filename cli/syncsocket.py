@@ -121,8 +121,9 @@ class SocketImage:
                     if kind is None:
                         raise BuildError(f"object {oid.hex()} is not in {self.name}")
                     yield oid, kind, body, stored
-        finally:
-            self._run(records.aclose())
+        finally:  # (abandoned by a failing push: its loop may be gone or busy, let it be)
+            with contextlib.suppress(RuntimeError):
+                self._run(records.aclose())
 
     def set_synced(self, commit: bytes, record: str) -> int:
         done = self._run(vsync.set_synced(self.client, self._head, commit, record, self.disk))
