@@ -11,7 +11,7 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from docteur.guest.defaults import DEFAULT_DISK
 
@@ -240,10 +240,43 @@ COMMANDS = {
 
 
 # -- push and pull (issue 10) ---------------------------------------------------------------------
-def push(args: argparse.Namespace) -> int:
-    from docteur.builder.sync.push import push
+def _sync_target(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(IMAGE, REMOTE) of push and pull: with --socket there is no IMAGE, so the one
+    positional given is the REMOTE."""
+    if args.socket is None:
+        if args.image is None:
+            raise UsageError(f"{args.command}: give IMAGE (or --socket PATH)")
+        if args.disk is not None:
+            raise UsageError(f"{args.command}: --disk goes with --socket (an image file is one disk)")
+        return args.image, args.remote
+    if args.remote is not None:
+        raise UsageError(f"{args.command} --socket takes no IMAGE: give [REMOTE] only")
+    return None, args.image
 
-    p = push(args.image, args.remote, args.branch, args.timeout)
+
+@contextlib.contextmanager
+def _sync_image(args: argparse.Namespace, image: str | None) -> Iterator[object]:
+    """The image push and pull work on: the file, or the appliance's disk."""
+    from docteur.builder.sync.image import file_image
+
+    if image is not None:
+        with file_image(image) as target:
+            yield target
+        return
+    from .parser import QUERY_TIMEOUT
+    from .syncsocket import socket_image
+
+    disk = args.disk or DEFAULT_DISK
+    with socket_image(args.socket, disk, max(args.timeout, QUERY_TIMEOUT)) as target:
+        yield target
+
+
+def push(args: argparse.Namespace) -> int:
+    from docteur.builder.sync.push import push_from
+
+    image, remote = _sync_target(args)
+    with _sync_image(args, image) as target:
+        p = push_from(target, remote, args.branch, args.timeout)  # type: ignore[arg-type]
     if p.objects or p.old != p.head:
         log.notice(f"{p.remote}: {p.old.hex() if p.old else '(new branch)'} -> {p.head.hex()}, "
                    f"{p.objects} objects sent", "pushed", remote=p.remote, old=p.old.hex() if p.old else None,
@@ -256,9 +289,15 @@ def push(args: argparse.Namespace) -> int:
 
 
 def pull(args: argparse.Namespace) -> int:
-    from docteur.builder.sync.pull import pull
+    from docteur.builder.sync.pull import pull_into
 
-    p = pull(args.image, args.remote, args.branch, args.merge, args.author, args.timeout)
+    image, remote = _sync_target(args)
+    if args.merge:  # before the image or the appliance is touched
+        from docteur.guest.batch import check_author
+
+        check_author(args.author)
+    with _sync_image(args, image) as target:
+        p = pull_into(target, remote, args.branch, args.merge, args.author, args.timeout)  # type: ignore[arg-type]
     out = sys.stdout
     for kind, path in p.changes:
         out.write(f"{kind} {os.fsdecode(path)}\n")

@@ -287,9 +287,16 @@ def sync_parsers(sub: argparse._SubParsersAction, commands: dict[str, Command]) 
          "to it as a new generation; diverged histories are a conflict (see --merge). Prints "
          "the paths that changed and the new head."),
     ):  # fmt: skip
-        p = _image_command(sub, commands[name], name, help, description)
+        p = sub.add_parser(name, help=help, description=description + (
+            " With --socket PATH, the image is the disk a running `docteur run --rw --socket PATH` "
+            "serves (no IMAGE): the host talks to the remote, the appliance writes the disk."))
+        add_globals(p, sub=True)
+        p.set_defaults(func=commands[name])
+        p.add_argument("image", nargs="?", metavar="IMAGE", help="the image file (not with --socket)")
         p.add_argument("remote", nargs="?", metavar="REMOTE",
                        help="a URL or path, as make takes (default: the recorded one)")  # fmt: skip
+        p.add_argument("--socket", metavar="PATH", help="the socket a `docteur run --rw` serves")
+        p.add_argument("--disk", help=f"with --socket: the disk to sync ({DEFAULT_DISK})")
         p.add_argument("-b", "--branch", metavar="BRANCH", help="NAME or refs/heads/NAME")
         p.add_argument("--timeout", type=seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                        help=f"give up on a silent remote after this long ({DEFAULT_TIMEOUT:g})")  # fmt: skip

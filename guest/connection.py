@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 
 from .protocol import (
     CHUNK,
+    UPLOADS,
     VERSION,
     BadRequest,
     Cancel,
@@ -99,6 +100,7 @@ class ServerConnection:
         self.cancelled: set[int] = set()
         # The put being received: (its id, where its CHUNKs go; None = dropped).
         self.upload: tuple[int, Upload | None] | None = None
+        self.upload_op = "put"  # what it answers: put, or a sync's import
         self.session = Session()
         self._push(self._hello())
 
@@ -167,11 +169,12 @@ class ServerConnection:
                 self._push(ServerCodec.error(rid, failed.code, failed.message))
         self.upload = None if chunk.last else (rid, sink)
         if chunk.last and sink is not None:
-            self._answer(rid, "put", sink.finish())
+            self._answer(rid, self.upload_op, sink.finish())
 
     def _start_upload(self, req: Request, answer: object) -> None:
         """A put was answered: receive its content (or drop it), then parse on."""
         size = req.args.size  # type: ignore[union-attr]
+        self.upload_op = req.op
         sink = answer if isinstance(answer, Upload) else None
         if sink is None:
             self._answer(req.id, req.op, answer)
@@ -288,7 +291,7 @@ class ServerConnection:
                 req = self.queue.popleft()
                 if req.id in self.cancelled:
                     self.cancelled.discard(req.id)
-                    if isinstance(req, Request) and req.op == "put":
+                    if isinstance(req, Request) and req.op in UPLOADS:
                         self._start_upload(req, Failure("cancelled", "cancelled by the client"))
                     else:
                         self._push(_cancelled(req.id))
@@ -312,7 +315,7 @@ class ServerConnection:
 
     def _start(self, req: Request) -> None:
         answer = self.app.handle(req, self.session)
-        if req.op == "put":
+        if req.op in UPLOADS:
             self._start_upload(req, answer)
         else:
             self._answer(req.id, req.op, answer)
@@ -393,6 +396,9 @@ def _body_frames(rid: int, body: Body) -> Iterator[Frame]:
     if pieces:
         sent += size
         yield (data_header(rid, size), *pieces)
+    if body.op != "get":
+        yield (ServerCodec.end(rid, body.op, sent),)
+        return
     end = body.end
     if end is None:
         end = GetEnd(sent, 0, sent)

@@ -23,12 +23,15 @@ from .values import (
     Committed,
     Entry,
     GetEnd,
+    ImportArgs,
     LogEntry,
     NamedTuple,
+    ObjectsArgs,
     Put,
     PutArgs,
     RenameArgs,
     Stat,
+    SyncedArgs,
 )
 
 VERSION = 1  # the version every session starts in (the first HELLO's)
@@ -59,7 +62,7 @@ OPS = {
     8: "list",
     9: "ping",
     10: "shutdown",
-    # Version 2: writes (20-23 are reserved for later additions).
+    # Version 2: writes.
     11: "begin",
     12: "put",
     13: "remove",
@@ -69,10 +72,17 @@ OPS = {
     17: "log",
     18: "snapshot",  # a snapshot start (resume.py): the state is about to be saved
     19: "restored",  # ... this guest runs from a saved state
+    # Version 2: push and pull through the appliance (sync.py).
+    20: "sync_info",
+    21: "objects",
+    22: "import",
+    23: "set_synced",
 }
 # The operations of every version, a path and no arguments: version 1's and the
 # appliance's snapshot pair (additions that old peers answer unknown_op).
 V1_OPS = frozenset(OPS[code] for code in (*range(1, 11), 18, 19))
+# The requests whose content follows in CHUNK frames (their args have a `size`).
+UPLOADS = ("put", "import")
 # The writes that take commit arguments outside a batch (their own batch).
 SINGLE_WRITES = ("put", "remove", "rename")
 MODES = (0o100644, 0o100755, 0o120000)  # what a put may bind: file, executable, symlink
@@ -121,6 +131,8 @@ _BEGUN = struct.Struct(">20sI")  # head, generation
 _COMMITTED = struct.Struct(">B20sIQ")  # committed, commit id, generation, free bytes
 _LOG = struct.Struct(">20sqhHI")  # commit, time, tz minutes, author length, message length
 _ZERO_ID = bytes(20)
+_IMPORT = struct.Struct(">Q20s20s")  # size, expected head, new head
+_SYNCED = struct.Struct(">20s20s")  # expected head, the remote's tip
 TO_END = (1 << 64) - 1  # a ranged get's length meaning "to the end of the file"
 
 
@@ -418,7 +430,35 @@ def _encode_args(op: str, args: object) -> bytes:
         return encode_commit_args(args if isinstance(args, CommitArgs) else CommitArgs())
     if op == "log":
         return _U32.pack(args) if isinstance(args, int) else b""
+    if op == "objects":
+        if not isinstance(args, ObjectsArgs) or any(len(i) != 20 for i in args.ids):
+            raise ValueError("objects takes ObjectsArgs (20-byte ids, stored)")
+        return _U8.pack(int(args.stored)) + _U32.pack(len(args.ids)) + b"".join(args.ids)
+    if op == "import":
+        if not isinstance(args, ImportArgs):
+            raise ValueError("an import takes ImportArgs (size, expected, head, synced)")
+        out = _IMPORT.pack(args.size, args.expected, args.head)
+        return out + (b"\0" if args.synced is None else b"\1" + _encode_synced(*args.synced))
+    if op == "set_synced":
+        if not isinstance(args, SyncedArgs):
+            raise ValueError("set_synced takes SyncedArgs (expected, commit, remote)")
+        return args.expected + _encode_synced(args.commit, args.remote)
     return b""
+
+
+def _encode_synced(commit: bytes, remote: str) -> bytes:
+    record = remote.encode()
+    if len(commit) != 20 or len(record) > 0xFFFF:
+        raise ValueError("a synced record is a 20-byte commit and a remote of at most 65535 bytes")
+    return commit + _U16.pack(len(record)) + record
+
+
+def _decode_synced(payload: bytes, pos: int) -> tuple[tuple[bytes, str], int]:
+    commit = payload[pos : pos + 20]
+    if len(commit) != 20:
+        raise ValueError("truncated synced commit")
+    record, pos = _prefixed(payload, pos + 20, _U16, "remote")
+    return (commit, record.decode()), pos
 
 
 def _decode_args(op: str, payload: bytes, pos: int) -> object:
@@ -447,6 +487,32 @@ def _decode_args(op: str, payload: bytes, pos: int) -> object:
     elif op == "log" and pos < end:
         (args,) = _U32.unpack_from(payload, pos)
         pos += 4
+    elif op == "objects":
+        stored, count = _U8.unpack_from(payload, pos)[0], _U32.unpack_from(payload, pos + 1)[0]
+        pos += 5
+        if stored > 1:
+            raise ValueError(f"stored flag {stored} (0 or 1)")
+        if end - pos != 20 * count:
+            raise ValueError(f"{count} ids announced, {end - pos} bytes of them")
+        args = ObjectsArgs([payload[i : i + 20] for i in range(pos, end, 20)], bool(stored))
+        pos = end
+    elif op == "import":
+        size, expected, head = _IMPORT.unpack_from(payload, pos)
+        pos += _IMPORT.size
+        (flag,) = _U8.unpack_from(payload, pos)
+        pos += 1
+        synced = None
+        if flag == 1:
+            synced, pos = _decode_synced(payload, pos)
+        elif flag:
+            raise ValueError(f"synced flag {flag} (0 or 1)")
+        args = ImportArgs(size, expected, head, synced)
+    elif op == "set_synced":
+        expected = payload[pos : pos + 20]
+        if len(expected) != 20:
+            raise ValueError("truncated expected head")
+        (commit, remote), pos = _decode_synced(payload, pos + 20)
+        args = SyncedArgs(expected, commit, remote)
     if pos != end:
         raise ValueError(f"{end - pos} unexpected bytes after the arguments")
     return args
@@ -475,7 +541,7 @@ def encode_request(
 
 
 # The v2 operations that name no path.
-_PATHLESS = ("begin", "commit", "abort", "log")
+_PATHLESS = ("begin", "commit", "abort", "log", "sync_info", "objects", "import", "set_synced")
 
 
 def _decode_request(rid: int, code: int, payload: bytes, version: int = VERSION) -> Request | BadRequest:
@@ -508,7 +574,7 @@ def _decode_request(rid: int, code: int, payload: bytes, version: int = VERSION)
 
 def encode_result(op: str, result: object) -> bytes:
     """The END payload of a successful `op`."""
-    if op == "info":
+    if op in ("info", "sync_info"):
         assert isinstance(result, dict)
         return encode_map(result)
     if op == "exists":
@@ -536,10 +602,10 @@ def encode_result(op: str, result: object) -> bytes:
     if op == "put":
         assert isinstance(result, Put)
         return result.blob + _encode_committed(result.commit)
-    if op in ("remove", "rename", "commit"):
+    if op in ("remove", "rename", "commit", "import", "set_synced"):
         assert result is None or isinstance(result, Committed)
         return _encode_committed(result)
-    if op == "log":
+    if op in ("log", "objects"):
         assert isinstance(result, int)
         return _U64.pack(result)
     return b""
@@ -561,7 +627,7 @@ def _decode_committed(payload: bytes) -> Committed | None:
 
 def decode_result(op: str, payload: bytes) -> object:
     try:
-        if op == "info":
+        if op in ("info", "sync_info"):
             return decode_map(payload)
         if op == "exists":
             return KINDS[_U8.unpack(payload)[0]]
@@ -586,11 +652,11 @@ def decode_result(op: str, payload: bytes) -> object:
             return Put(payload[:20], _decode_committed(payload[20:]))
         if op in ("remove", "rename"):
             return _decode_committed(payload)
-        if op == "commit":
+        if op in ("commit", "import", "set_synced"):
             if len(payload) != _COMMITTED.size:
                 raise ValueError(f"a commit result is {_COMMITTED.size} bytes")
             return _decode_committed(payload)
-        if op == "log":
+        if op in ("log", "objects"):
             return _U64.unpack(payload)[0]
         return None
     except (struct.error, IndexError, ValueError) as exc:
@@ -693,11 +759,11 @@ class ServerCodec:
             )
         if ftype == REQUEST:
             req = _decode_request(rid, code, payload, self.version)
-            if isinstance(req, Request) and req.op == "put":
+            if isinstance(req, Request) and req.op in UPLOADS:
                 size = req.args.size  # type: ignore[union-attr]
                 self._upload = [rid, size] if size else None
                 self.paused = True
-            elif code == OP_CODES["put"] and self.version >= 2:
+            elif OPS.get(code) in UPLOADS and self.version >= 2:
                 self._refused = rid
             return req
         if ftype == CANCEL:

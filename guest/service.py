@@ -223,6 +223,18 @@ def _abort(service: Service, req: Request, session: Session | None) -> Answer:
     return Result(None)
 
 
+def _sync(name: str) -> Callable[[Service, Request, Session | None], Answer]:
+    """An operation of push and pull (sync.py), loaded when first asked for (a server
+    that is never synced never loads it)."""
+
+    def operation(service: Service, req: Request, session: Session | None) -> Answer:
+        from . import sync
+
+        return getattr(sync, name)(service, req, session)
+
+    return operation
+
+
 OPERATIONS: dict[str, Callable[[Service, Request, Session | None], Answer]] = {
     "info": _info,
     "exists": _exists,
@@ -243,4 +255,8 @@ OPERATIONS: dict[str, Callable[[Service, Request, Session | None], Answer]] = {
     "log": _log,
     "snapshot": snapshot,
     "restored": restored,
+    "sync_info": _sync("sync_info"),
+    "objects": _sync("objects"),
+    "import": _sync("import_pack"),
+    "set_synced": _sync("set_synced"),
 }

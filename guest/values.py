@@ -140,6 +140,7 @@ class Body(NamedTuple):
 
     chunks: Iterator[bytes | Failure]
     end: GetEnd | None
+    op: str = "get"  # objects: the same stream, its END the u64 of bytes sent
 
 
 class Listing(NamedTuple):
@@ -173,3 +174,29 @@ class Upload:
 
 
 Answer = Result | Failure | Body | Listing | History | Upload
+
+
+# -- version 2: push and pull through the appliance (sync.py) ----------------------
+class ImportArgs(NamedTuple):
+    """An import: a pack of `size` bytes (CHUNKs), made the head `head` if the head is
+    still `expected`; `synced` (commit, "URL BRANCH") recorded in the same root."""
+
+    size: int
+    expected: bytes
+    head: bytes
+    synced: tuple[bytes, str] | None = None
+
+
+class ObjectsArgs(NamedTuple):
+    """objects: `ids`, each whole, or (`stored`) a whole one of the PACK as its entry."""
+
+    ids: list[bytes]
+    stored: bool = False
+
+
+class SyncedArgs(NamedTuple):
+    """set_synced: record `commit` as `remote`'s tip if the head is still `expected`."""
+
+    expected: bytes
+    commit: bytes
+    remote: str

@@ -590,31 +590,41 @@ class Client:
     ) -> Put:
         """A put REQUEST, then its content in CHUNK frames at the server's pace."""
         self._check_version("put")
+        name = _path(path).decode("utf-8", "replace")
+        result = await self.upload("put", path, data, size, lambda n: PutArgs(n, mode, commit), disk, name)
+        if not isinstance(result, Put):
+            raise ConnectionLost(f"protocol error from the server: put {name} answered {result!r:.80}")
+        return result
+
+    async def upload(
+        self, op: str, path: str | bytes, data: Content, size: int | None,
+        args: Callable[[int], object], disk: str, name: str,
+    ) -> object:
+        """A REQUEST whose content follows in CHUNK frames (a put, a sync's import), sent at
+        the server's pace; `args(size)` its arguments. Its END result."""
         try:
             chunks, size = await prepared(data, size)
         except ContentError as exc:
             raise BadContentError(str(exc)) from None
-        name = _path(path).decode("utf-8", "replace")
         announced = self.hello.fields.get("max_chunk", "") if self.hello else ""
         step = min(int(announced), MAX_CHUNK) if announced.isdigit() and int(announced) else MAX_CHUNK
         try:
-            # No other frame may go between a put's REQUEST and its last CHUNK.
+            # No other frame may go between the REQUEST and its last CHUNK.
             async with self._write_lock:
-                rid, queue = await self._send_locked("put", path, disk=disk,
-                                                     args=PutArgs(size, mode, commit))  # fmt: skip
+                rid, queue = await self._send_locked(op, path, disk=disk, args=args(size))
                 try:
-                    await self._send_content(rid, queue, chunks, size, name, step)
+                    await self._send_content(rid, queue, chunks, size, f"{op} {name}", step)
                 except BaseException as exc:
                     self._abandon(rid)  # CANCEL instead of the rest of the content
                     if isinstance(exc, ContentError):  # a chunk that is not bytes
-                        raise BadContentError(f"put {name}: {exc}") from None
+                        raise BadContentError(f"{op} {name}: {exc}") from None
                     raise
         finally:
             await chunks.aclose()
-        event = await self._next(rid, queue, f"put {name}")
-        if not isinstance(event, End) or not isinstance(event.result, Put):
+        event = await self._next(rid, queue, f"{op} {name}")
+        if not isinstance(event, End):
             self._abandon(rid)
-            raise ConnectionLost(f"protocol error from the server: put {name} answered {event!r:.80}")
+            raise ConnectionLost(f"protocol error from the server: {op} {name} answered {event!r:.80}")
         return event.result
 
     async def _send_content(
@@ -624,7 +634,7 @@ class Client:
         sent = 0
         async for view in chunks:
             if sent + len(view) > size:
-                raise BadContentError(f"put {name}: more content than the {size} bytes declared")
+                raise BadContentError(f"{name}: more content than the {size} bytes declared")
             for start in range(0, len(view), step):
                 if not queue.empty():  # answered before its content ended: refused (an error)
                     if self._failure is None:
@@ -634,11 +644,11 @@ class Client:
                 if not piece.readonly:  # the transport may keep it until sent
                     piece = memoryview(bytes(piece))
                 self.writer.writelines((chunk_header(rid, len(piece)), piece))
-                await self._drain(f"sending put {name}")
+                await self._drain(f"sending {name}")
                 await asyncio.sleep(0)  # the read loop's turn: a refusal stops the content early
             sent += len(view)
         if sent != size:
-            raise BadContentError(f"put {name}: {sent} bytes of content, {size} declared")
+            raise BadContentError(f"{name}: {sent} bytes of content, {size} declared")
 
 
 class Batch:

@@ -12,16 +12,19 @@ from collections.abc import Iterable, Iterator
 
 from dulwich.objects import parse_tree
 
-from docteur.guest.generations import Store
 from docteur.guest.objects import COMMIT, MODE_GITLINK, MODE_TREE, TREE, Commit
 
 from ..errors import BuildError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .image import ObjectSource
 
 
 class Objects:
     """The image's objects, and `extra` (id -> (kind, body)) on top of them."""
 
-    def __init__(self, store: Store, extra: dict[bytes, tuple[str, bytes]] | None = None):
+    def __init__(self, store: ObjectSource, extra: dict[bytes, tuple[str, bytes]] | None = None):
         self.store = store
         self.extra = extra if extra is not None else {}
         self._commits: dict[bytes, Commit] = {}

@@ -20,20 +20,19 @@ from dataclasses import dataclass, field
 
 from docteur.cli.log import get_logger
 from docteur.cli.progress import Progress
-from docteur.guest.generations import Store, _signature, adopt
-from docteur.guest.objects import COMMIT, TREE, Commit
+from docteur.guest.generations import _signature
+from docteur.guest.objects import COMMIT, TREE, Commit, object_id
 
 from ..defaults import DEFAULT_AUTHOR, DEFAULT_TIMEOUT
 from ..errors import BuildError
 from ..fetch import Sideband, resolve_ref
-from ..scratch import scratch_dir
-from ..stores import writable_store
 from ..transport import client_for, describe_failure
 from .history import Objects, arrived, is_ancestor, new_objects, newest_first, reach, shallow
+from .image import SyncImage, file_image
 from .merge import Change, changes, merge_tree
 from .received import Received
 from .remote import Remote, is_recorded, resolve
-from .state import SyncState, record_sync, sync_state
+from .state import SyncState, record_sync
 
 log = get_logger("docteur.pull")
 # Commits offered as haves, newest first (git offers up to 256 before giving up on
@@ -76,24 +75,32 @@ class _Haves:
 
 def pull(image: str, url: str | None, branch: str | None, merge: bool = False,
          author: str = DEFAULT_AUTHOR, timeout: float = DEFAULT_TIMEOUT) -> Pulled:  # fmt: skip
+    with file_image(image) as target:
+        return pull_into(target, url, branch, merge, author, timeout)
+
+
+def pull_into(target: SyncImage, url: str | None, branch: str | None, merge: bool = False,
+              author: str = DEFAULT_AUTHOR, timeout: float = DEFAULT_TIMEOUT) -> Pulled:  # fmt: skip
+    """The pull into `target`, an image file or a running appliance (image.py)."""
     if merge:
         from docteur.guest.batch import check_author  # a batch's modules: ~8 ms, for --merge only
 
         check_author(author)
-    with writable_store(image) as store:
-        state = sync_state(store)
-        remote = resolve(state.record, url, branch)
-        state = state.about(remote)
-        with scratch_dir(image) as work:
-            objects = Objects(store)
-            tip, received = _fetch(store, objects, remote, state, work, timeout)
-            if received is not None:
-                objects.extra.update(received.small)
-            _check_complete(objects, received, tip, remote)
-            return _integrate(store, objects, remote, state, tip, received, merge, author)
+    if target.read_only is not None:
+        raise BuildError(f"{target.name} cannot be pulled into: {target.read_only}")
+    state = target.sync_state()
+    remote = resolve(state.record, url, branch)
+    state = state.about(remote)
+    with target.scratch() as work:
+        objects = Objects(target)
+        tip, received = _fetch(target, objects, remote, state, work, timeout)
+        if received is not None:
+            objects.extra.update(received.small)
+        _check_complete(objects, received, tip, remote)
+        return _integrate(target, objects, remote, state, tip, received, merge, author)
 
 
-def _fetch(store: Store, objects: Objects, remote: Remote, state: SyncState, work: str,
+def _fetch(store: SyncImage, objects: Objects, remote: Remote, state: SyncState, work: str,
            timeout: float) -> tuple[bytes, Received | None]:  # fmt: skip
     gc, path = client_for(remote.source, timeout, thin=True)
     head = store.head_commit
@@ -148,7 +155,7 @@ def _check_complete(objects: Objects, received: Received | None, tip: bytes, rem
             )
 
 
-def _integrate(store: Store, objects: Objects, remote: Remote, state: SyncState, tip: bytes,
+def _integrate(store: SyncImage, objects: Objects, remote: Remote, state: SyncState, tip: bytes,
                received: Received | None, merge: bool, author: str) -> Pulled:  # fmt: skip
     head = store.head_commit
     shown = remote.display
@@ -170,10 +177,7 @@ def _integrate(store: Store, objects: Objects, remote: Remote, state: SyncState,
         return Pulled(shown, "ahead" if ahead else "up to date", head, store.generation, ahead=ahead)
     head_tree = objects.commit(head).tree
     if is_ancestor(objects, head, tip):
-        writer = store.begin()
-        if received is not None:
-            received.import_into(writer)
-        generation = adopt(store, writer, tip, synced)
+        generation = store.adopt(received, (), tip, synced)
         diff = changes(objects, head_tree, objects.commit(tip).tree)
         return Pulled(shown, "fast-forward", tip, generation, diff)
     ours = reach(objects, [head], reach(objects, [tip]))
@@ -192,15 +196,12 @@ def _integrate(store: Store, objects: Objects, remote: Remote, state: SyncState,
         raise Conflict(f"conflict: both sides changed {listed}{more}; the image is unchanged")
     diff = editor.changed_paths()
     root, trees = editor.finish()
-    writer = store.begin()
-    if received is not None:
-        received.import_into(writer)
-    for _, body in trees:
-        writer.add(TREE, body)
     who = _signature(author, int(time.time()), "+0000")
     message = f"Merge branch '{remote.branch}' of {remote.url}\n".encode()
-    merged = writer.add(COMMIT, Commit(root, (head, tip), who, who, message).as_raw())
-    generation = adopt(store, writer, merged, synced)
+    raw = Commit(root, (head, tip), who, who, message).as_raw()
+    merged = object_id(COMMIT, raw)
+    extra = [*((TREE, body) for _, body in trees), (COMMIT, raw)]
+    generation = store.adopt(received, extra, merged, synced)
     return Pulled(shown, "merge", merged, generation, diff)
 
 

@@ -24,12 +24,11 @@ from docteur.cli.progress import Progress
 from ..defaults import DEFAULT_TIMEOUT
 from ..errors import BuildError
 from ..fetch import Sideband
-from ..stores import writable_store
 from ..transport import client_for, describe_failure, is_stall
 from .history import Objects, is_ancestor, new_objects, reach
+from .image import SyncImage, file_image
 from .remote import Remote, is_recorded, resolve
-from .sending import records
-from .state import SyncState, record_sync, sync_state
+from .state import SyncState, record_sync
 
 log = get_logger("docteur.push")
 ZERO_HEX = b"0" * 40
@@ -82,54 +81,63 @@ def check_tip(objects: Objects, remote: Remote, tip: bytes | None, head: bytes, 
 
 
 def push(image: str, url: str | None, branch: str | None, timeout: float = DEFAULT_TIMEOUT) -> Pushed:
-    with writable_store(image) as store:
-        state = sync_state(store)
-        remote = resolve(state.record, url, branch)
-        state = state.about(remote)
-        objects = Objects(store)
-        head = store.head_commit
-        gc, path = client_for(remote.source, timeout)
-        seen: dict[str, bytes | None] = {}
-        sent = [0]
+    with file_image(image) as target:
+        return push_from(target, url, branch, timeout)
 
-        def update_refs(refs: dict[bytes, bytes]) -> dict[bytes, bytes]:
-            value = refs.get(remote.ref)
-            tip = bytes.fromhex(value.decode()) if value and value != ZERO_HEX else None
-            seen["tip"] = tip
-            check_tip(objects, remote, tip, head, state)
-            return {} if tip == head else {remote.ref: head.hex().encode()}
 
-        def generate_pack_data(have: list[bytes], want: list[bytes], ofs_delta: bool = True,
-                               progress: object = None) -> tuple[int, Iterator[UnpackedObject]]:  # fmt: skip
-            haves = [bytes.fromhex(h.decode()) for h in have if h != ZERO_HEX]
-            stop = reach(objects, [h for h in haves if h in objects])
-            commits = sorted(reach(objects, [head], stop))
-            oids = new_objects(objects, commits)
-            sent[0] = len(oids)
-            log.info("sending", objects=len(oids), commits=len(commits), remote=remote.display)
-            return len(oids), records(store, oids, bar)
+def push_from(store: SyncImage, url: str | None, branch: str | None,
+              timeout: float = DEFAULT_TIMEOUT) -> Pushed:  # fmt: skip
+    """The push of `store`, an image file or a running appliance (image.py)."""
+    state = store.sync_state()
+    remote = resolve(state.record, url, branch)
+    state = state.about(remote)
+    objects = Objects(store)
+    head = store.head_commit
+    gc, path = client_for(remote.source, timeout)
+    seen: dict[str, bytes | None] = {}
+    sent = [0]
 
-        with Progress("sending", unit="objects") as bar:
-            messages = _Messages(bar)
-            log.info("pushing", remote=remote.display, head=head.hex())
-            try:
-                result = gc.send_pack(path, update_refs, generate_pack_data, progress=messages)
-            except BuildError:
-                raise
-            except Exception as e:  # dulwich, urllib3 and sockets all raise their own kinds
-                if isinstance(e, GitProtocolError) and "tip" in seen and not _stalled(e):
-                    # The server took the request and refused it (e.g. "unpack failed").
-                    raise BuildError(_refusal(remote, str(e), messages.lines)) from None
-                raise describe_failure(e, remote.source, timeout) from None
-        status = (result.ref_status or {}).get(remote.ref)
-        if status is not None:
-            raise BuildError(_refusal(remote, status, messages.lines))
-        if "tip" not in seen:
-            raise BuildError(f"{remote.source.display}: the server sent no references")
-        # The server took it: only now does the image say so.
-        if state.synced != head and (not state.record or is_recorded(remote, state.record)):
+    def update_refs(refs: dict[bytes, bytes]) -> dict[bytes, bytes]:
+        value = refs.get(remote.ref)
+        tip = bytes.fromhex(value.decode()) if value and value != ZERO_HEX else None
+        seen["tip"] = tip
+        check_tip(objects, remote, tip, head, state)
+        return {} if tip == head else {remote.ref: head.hex().encode()}
+
+    def generate_pack_data(have: list[bytes], want: list[bytes], ofs_delta: bool = True,
+                           progress: object = None) -> tuple[int, Iterator[UnpackedObject]]:  # fmt: skip
+        haves = [bytes.fromhex(h.decode()) for h in have if h != ZERO_HEX]
+        stop = reach(objects, [h for h in haves if h in objects])
+        commits = sorted(reach(objects, [head], stop))
+        oids = new_objects(objects, commits)
+        sent[0] = len(oids)
+        log.info("sending", objects=len(oids), commits=len(commits), remote=remote.display)
+        return len(oids), store.records(oids, bar)
+
+    with Progress("sending", unit="objects") as bar:
+        messages = _Messages(bar)
+        log.info("pushing", remote=remote.display, head=head.hex())
+        try:
+            result = gc.send_pack(path, update_refs, generate_pack_data, progress=messages)
+        except BuildError:
+            raise
+        except Exception as e:  # dulwich, urllib3 and sockets all raise their own kinds
+            if isinstance(e, GitProtocolError) and "tip" in seen and not _stalled(e):
+                # The server took the request and refused it (e.g. "unpack failed").
+                raise BuildError(_refusal(remote, str(e), messages.lines)) from None
+            raise describe_failure(e, remote.source, timeout) from None
+    status = (result.ref_status or {}).get(remote.ref)
+    if status is not None:
+        raise BuildError(_refusal(remote, status, messages.lines))
+    if "tip" not in seen:
+        raise BuildError(f"{remote.source.display}: the server sent no references")
+    # The server took it: only now does the image say so.
+    if state.synced != head and (not state.record or is_recorded(remote, state.record)):
+        if store.read_only is None:
             record_sync(store, head, remote)
-        return Pushed(remote.display, seen["tip"], head, sent[0])
+        else:
+            log.warning("pushed, not recorded in the image", image=store.name, reason=store.read_only)
+    return Pushed(remote.display, seen["tip"], head, sent[0])
 
 
 def _stalled(e: BaseException | None) -> bool:

@@ -19,11 +19,14 @@ from dulwich.pack import PackData, UnpackedObjectIterator
 
 from docteur.cli.log import get_logger
 from docteur.guest.errors import DocteurError
-from docteur.guest.generations import Store
 from docteur.guest.objects import COMMIT, TREE, TYPE_CODES, TYPE_NUMBERS
 from docteur.guest.packwrite import PackWriter
 
 from ..errors import BuildError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .image import ObjectSource
 
 log = get_logger("docteur.pull")
 
@@ -33,7 +36,7 @@ KEEP = 64 << 20
 
 
 class Received:
-    def __init__(self, path: str, store: Store, where: str) -> None:
+    def __init__(self, path: str, store: ObjectSource, where: str) -> None:
         self.path = path
         self.store = store
         self.where = where
@@ -78,10 +81,15 @@ class Received:
         finally:
             data.close()
 
+    def objects(self) -> Iterator[tuple[str, bytes]]:
+        """(kind, body) of every object, deltas resolved."""
+        if self.kept is not None:
+            return iter(self.kept)
+        return ((k, b) for k, b, _ in self._objects())
+
     def import_into(self, writer: PackWriter) -> int:
         """Every object, whole, into `writer`; returns how many the image lacked."""
         before = len(writer.entries)
-        objects = self.kept if self.kept is not None else ((k, b) for k, b, _ in self._objects())
-        for kind, body in objects:
+        for kind, body in self.objects():
             writer.add(kind, body)
         return len(writer.entries) - before

@@ -5,25 +5,19 @@ holds: its compressed bytes are reused, after being inflated and hashed against 
 id here, so they are not deflated a second time (git's pack-objects reuses its packs'
 data the same way; a 1 MiB file cost ~35 ms of deflate). A delta of the image is sent
 as its whole result, compressed by dulwich, as is an entry whose zlib data does not
-end where expected (see _entry).
+end where expected (see stored_entry).
 """
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from dulwich.pack import UnpackedObject
 
 from docteur.cli.progress import Progress
-from docteur.guest.errors import IntegrityError
 from docteur.guest.generations import Store
-from docteur.guest.objects import TYPE_CODES, TYPE_NUMBERS, object_id
-from docteur.guest.pack import PackReader, bad_zlib
-
-# A deflate stream holds at most ~0.03% more than its input (stored blocks: 5 bytes a
-# 64 KiB block, plus zlib's header and checksum): what is read of an entry at once.
-_SLACK = 64
+from docteur.guest.objects import TYPE_CODES
+from docteur.guest.objwire import stored_entry
 
 
 def records(store: Store, oids: list[bytes], bar: Progress) -> Iterator[UnpackedObject]:
@@ -33,9 +27,22 @@ def records(store: Store, oids: list[bytes], bar: Progress) -> Iterator[Unpacked
         bar.update(n, len(oids))
 
 
+def sent_records(objects: Iterable[tuple[bytes, str, bytes, bool]], count: int,
+                 bar: Progress) -> Iterator[UnpackedObject]:  # fmt: skip
+    """`count` objects as an appliance's `objects` reply gives them (cli/syncsocket.py):
+    (id, kind, body, stored), `stored` when the body is the PACK entry (checked by the
+    guest, sent on as it is), else the whole object (compressed by dulwich)."""
+    for n, (oid, kind, body, stored) in enumerate(objects, 1):
+        unpacked = UnpackedObject(TYPE_CODES[kind], sha=oid, decomp_chunks=[] if stored else [body])
+        if stored:
+            unpacked.comp_chunks = [body]
+        yield unpacked
+        bar.update(n, count)
+
+
 def _record(store: Store, oid: bytes) -> UnpackedObject:
     found = store.find(oid)
-    whole = _entry(*found, oid) if found is not None else None
+    whole = stored_entry(*found, oid) if found is not None else None
     if whole is None:
         kind, body = store.read_object(oid)  # raises NotFound, or for a damaged object
         return UnpackedObject(TYPE_CODES[kind], sha=oid, decomp_chunks=[body])
@@ -43,24 +50,3 @@ def _record(store: Store, oid: bytes) -> UnpackedObject:
     unpacked = UnpackedObject(num, sha=oid, decomp_chunks=[body])
     unpacked.comp_chunks = [entry]  # dulwich writes these bytes as the entry
     return unpacked
-
-
-def _entry(reader: PackReader, offset: int, oid: bytes) -> tuple[int, bytes, bytes] | None:
-    """(type number, body, the entry's bytes: header and zlib data) of the whole
-    object at `offset`, its body checked against `oid`; None for a delta, or when its
-    zlib data does not end within the bytes read (left to the general path)."""
-    entry = reader.entry(offset)
-    if entry.is_delta:
-        return None
-    head = entry.data_offset - offset
-    raw = reader.pread(head + entry.size + entry.size // 2048 + _SLACK, offset)
-    d = zlib.decompressobj()
-    try:
-        body = d.decompress(memoryview(raw)[head:])
-    except zlib.error as exc:
-        raise bad_zlib(offset, exc) from None
-    if not d.eof or len(body) != entry.size:
-        return None
-    if object_id(TYPE_NUMBERS[entry.type], body) != oid:
-        raise IntegrityError(f"object {oid.hex()} at PACK offset {offset} does not hash to its id")
-    return entry.type, body, raw[: len(raw) - len(d.unused_data)]

@@ -12,6 +12,10 @@ from docteur.guest.roots import REMOTE_MAX, ZERO_ID
 
 from .remote import Remote, branch_name, is_recorded, public_url
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .image import SyncImage
+
 log = get_logger("docteur.sync")
 
 
@@ -33,7 +37,7 @@ def sync_state(store: Store) -> SyncState:
     return SyncState(root.remote, synced)
 
 
-def record_sync(store: Store, commit: bytes, remote: Remote) -> int | None:
+def record_sync(store: Store | SyncImage, commit: bytes, remote: Remote) -> int | None:
     """Record `commit` as `remote`'s tip: a root-only generation."""
     if len(remote.record.encode()) > REMOTE_MAX:
         log.warning("remote name too long to record", remote=remote.display, limit=REMOTE_MAX)

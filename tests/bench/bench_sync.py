@@ -6,16 +6,26 @@ Rows:
   `git push` of the same commit from a clone (goal ≤ 1.5×)
 - `docteur pull` of 100 new remote commits vs `git fetch` + `git merge --ff-only` in a
   clone (goal ≤ 1.5×)
+- the same push and pull with `--socket`, through a running `docteur run --target unix --rw`
+  (the guest reads and writes the disk, the host talks to git), vs the same git commands
+  (`python -m tests.bench.bench_sync socket` runs only these two)
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.bench.bench_image import BENCH, DOCTEUR, Row, _run, ensure_repo
+from tests.bench.bench_image import BENCH, DOCTEUR, ENV, Row, _run, ensure_repo
 
 WORK = BENCH / "sync"
 RUNS = 3
@@ -33,7 +43,9 @@ def _copy(image: Path, name: str) -> Path:
     return copy
 
 
-def _push_row(repo: Path) -> Row:
+def _push_setup(repo: Path) -> tuple[Path, Path, str, Path]:
+    """(remote, base image: the remote's tip + one new 1 MiB file, that commit, a bare clone
+    holding the very same commit for git push)."""
     remote = WORK / "push-remote.git"
     _fresh_remote(repo, remote)
     base_img = WORK / "push-base.img"
@@ -50,23 +62,54 @@ def _push_row(repo: Path) -> Row:
     shutil.rmtree(clone, ignore_errors=True)
     _run("git", "clone", "-q", "--bare", repo, clone)
     _run("git", "fetch", "-q", exported, "main", cwd=clone)
+    return remote, base_img, commit, clone
+
+
+def _push_row(repo: Path, socket: bool = False) -> Row:
+    remote, base_img, commit, clone = _push_setup(repo)
     ours = theirs = float("inf")
     for i in range(RUNS):
         _fresh_remote(repo, remote)
         image = _copy(base_img, f"push{i}.img")
-        start = time.perf_counter()
-        _run(*DOCTEUR, "push", image)
-        ours = min(ours, time.perf_counter() - start)
+        with _target(image, socket) as target:
+            start = time.perf_counter()
+            _run(*DOCTEUR, "push", *target)
+            ours = min(ours, time.perf_counter() - start)
         assert _run("git", "rev-parse", "main", cwd=remote).decode().strip() == commit
         image.unlink()
         _fresh_remote(repo, remote)
         start = time.perf_counter()
         _run("git", "push", "-q", remote, f"{commit}:refs/heads/main", cwd=clone)
         theirs = min(theirs, time.perf_counter() - start)
+    if socket:
+        return ("push --socket (unix appliance): + one 1 MiB file vs git push", ours, theirs, "≤ 2×")
     return ("push: image + one new 1 MiB file vs git push (loopback)", ours, theirs, "≤ 1.5×")
 
 
-def _pull_row(repo: Path) -> Row:
+@contextlib.contextmanager
+def _target(image: Path, socket: bool) -> Iterator[list[str]]:
+    """What push and pull are given: the image, or `--socket S` of a `docteur run --target
+    unix --rw` serving it (started and stopped outside the timing)."""
+    if not socket:
+        yield [str(image)]
+        return
+    where = tempfile.mkdtemp(prefix="dtb", dir="/tmp")  # socket paths must stay short
+    sock = os.path.join(where, "s")
+    proc = subprocess.Popen([*DOCTEUR, "run", "--target", "unix", "--rw", image, "--socket", sock],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        if sock not in line:
+            raise RuntimeError(f"docteur run did not serve: {line!r}")
+        yield ["--socket", sock]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def _pull_row(repo: Path, socket: bool = False) -> Row:
     remote = WORK / "pull-remote.git"
     _fresh_remote(repo, remote)
     before = WORK / "pull-before.git"  # the remote as it was: what each git clone starts from
@@ -88,9 +131,10 @@ def _pull_row(repo: Path) -> Row:
     ours = theirs = float("inf")
     for i in range(RUNS):
         image = _copy(base_img, f"pull{i}.img")
-        start = time.perf_counter()
-        out = _run(*DOCTEUR, "pull", image)
-        ours = min(ours, time.perf_counter() - start)
+        with _target(image, socket) as target:
+            start = time.perf_counter()
+            out = _run(*DOCTEUR, "pull", *target)
+            ours = min(ours, time.perf_counter() - start)
         assert out.decode().splitlines()[-1] == f"head {tip}"
         image.unlink()
         clone = WORK / f"pull-clone{i}"
@@ -102,18 +146,21 @@ def _pull_row(repo: Path) -> Row:
         _run("git", "merge", "-q", "--ff-only", "origin/main", cwd=clone)
         theirs = min(theirs, time.perf_counter() - start)
         shutil.rmtree(clone)
+    if socket:
+        return ("pull --socket (unix appliance): 100 commits vs git fetch + merge", ours, theirs, "≤ 2×")
     return ("pull: 100 new remote commits vs git fetch + merge --ff-only", ours, theirs, "≤ 1.5×")
 
 
-def rows() -> list[Row]:
+def rows(only_socket: bool = False) -> list[Row]:
     repo = ensure_repo()
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
-    out = [_push_row(repo), _pull_row(repo)]
+    kinds = (True,) if only_socket else (False, True)
+    out = [row for socket in kinds for row in (_push_row(repo, socket), _pull_row(repo, socket))]
     shutil.rmtree(WORK, ignore_errors=True)
     return out
 
 
 if __name__ == "__main__":
-    for row in rows():
-        print(row)
+    for row in rows(only_socket="socket" in sys.argv[1:]):
+        print(f"{row[0]}: {row[1]:.3f} s vs {row[2]:.3f} s = {row[1] / row[2]:.2f}× (goal {row[3]})")

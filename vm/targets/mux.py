@@ -16,7 +16,7 @@ the same connection (PROTOCOL.md, "A multiplexer ..."):
   its new GREET) sends the guest an `abort`;
 - a put's content is sent in one piece: from the put REQUEST to its last CHUNK
   (or CANCEL) the port carries that client's frames only, the others wait
-  (the guest reads a put's content as nothing else);
+  (the guest reads a put's content as nothing else); so is a sync's import;
 - the HELLO replayed to new clients follows the commits seen pass by.
 What it cannot give: the guest shows a batch to its connection, so while a
 client holds a batch on a disk, the other clients' reads of that disk see the
@@ -37,7 +37,10 @@ from docteur.guest.values import Committed, Put
 
 log = logging.getLogger(__name__)
 READ_SIZE = 1 << 16
-WRITES = frozenset(("begin", "put", "remove", "rename", "commit", "abort"))
+# A sync's writes too: an import holds the port through its content as a put does, and
+# moves the head. (sync_info is a read: its `writable` says busy, as the guest sees it.)
+WRITES = frozenset(("begin", "put", "remove", "rename", "commit", "abort", "import", "set_synced"))
+_COMMITS = ("put", "remove", "rename", "commit", "import", "set_synced")
 _ENDS_BATCH = frozenset(("commit", "abort"))
 
 
@@ -107,7 +110,7 @@ class Mux:
             or error in ("image", "read_only")  # the guest closed the batch
         ):
             del self.batches[route.disk]
-        if ftype == p.END and route.op in ("put", "remove", "rename", "commit"):
+        if ftype == p.END and route.op in _COMMITS:
             with contextlib.suppress(p.ProtocolError):
                 result = p.decode_result(route.op, payload)
                 self._note_commit(route.disk, result.commit if isinstance(result, Put) else result)
@@ -209,7 +212,7 @@ class Mux:
         client.pending.add(up)
         client.by_own[req.id] = up
         frame = p.encode_request(up, req.op, req.disk, req.path, req.offset, req.length, req.args)
-        content = req.op == "put" and isinstance(req.args, p.PutArgs) and req.args.size > 0
+        content = req.op in p.UPLOADS and getattr(req.args, "size", 0) > 0
         if content:
             client.upload = (up, req.id)
         await self._up(client, frame, hold=content)
