@@ -210,8 +210,10 @@ def test_console_ends_on_sigterm(gen) -> None:
     with serving({"docteur": gen[1]}) as sock:
         proc = subprocess.Popen([*DOCTEUR, "query", "--socket", sock], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-        assert proc.stdout is not None
-        proc.stdout.readline()  # the banner: the console waits for a command
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"ping\n")  # a pipe has no banner: its answer says the console is up
+        proc.stdin.flush()
+        assert proc.stdout.readline().startswith(b"pong in ")  # and now waits for a command
         time.sleep(0.3)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.3)
