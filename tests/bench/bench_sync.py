@@ -49,6 +49,7 @@ def _push_setup(repo: Path) -> tuple[Path, Path, str, Path]:
     remote = WORK / "push-remote.git"
     _fresh_remote(repo, remote)
     base_img = WORK / "push-base.img"
+    base_img.unlink(missing_ok=True)  # the other row's (make refuses to replace an image with writes)
     _run(*DOCTEUR, "make", "--capacity", "512M", remote, base_img)
     big = WORK / "big.bin"
     big.write_bytes(random.Random(1).randbytes(1 << 20))
