@@ -28,7 +28,7 @@ from .errors import DocteurError, ImageChanged, ImageError, IntegrityError, NotF
 from .generations import Skipped, Store
 from .layout import device_size
 from .objects import BLOB, COMMIT, TYPE_NUMBERS, Commit, object_header, object_id, sha1
-from .pack import Entry, NotStored, PackReader
+from .pack import Entry, PackReader
 
 # Objects up to this size are rebuilt in memory and hashed once; bigger
 # undeltified blobs are inflated twice (hash, then serve) to keep memory flat.
@@ -314,7 +314,11 @@ class Image:
             if TYPE_NUMBERS[entry.type] != BLOB:
                 raise IntegrityError(f"object {oid.hex()} is a {TYPE_NUMBERS[entry.type]}, not a blob")
             if not self._already_checked(reader.base + pack_offset):
-                self._check_digest(oid, reader, pack_offset, _blob_digest(reader, entry))
+                h = sha1(object_header(BLOB, entry.size), entry.size)
+                # No Adler-32: SHA-1 checks these very bytes, and before any is sent.
+                for piece in reader.inflate_chunks(entry, _HASH_CHUNK, direct=True, adler=False):
+                    h.update(piece)
+                self._check_digest(oid, reader, pack_offset, h.digest())
             return Blob(self, entry.size, None, entry, reader)
         except (DocteurError, OSError) as exc:
             raise self.named(exc) from None
@@ -336,25 +340,6 @@ class Image:
             return Commit.from_raw(body)
         except (DocteurError, OSError) as exc:
             raise self.named(exc) from None
-
-
-def _blob_digest(reader: PackReader, entry: Entry) -> bytes:
-    """The object id of the undeltified blob `entry`, from its bytes as they are read.
-
-    No Adler-32: SHA-1 checks these very bytes, and before any is sent. Stored
-    blocks (incompressible content) are hashed where they lie in the read buffer."""
-    h = sha1(object_header(BLOB, entry.size), entry.size)
-    try:
-        for run in reader.stored_runs(entry, direct=True):
-            for view in run:
-                h.update(view)
-        return h.digest()
-    except NotStored:  # compressed: inflate it all, from the start
-        pass
-    h = sha1(object_header(BLOB, entry.size), entry.size)
-    for piece in reader.inflate_chunks(entry, _HASH_CHUNK, direct=True, adler=False):
-        h.update(piece)
-    return h.digest()
 
 
 class Blob:
@@ -390,7 +375,8 @@ class Blob:
             # No Adler-32 either: these are the bytes whose id was hashed in this
             # boot, of the unchanged image (checked at each piece below); Adler-32
             # would only speak after the last byte was sent, at ~40% of the inflate.
-            for piece in self._reader.data_chunks(self._entry, chunk_size, direct=True):
+            pieces = self._reader.inflate_chunks(self._entry, chunk_size, direct=True, adler=False)
+            for piece in pieces:
                 # Read again after the check: these bytes must still be the file's.
                 image.check_unchanged()
                 end = pos + len(piece)

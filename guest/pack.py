@@ -48,10 +48,6 @@ def _skip_zlib_header(offset: int, raw: memoryview) -> memoryview:
     return raw[2:]
 
 
-class NotStored(Exception):
-    """An entry's deflate data holds a block that is not stored: it must be inflated."""
-
-
 class Entry(namedtuple("Entry", "offset type size data_offset base_offset base_id", defaults=(None, None))):
     """One PACK entry's header; offsets are relative to the PACK start.
 
@@ -231,9 +227,7 @@ class PackReader:
                             if produced > entry.size:
                                 break
                             yield data
-                        # Raw deflate leaves the Adler-32 after its end in unconsumed_tail
-                        # when max_length stopped the call: eof, not an empty tail, ends it.
-                        if d.eof or not d.unconsumed_tail:
+                        if not d.unconsumed_tail:
                             break
                         data = d.decompress(d.unconsumed_tail, chunk_size)
                     if d.eof or produced > entry.size:
@@ -250,93 +244,6 @@ class PackReader:
             raise IntegrityError(
                 f"PACK entry at {entry.offset}: inflates to {produced} bytes, header says {entry.size}"
             )
-
-    def stored_runs(self, entry: Entry, direct: bool = False) -> Iterator[list[memoryview]]:
-        """The inflated data of an entry whose deflate data is stored blocks only, as
-        views of the PACK bytes read (one list per read), without inflating: raises
-        NotStored at the first block of another kind (the read it is in not yielded).
-
-        Incompressible content (media, archives: most big files) is what git writes
-        this way, in blocks of ~16 KiB, each behind a 5-byte header. Under TCG this
-        walk costs a fraction of zlib's copy of every byte. Checked as raw inflate
-        checks it (zlib header, block lengths, the declared size); the views are
-        valid until the next list is asked for (a direct read refills its buffer).
-        """
-        pieces = self.pieces(entry.data_offset, _MAX_READ, 0, direct and entry.size > _DIRECT_READ)
-        produced = 0
-        left = 0  # data bytes of the current stored block still to come
-        head = b""  # a block header cut by the end of a read
-        final = zlib_header = False
-        try:
-            for piece in pieces:
-                view = memoryview(piece)
-                if not zlib_header:
-                    view = _skip_zlib_header(entry.offset, view)
-                    zlib_header = True
-                at, end = 0, len(view)
-                run: list[memoryview] = []
-                while at < end:
-                    if left:
-                        take = min(left, end - at)
-                        run.append(view[at : at + take])
-                        produced += take
-                        at += take
-                        left -= take
-                        continue
-                    if final:
-                        break
-                    # A block header at a byte boundary (every stored block ends on one):
-                    # BFINAL and BTYPE in the first byte's low bits, then LEN and ~LEN.
-                    if view[at] & 6 and not head:
-                        raise NotStored
-                    got = view[at : at + 5 - len(head)].tobytes()
-                    head += got
-                    at += len(got)
-                    if len(head) < 5:
-                        continue
-                    size, check = int.from_bytes(head[1:3], "little"), int.from_bytes(head[3:5], "little")
-                    if size ^ check != 0xFFFF:
-                        raise bad_zlib(entry.offset, zlib.error("invalid stored block lengths"))
-                    final, left, head = bool(head[0] & 1), size, b""
-                    if produced + left > entry.size:
-                        break
-                if run:
-                    yield run
-                if (final and not left) or produced + left > entry.size:
-                    break
-            else:
-                raise IntegrityError(f"PACK entry at {entry.offset}: zlib data runs off the PACK")
-        finally:
-            pieces.close()
-        if produced + left != entry.size:  # what the block headers declare
-            raise IntegrityError(
-                f"PACK entry at {entry.offset}: inflates to {produced + left} bytes, header says {entry.size}"
-            )
-
-    def data_chunks(
-        self, entry: Entry, chunk_size: int, direct: bool = False
-    ) -> Iterator[bytes | memoryview]:
-        """An undeltified entry's inflated data in pieces of at most `chunk_size`,
-        without Adler-32 (for bytes whose SHA-1 was checked): stored blocks copied
-        out once per read (stored_runs), other data inflated (from where the stored
-        blocks stopped, after inflating the part already given again)."""
-        given = 0
-        try:
-            for run in self.stored_runs(entry, direct):
-                data = memoryview(b"".join(run))  # copied: the read buffer is refilled next
-                for at in range(0, len(data), chunk_size):
-                    piece = data[at : at + chunk_size]
-                    given += len(piece)
-                    yield piece
-            return
-        except NotStored:
-            pass
-        pos = 0
-        for piece in self.inflate_chunks(entry, chunk_size, direct, adler=False):
-            end = pos + len(piece)
-            if end > given:
-                yield piece[max(0, given - pos) :]
-            pos = end
 
     def inflate(self, entry: Entry) -> bytes:
         if entry.size < _READ:

@@ -1,22 +1,17 @@
-"""Big blobs are read without zlib's Adler-32: stored deflate blocks (incompressible
-content) walked where they lie (pack.stored_runs), other data inflated as raw deflate
-(inflate_chunks adler=False). The SHA-1 against the id checks the very bytes, before any
-is sent; the zlib header and the block lengths are still checked as zlib checks them,
-and a damaged entry is never served."""
+"""Big blobs are inflated as raw deflate, without zlib's Adler-32 (pack.inflate_chunks
+adler=False): the SHA-1 against the id checks the very bytes, before any is sent. The
+zlib header is still checked as zlib checks it, and a damaged entry is never served."""
 
 from __future__ import annotations
 
-import random
 import zlib
 from pathlib import Path
 
 import pytest
 
-import docteur.guest.pack as pack_mod
 from docteur.guest.boot import boot
 from docteur.guest.errors import IntegrityError
 from docteur.guest.image import STREAM_THRESHOLD, Image
-from docteur.guest.pack import NotStored
 from docteur.guest.protocol import End, Error
 from tests.support.corrupt import corrupt
 from tests.support.git import cat_blobs, git
@@ -119,74 +114,3 @@ def test_a_damaged_adler_trailer_alone_serves_the_right_bytes(
     finally:
         service.disks["docteur"].image.close()
     assert boot([("docteur", str(bad))], "pack").boot_error
-
-
-@pytest.mark.parametrize("read", [3, 4099, 16389])
-def test_stored_blocks_cut_anywhere_by_the_reads(
-    big: tuple[Path, bytes, bytes, int, int], monkeypatch: pytest.MonkeyPatch, read: int
-) -> None:
-    """Block headers and data cut by the ends of the reads (3 bytes: every header is)."""
-    image, oid, content, _, _ = big
-    monkeypatch.setattr(pack_mod, "_MAX_READ", read)
-    with Image.open(str(image)) as img:
-        reader, offset = img.locate(oid)
-        entry = reader.entry(offset)
-        if read > 3:  # 3-byte reads: a Python loop over 1.4 M reads, too slow for twice
-            assert b"".join(b"".join(run) for run in reader.stored_runs(entry)) == content
-        chunks = list(reader.data_chunks(entry, 100_000))
-        assert max(map(len, chunks)) <= 100_000 and b"".join(chunks) == content
-        if read > 3:
-            assert b"".join(img.open_blob(oid).chunks(5, 70_000)) == content[5:70_005]
-
-
-def test_bad_stored_lengths_are_refused(big: tuple[Path, bytes, bytes, int, int], tmp_path: Path) -> None:
-    """LEN and ~LEN of a stored block that disagree: zlib's own refusal, nothing served."""
-    image, oid, _, start, _ = big
-    bad = corrupt(image, start + 2 + 3, mask=0x01, dest=tmp_path / "bad.img")  # the first NLEN
-    with Image.open(str(bad)) as img, pytest.raises(IntegrityError, match="invalid stored block lengths"):
-        img.open_blob(oid)
-
-
-@pytest.fixture(scope="module")
-def deflated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[bytes, bytes]]:
-    """An image of big blobs that are not stored blocks only: text (compressed from the
-    start), random then text (compressed after ~2 MiB of stored blocks), text then random."""
-    base = tmp_path_factory.mktemp("deflated")
-    repo = base / "r"
-    repo.mkdir()
-    git("init", "-q", "-b", "main", cwd=repo)
-    rng = random.Random(7)
-
-    def text(n: int) -> bytes:  # a different text each time: no deltas between the blobs
-        return b"".join(b"%d: line %d of text\n" % (rng.randrange(10**9), i) for i in range(n))
-
-    files = {
-        "text.txt": text(250_000),
-        "noise-text.bin": rng.randbytes(2 << 20) + text(150_000),
-        "text-noise.bin": text(40_000) + rng.randbytes(4 << 20),
-    }
-    for name, data in files.items():
-        assert len(data) > STREAM_THRESHOLD
-        (repo / name).write_bytes(data)
-    git("add", "-A", cwd=repo)
-    git("commit", "-q", "-m", "deflated", cwd=repo)
-    image = packed_image(repo, base / "r.img")
-    ids = [bytes.fromhex(git("rev-parse", f"HEAD:{n}", cwd=repo).decode().strip()) for n in files]
-    return image, dict(zip(ids, files.values(), strict=True))
-
-
-def test_deflated_big_blobs_fall_back_to_inflate(deflated: tuple[Path, dict[bytes, bytes]]) -> None:
-    image, blobs = deflated
-    with Image.open(str(image)) as img:
-        for oid, content in blobs.items():
-            reader, offset = img.locate(oid)
-            entry = reader.entry(offset)
-            assert not entry.is_delta
-            with pytest.raises(NotStored):
-                for _ in reader.stored_runs(entry):
-                    pass
-            chunks = list(reader.data_chunks(entry, 1 << 18))
-            assert max(map(len, chunks)) <= 1 << 18 and b"".join(chunks) == content
-            assert b"".join(img.open_blob(oid).chunks(chunk_size=1 << 18)) == content
-            at = (3 << 20) - 7  # past the stored blocks of noise-text.bin
-            assert b"".join(img.open_blob(oid).chunks(at, 1 << 20)) == content[at : at + (1 << 20)]
