@@ -227,7 +227,9 @@ class PackReader:
                             if produced > entry.size:
                                 break
                             yield data
-                        if not d.unconsumed_tail:
+                        # Raw deflate leaves the Adler-32 after its end in unconsumed_tail
+                        # when max_length stopped the call: eof, not an empty tail, ends it.
+                        if d.eof or not d.unconsumed_tail:
                             break
                         data = d.decompress(d.unconsumed_tail, chunk_size)
                     if d.eof or produced > entry.size:
