@@ -24,8 +24,11 @@ from docteur.vm.runtime.defaults import ACCELS, DEFAULT_MEMORY
 QEMU = "qemu-system-x86_64"
 # virtio-blk serials are at most 20 bytes; the name also goes on the kernel command line.
 BLOCK_NAME = re.compile(r"[A-Za-z0-9_.-]{1,20}")
-# TCG's AVX emulation (new in QEMU 7.2) makes glibc pick slower SHA-1/zlib paths.
-TCG_CPU = "max,-avx,-avx2,-fma,-f16c"
+# TCG's AVX emulation (new in QEMU 7.2) makes glibc pick slower SHA-1/zlib paths. Without
+# ERMS/FSRM the kernel copies with plain moves instead of `rep movsb`, which TCG runs a byte
+# at a time: measured side by side, the raw port went from 134 to 387 MB/s, a 64 MiB get
+# from 22 to 34 MB/s (repeat 52 to 111) and a cold boot from 3.25 to 2.83 s.
+TCG_CPU = "max,-avx,-avx2,-fma,-f16c,-erms,-fsrm"
 BOOT_ARGS = (
     "console=ttyS0", "panic=-1", "quiet", "mitigations=off", "audit=0", "security=none",
     "cryptomgr.notests", "random.trust_cpu=on", "no_timer_check",
