@@ -6,8 +6,9 @@ Rows (ratio = docteur / peer):
 - snapshot start (the state saved after a first boot, restored) to the greeting vs
   the same bare boot                                     (goal ≤ 0.5×)
 - `get` of a 64 MiB file vs raw bulk throughput of the same virtio-serial port,
-  written by the guest as fast as it can, in MB/s        (goal ≥ 0.8×); and the
-  same get again, once the guest knows the blob verified (informative)
+  written by the guest as fast as it can, in MB/s        (goal ≥ 0.5×); the
+  same get again, once the guest knows the blob verified (goal ≥ 0.8×); and the first
+  get after a snapshot start whose state was saved after a `--verify full` boot (informative)
 - boot with `pack` verification of a ≥ 50 MB image vs `none`   (informative)
 
 Each figure is the median of a few runs; the 64 MiB image is cached in build/bench/vm, and
@@ -158,6 +159,26 @@ async def get_throughput(image: Path) -> tuple[float, float]:
         return await _get(vm, codec), await _get(vm, codec)
 
 
+async def restored_get(image: Path) -> float:
+    """MB/s of the first get after a snapshot start whose state was saved after a
+    `--verify full` boot: every id was checked before the state was saved, and the
+    restored guest keeps that (its disks compared first), so a first read costs a repeat's."""
+    async with Appliance(blocks={"docteur": image}, verify="full", timeout=600, snapshot="auto",
+                         make_client=None) as vm:  # fmt: skip
+        if not vm.restored:
+            raise RuntimeError("the snapshot start booted cold")
+        codec = protocol.ClientCodec()
+        codec.receive(vm.hello)
+        return await _get(vm, codec)
+
+
+def snapshot_get(image: Path) -> float:
+    """The state saved once after a full verification (a slow cold boot), then restored."""
+    os.environ["XDG_CACHE_HOME"] = str(CACHE / "xdg")
+    asyncio.run(greeted_boot(image, "full", "refresh"))
+    return _median(lambda: asyncio.run(restored_get(image)))
+
+
 def _median(fn, *args: object) -> float:  # type: ignore[no-untyped-def]
     return statistics.median(fn(*args) for _ in range(RUNS))
 
@@ -179,13 +200,18 @@ def rows() -> list[Row]:
         get, again = (statistics.median(g[i] for g in gets) for i in (0, 1))
     except RuntimeError as exc:  # keep the other rows; say why this one is 0
         get, again, get_what = 0.0, 0.0, f"{get_what} FAILED: {exc}"
+    try:
+        after_full = snapshot_get(big)
+    except RuntimeError as exc:
+        after_full, get_what = 0.0, f"{get_what} (after a full snapshot FAILED: {exc})"
     pack = _median(lambda: run(greeted_boot(big, "pack")))
     none = _median(lambda: run(greeted_boot(big, "none")))
     size = big.stat().st_size / 1e6
     return [
         ("microvm boot to greeting vs bare boot (s)", boot, bare, "≤ 1.15×"),
         ("snapshot start to greeting vs bare boot (s)", restored, bare, "≤ 0.5×"),
-        (get_what, get, raw, "≥ 0.8×"),
-        ("  same file again, already verified (MB/s)", again, raw, "info"),
+        (get_what, get, raw, "≥ 0.5×"),
+        ("  same file again, already verified (MB/s)", again, raw, "≥ 0.8×"),
+        ("  first get after a snapshot start saved after --verify full (MB/s)", after_full, raw, "info"),
         (f"boot verify=pack vs none, {size:.0f} MB image (s)", pack, none, "info"),
     ]
