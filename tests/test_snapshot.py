@@ -137,8 +137,10 @@ def test_the_store_is_bounded_and_keeps_no_leftovers(tmp_path: Path, cache: Path
 
 
 # -- the appliance ---------------------------------------------------------------------
-async def _serve(image: Path, mode: str, paths: list[bytes]) -> tuple[Appliance, dict[str, str], list[bytes]]:
-    async with Appliance(blocks={"docteur": image}, snapshot=mode, timeout=120) as vm:
+async def _serve(
+    image: Path, mode: str, paths: list[bytes], verify: str = "pack"
+) -> tuple[Appliance, dict[str, str], list[bytes]]:
+    async with Appliance(blocks={"docteur": image}, snapshot=mode, verify=verify, timeout=120) as vm:
         info = await asyncio.wait_for(vm.client.info(), 30)
         got = [await asyncio.wait_for(vm.client.get(p), 30) for p in paths]
     assert vm.clean_shutdown and process_gone(vm.proc.pid)  # type: ignore[union-attr]
@@ -154,20 +156,25 @@ def _states(cache: Path) -> list[Path]:
 @pytest.mark.vm
 @needs_vm
 @needs_git
+@pytest.mark.parametrize("verify", ["pack", "full"])
 async def test_a_restored_appliance_says_so_and_serves_the_same_bytes(
-    repo_image: tuple[Path, Path], cache: Path
+    repo_image: tuple[Path, Path], cache: Path, verify: str
 ) -> None:
+    """`full`: the restored guest keeps what its cold boot checked (every id), so it
+    serves without hashing again: the bytes must still be git's."""
     repo, image = repo_image
     blobs = [(oid, b"/" + path) for mode, kind, oid, path in ls_tree(repo, "HEAD")
              if kind == "blob" and mode != 0o120000]  # fmt: skip
     expected = cat_blobs(repo, [oid for oid, _ in blobs])
     paths = [p for _, p in blobs]
-    cold, info, got = await _serve(image, "auto", paths)
+    cold, info, got = await _serve(image, "auto", paths, verify)
     assert not cold.restored and "restored" not in info
+    assert info["verified.docteur"].startswith(f"{verify} ok")
     assert got == [expected[oid] for oid, _ in blobs]
     (state,) = _states(cache)
-    warm, info, again = await _serve(image, "auto", paths)
+    warm, info, again = await _serve(image, "auto", paths, verify)
     assert warm.restored and info["restored"] == "yes" and info["status"] == "ok"
+    assert info["verified.docteur"].startswith(f"{verify} ok")
     assert warm.greeting is not None and warm.greeting.fields["restored"] == "yes"
     assert again == got
     assert _states(cache) == [state]
