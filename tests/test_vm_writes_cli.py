@@ -48,8 +48,19 @@ async def _two_clients(sock: Path) -> None:
         with pytest.raises(BusyError):
             await other.put("/other.txt", b"not now", message="other")
         await owner.close()  # leaves with its batch open: aborted
-        async with other.batch(message="after") as b:  # the disk is free again
-            await b.put("/b.txt", b"second client\n")
+        b = other.batch(message="after")
+        # The disk is free again once the relay has read the owner's end (its own reader
+        # of that socket, which may run after our next request arrives): busy until then.
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            try:
+                await b.begin()
+                break
+            except BusyError:
+                assert asyncio.get_running_loop().time() < deadline, "the owner's batch outlived it"
+                await asyncio.sleep(0.05)
+        await b.put("/b.txt", b"second client\n")
+        await b.commit()
         with pytest.raises(NoBatchError):
             await b.commit()
         assert b.result is not None and b.result.committed
