@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import struct
 import tempfile
 import zlib
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -27,12 +26,12 @@ from docteur.builder.sync.state import SyncState
 from docteur.cli.progress import Progress
 from docteur.guest.errors import NotFound
 from docteur.guest.objects import COMMIT, TREE, sha1
+from docteur.guest.pack import PACK_HEADER
 from docteur.guest.packwrite import entry_header
 from docteur.vm import sync as vsync
 from docteur.vm.client import Client, new_runner
 
 T = TypeVar("T")
-_PACK_HEADER = struct.Struct(">4sII")  # "PACK", version, object count
 SENT_AHEAD = 8 << 20  # bytes of a push's objects read from the appliance ahead of dulwich
 
 
@@ -175,12 +174,12 @@ def _joined_pack(path: str, received: str | None, extra: list[tuple[str, bytes]]
         version, count = 2, 0
         if received is not None:
             with open(received, "rb") as f:
-                head = f.read(_PACK_HEADER.size)
-                magic, version, count = _PACK_HEADER.unpack(head)
+                head = f.read(PACK_HEADER.size)
+                magic, version, count = PACK_HEADER.unpack(head)
                 if magic != b"PACK":
                     raise BuildError(f"{received}: not a git pack")
-                left = os.fstat(f.fileno()).st_size - _PACK_HEADER.size - 20  # its trailer dropped
-                put(_PACK_HEADER.pack(b"PACK", version, count + len(extra)))
+                left = os.fstat(f.fileno()).st_size - PACK_HEADER.size - 20  # its trailer dropped
+                put(PACK_HEADER.pack(b"PACK", version, count + len(extra)))
                 while left > 0:
                     piece = f.read(min(left, 1 << 20))
                     if not piece:
@@ -188,7 +187,7 @@ def _joined_pack(path: str, received: str | None, extra: list[tuple[str, bytes]]
                     put(piece)
                     left -= len(piece)
         else:
-            put(_PACK_HEADER.pack(b"PACK", version, len(extra)))
+            put(PACK_HEADER.pack(b"PACK", version, len(extra)))
         for kind, body in extra:
             put(entry_header(kind, len(body)) + zlib.compress(body, 1))
         out.write(h.digest())

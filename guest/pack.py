@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import zlib
 from collections import OrderedDict, namedtuple
 from collections.abc import Iterator
@@ -19,9 +20,10 @@ from .idx import Index
 from .objects import TYPE_NUMBERS
 
 OFS_DELTA, REF_DELTA = 6, 7
+PACK_HEADER = struct.Struct(">4sII")  # "PACK", version, object count
 # An entry header is at most 10 size bytes + 1, plus a 20-byte base id or a
 # 10-byte base offset: 64 bytes always hold it.
-_HEADER_PEEK = 64
+ENTRY_HEADER_MAX = 64
 _READ = 1 << 16
 _MAX_READ = 1 << 20
 # Direct I/O (block devices only): reads of whole aligned blocks into a buffer of
@@ -131,7 +133,7 @@ class PackReader:
     def entry(self, offset: int) -> Entry:
         if not 12 <= offset < self.end - 20:
             raise IntegrityError(f"PACK offset {offset} is outside the PACK")
-        return parse_entry(self.pread(_HEADER_PEEK, offset), offset)
+        return parse_entry(self.pread(ENTRY_HEADER_MAX, offset), offset)
 
     def _direct(self) -> int:
         """An O_DIRECT descriptor of the same block device, or -1.
@@ -254,7 +256,7 @@ class PackReader:
             # within the read (it cannot, unless damaged) takes the general path below.
             d = zlib.decompressobj()
             try:
-                data = d.decompress(self.pread(entry.size + _HEADER_PEEK, entry.data_offset))
+                data = d.decompress(self.pread(entry.size + ENTRY_HEADER_MAX, entry.data_offset))
             except zlib.error as exc:
                 raise bad_zlib(entry.offset, exc) from None
             if d.eof:

@@ -20,7 +20,7 @@ from .device import BLOCK, Device, align_up
 from .errors import DocteurError, IntegrityError
 from .idx import build_idx
 from .objects import TYPE_CODES, TYPE_NUMBERS, object_header, object_id, sha1
-from .pack import OFS_DELTA, parse_entry
+from .pack import OFS_DELTA, PACK_HEADER, parse_entry
 from .roots import Extent
 
 # Pending bytes above this are written out (whole blocks), so a small batch's
@@ -145,7 +145,7 @@ class PackWriter:
         self.level = level
         self.entries: dict[bytes, tuple[int, int]] = {}  # oid -> (crc32, PACK offset)
         self._depth: dict[bytes, int] = {}  # delta chain length of the objects stored as deltas
-        self._buf = bytearray(b"PACK" + struct.pack(">II", 2, 0))
+        self._buf = bytearray(PACK_HEADER.pack(b"PACK", 2, 0))
         self._written = 0  # PACK-relative bytes on the device (whole blocks)
         self._first_block: bytes | None = None  # as written, count still 0
         self.finished: Extent | None = None

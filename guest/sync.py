@@ -18,7 +18,6 @@ cannot be written); the reads (`sync_info`, `objects`) are answered on any disk.
 
 from __future__ import annotations
 
-import struct
 import zlib
 from collections.abc import Callable, Iterator
 
@@ -30,7 +29,7 @@ from .generations import adopt
 from .kverrors import BadArguments, Busy
 from .objects import COMMIT, MODE_GITLINK, TREE, TYPE_NUMBERS, Commit, iter_tree, sha1
 from .objwire import record_header, stored_entry
-from .pack import bad_zlib, parse_entry
+from .pack import ENTRY_HEADER_MAX, PACK_HEADER, bad_zlib, parse_entry
 from .packwrite import ObjectStream, PackWriter
 from .roots import REMOTE_MAX, ZERO_ID
 from .values import Body, Committed, Failure, ImportArgs, ObjectsArgs, Result, SyncedArgs, Upload
@@ -45,10 +44,8 @@ if TYPE_CHECKING:
     from .values import Answer
     from .writer import DiskWriter
 
-_PACK_HEADER = struct.Struct(">4sII")
 _IN = 1 << 18  # compressed bytes inflated per step
 _OUT = 1 << 20  # inflated bytes per step: a big blob passes through in pieces
-_HEADER_MAX = 64  # an entry header is shorter (size varint and a delta's base)
 
 
 def _free_writer(service: Service, disk: str) -> DiskWriter:
@@ -265,16 +262,16 @@ class PackParser:
 
     def _step(self, final: bool) -> bool:
         if self.count is None:
-            if len(self.buf) < _PACK_HEADER.size:
+            if len(self.buf) < PACK_HEADER.size:
                 return False
-            magic, version, count = _PACK_HEADER.unpack_from(self.buf)
+            magic, version, count = PACK_HEADER.unpack_from(self.buf)
             if magic != b"PACK" or version not in (2, 3):
                 raise IntegrityError("not a git pack (bad header)")
             self.count = count
-            self._consume(_PACK_HEADER.size)
+            self._consume(PACK_HEADER.size)
             return True
         if self._entry is None:
-            if self.done == self.count or not self.buf or (len(self.buf) < _HEADER_MAX and not final):
+            if self.done == self.count or not self.buf or (len(self.buf) < ENTRY_HEADER_MAX and not final):
                 return False
             self._start(parse_entry(self.buf, self.offset))
             return True

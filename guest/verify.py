@@ -19,7 +19,6 @@ errors start with `extent at byte N:`).
 from __future__ import annotations
 
 import os
-import struct
 import zlib
 from array import array
 from bisect import bisect_left
@@ -32,7 +31,7 @@ from .idx import Index, build_idx
 from .image import Image
 from .layout import PACK_OFFSET
 from .objects import COMMIT, TREE, TYPE_NUMBERS, Commit, iter_tree, object_header, object_id, sha1
-from .pack import bad_zlib, parse_entry
+from .pack import PACK_HEADER, bad_zlib, parse_entry
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # threading only with a second CPU (see _Walker._checked)
@@ -129,7 +128,7 @@ def _verify_pack(image: Image, progress: Progress | None) -> None:
 def _check_pack(fd: int, part: _Part, progress: Progress | None, before: int, total: int) -> None:
     """One PACK's header, count and SHA-1 against its trailer."""
     base, index = part.base, part.index
-    magic, version, count = struct.unpack(">4sII", os.pread(fd, 12, base))
+    magic, version, count = PACK_HEADER.unpack(os.pread(fd, PACK_HEADER.size, base))
     if magic != b"PACK" or version not in (2, 3):
         raise ImageError(f"unsupported PACK version {version} at byte {base}")
     if count != index.count:
