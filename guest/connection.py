@@ -98,9 +98,9 @@ class ServerConnection:
         self.queue: deque[Request | BadRequest] = deque()
         self.current: tuple[int, Iterator[Frame]] | None = None  # the reply being streamed
         self.cancelled: set[int] = set()
-        # The put being received: (its id, where its CHUNKs go; None = dropped).
-        self.upload: tuple[int, Upload | None] | None = None
-        self.upload_op = "put"  # what it answers: put, or a sync's import
+        # The upload being received (a put, a sync's import): (its id, its op, where
+        # its CHUNKs go; None = dropped).
+        self.upload: tuple[int, str, Upload | None] | None = None
         self.session = Session()
         self._push(self._hello())
 
@@ -161,20 +161,19 @@ class ServerConnection:
         """A piece of the put being received: to its Upload, or dropped."""
         if self.upload is None or self.upload[0] != chunk.id:
             return  # the codec gives only the current put's
-        rid, sink = self.upload
+        rid, op, sink = self.upload
         if sink is not None:
             failed = sink.write(chunk.data)
             if failed is not None:
                 sink = None  # the rest is read and dropped
                 self._push(ServerCodec.error(rid, failed.code, failed.message))
-        self.upload = None if chunk.last else (rid, sink)
+        self.upload = None if chunk.last else (rid, op, sink)
         if chunk.last and sink is not None:
-            self._answer(rid, self.upload_op, sink.finish())
+            self._answer(rid, op, sink.finish())
 
     def _start_upload(self, req: Request, answer: object) -> None:
         """A put was answered: receive its content (or drop it), then parse on."""
         size = req.args.size  # type: ignore[union-attr]
-        self.upload_op = req.op
         sink = answer if isinstance(answer, Upload) else None
         if sink is None:
             self._answer(req.id, req.op, answer)
@@ -182,14 +181,14 @@ class ServerConnection:
             if sink is not None:
                 self._answer(req.id, req.op, sink.finish())
         else:
-            self.upload = (req.id, sink)
+            self.upload = (req.id, req.op, sink)
         self._feed(b"", resume=True)
 
     def _stop_upload(self) -> bool:
         """Give up the put being received; True when it was not answered yet."""
         if self.upload is None:
             return False
-        _, sink = self.upload
+        _, _, sink = self.upload
         self.upload = None
         if sink is not None:
             sink.abort()
