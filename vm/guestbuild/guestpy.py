@@ -13,6 +13,7 @@ import ast
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from docteur.vm.guestbuild import elf
@@ -93,12 +94,27 @@ for line in sys.stdin:
 """
 
 
-def _catches_import_error(handler: ast.ExceptHandler) -> bool:
-    kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
-    return any(
-        k is None or (isinstance(k, ast.Name) and k.id in ("ImportError", "ModuleNotFoundError"))
-        for k in kinds
-    )
+def _is_type_checking(node: ast.AST) -> bool:
+    """`if TYPE_CHECKING:`: its imports are for type checkers only, never in the guest."""
+    return isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+
+
+def _has_import_fallback(node: ast.AST) -> bool:
+    """`try: ... except ImportError:`: its imports have a fallback (e.g. _sha256 on 3.11,
+    _sha2 on 3.12+), tried, not required."""
+    if not isinstance(node, ast.Try):
+        return False
+    for handler in node.handlers:
+        kinds = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+        if any(k is None or (isinstance(k, ast.Name) and k.id in ("ImportError", "ModuleNotFoundError"))
+               for k in kinds):  # fmt: skip
+            return True
+    return False
+
+
+def _inside(tree: ast.AST, picked: Callable[[ast.AST], bool]) -> set[int]:
+    """The ids of every node in the body of the statements `picked` chooses."""
+    return {id(n) for node in ast.walk(tree) if picked(node) for stmt in node.body for n in ast.walk(stmt)}  # type: ignore[attr-defined]
 
 
 def imported_names(sources: list[Path]) -> set[str]:
@@ -106,20 +122,8 @@ def imported_names(sources: list[Path]) -> set[str]:
     names: set[str] = set()
     for src in sources:
         tree = ast.parse(src.read_bytes(), str(src))
-        # `if TYPE_CHECKING:` imports are for type checkers only: never in the guest.
-        typing_only = {
-            id(n) for node in ast.walk(tree)
-            if isinstance(node, ast.If) and isinstance(node.test, ast.Name)
-            and node.test.id == "TYPE_CHECKING"
-            for stmt in node.body for n in ast.walk(stmt)
-        }  # fmt: skip
-        # Imports in `try: ... except ImportError:` have a fallback (e.g. _sha256 on 3.11,
-        # _sha2 on 3.12+): tried, not required.
-        optional = {
-            id(n) for node in ast.walk(tree)
-            if isinstance(node, ast.Try) and any(_catches_import_error(h) for h in node.handlers)
-            for stmt in node.body for n in ast.walk(stmt)
-        }  # fmt: skip
+        typing_only = _inside(tree, _is_type_checking)
+        optional = _inside(tree, _has_import_fallback)
         for node in ast.walk(tree):
             if id(node) in typing_only:
                 continue
