@@ -292,10 +292,6 @@ def pull(args: argparse.Namespace) -> int:
     from docteur.builder.sync.pull import pull_into
 
     image, remote = _sync_target(args)
-    if args.merge:  # before the image or the appliance is touched
-        from docteur.guest.batch import check_author
-
-        check_author(args.author)
     with _sync_image(args, image) as target:
         p = pull_into(target, remote, args.branch, args.merge, args.author, args.timeout)  # type: ignore[arg-type]
     out = sys.stdout

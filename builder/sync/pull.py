@@ -28,7 +28,7 @@ from ..errors import BuildError
 from ..fetch import Sideband, resolve_ref
 from ..transport import client_for, describe_failure
 from .history import Objects, arrived, is_ancestor, new_objects, newest_first, reach, shallow
-from .image import SyncImage, file_image
+from .image import SyncImage
 from .merge import Change, changes, merge_tree
 from .received import Received
 from .remote import Remote, is_recorded, resolve
@@ -71,12 +71,6 @@ class _Haves:
 
     def nak(self) -> None:
         pass
-
-
-def pull(image: str, url: str | None, branch: str | None, merge: bool = False,
-         author: str = DEFAULT_AUTHOR, timeout: float = DEFAULT_TIMEOUT) -> Pulled:  # fmt: skip
-    with file_image(image) as target:
-        return pull_into(target, url, branch, merge, author, timeout)
 
 
 def pull_into(target: SyncImage, url: str | None, branch: str | None, merge: bool = False,

@@ -26,7 +26,7 @@ from ..errors import BuildError
 from ..fetch import Sideband
 from ..transport import client_for, describe_failure, is_stall
 from .history import Objects, is_ancestor, new_objects, reach
-from .image import SyncImage, file_image
+from .image import SyncImage
 from .remote import Remote, is_recorded, resolve
 from .state import SyncState, record_sync
 
@@ -78,11 +78,6 @@ def check_tip(objects: Objects, remote: Remote, tip: bytes | None, head: bytes, 
             f"push refused: {where} was rewound since the last sync (it is at {tip.hex()}, "
             f"was at {state.synced.hex()}): history rewritten on the remote"
         )
-
-
-def push(image: str, url: str | None, branch: str | None, timeout: float = DEFAULT_TIMEOUT) -> Pushed:
-    with file_image(image) as target:
-        return push_from(target, url, branch, timeout)
 
 
 def push_from(store: SyncImage, url: str | None, branch: str | None,
